@@ -1,0 +1,1 @@
+"""The Streamlit app over the store and the query library."""

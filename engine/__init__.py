@@ -1,0 +1,1 @@
+"""Attribution graphs: models, transcoders, the local replacement model, attribution, pruning, interventions, training."""

@@ -1,0 +1,194 @@
+"""Graph files: one attribution graph per directory, columnar so bulk loads are fast.
+
+This is the contract between the engine (which writes them), ingest (which reads them and
+converts other formats to them) and the store (which bulk-loads them). A directory holds:
+
+- ``nodes.parquet``: one row per node, columns in ``NODE_SCHEMA``.
+- ``edges.parquet``: COO edges ``source``, ``target`` (node ids) and ``weight`` (float32);
+  an edge is the direct linear effect of ``source`` on ``target``.
+- ``meta.json``: prompt, tokens, model, transcoder set (scan), settings, scores, version.
+
+Node ids follow the Neuronpedia convention so import/export is lossless: feature
+``{layer}_{feature}_{pos}``, error ``{layer}_-1_{pos}``, embedding ``E_{token_id}_{pos}``,
+logit ``{n_layers+1}_{token_id}_{pos}``. A graph's identity is a content hash of
+(model id, scan, token ids, settings), so the same prompt attributed twice is the same graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from circuit_atlas import __version__
+
+FORMAT_VERSION = 1
+NODE_TYPES = ("embedding", "feature", "error", "logit")
+
+# Column order and types of nodes.parquet. Columns that do not apply to a node type hold
+# -1 (ints) or null (floats/strings): an embedding has no feature index, and so on.
+NODE_SCHEMA = pa.schema(
+    [
+        ("node_id", pa.string()),
+        ("type", pa.string()),  # one of NODE_TYPES
+        ("layer", pa.int32()),  # embeddings: -1; logits: n_layers (the node id says n_layers+1)
+        ("pos", pa.int32()),  # token position in the prompt
+        ("feature", pa.int64()),  # feature index for features, else -1
+        ("token_id", pa.int64()),  # embeddings and logits, else -1
+        ("activation", pa.float32()),  # features: activation; others: null
+        ("influence", pa.float32()),  # influence on the logits (pruning); null if not computed
+        ("prob", pa.float32()),  # logits: the token's probability; others: null
+        ("label", pa.string()),  # human label (clerp), optional
+    ]
+)
+EDGE_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("weight", pa.float32())])
+
+# Settings that change the graph and therefore its identity.
+IDENTITY_SETTINGS = ("node_threshold", "edge_threshold", "max_feature_nodes", "pruned", "logit_targets")
+
+
+class GraphFileError(ValueError):
+    """A graph directory that is missing, corrupt or does not follow the format."""
+
+
+def feature_node_id(layer: int, feature: int, pos: int) -> str:
+    return f"{layer}_{feature}_{pos}"
+
+
+def error_node_id(layer: int, pos: int) -> str:
+    return f"{layer}_-1_{pos}"
+
+
+def embedding_node_id(token_id: int, pos: int) -> str:
+    return f"E_{token_id}_{pos}"
+
+
+def logit_node_id(n_layers: int, token_id: int, pos: int) -> str:
+    return f"{n_layers + 1}_{token_id}_{pos}"
+
+
+def graph_id(model: str, scan: str, token_ids: list[int], settings: dict[str, Any]) -> str:
+    """Content hash naming a graph: same model, transcoders, tokens and settings -> same id."""
+    ident = {k: settings.get(k) for k in IDENTITY_SETTINGS}
+    payload = json.dumps(
+        {"model": model, "scan": scan, "token_ids": [int(t) for t in token_ids], "settings": ident},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+@dataclass
+class GraphFile:
+    """One attribution graph in memory: metadata plus node and edge tables.
+
+    ``meta`` keys (all written to meta.json): ``graph_id``, ``prompt``, ``tokens`` (token
+    strings), ``token_ids``, ``model``, ``scan``, ``n_layers``, ``settings`` (dict),
+    ``scores`` (``replacement_score``, ``completeness_score``), ``prompt_props`` (free-form:
+    ``corpus``, ``group``, ``tags``, ``expected``, ``external_id`` ... set by ingest),
+    ``supernodes`` (list of ``[label, node_id, ...]``), ``format_version``,
+    ``library_version``, ``created_at``.
+    """
+
+    meta: dict[str, Any]
+    nodes: pd.DataFrame
+    edges: pd.DataFrame = field(default_factory=lambda: EDGE_SCHEMA.empty_table().to_pandas())
+
+    @property
+    def graph_id(self) -> str:
+        return self.meta["graph_id"]
+
+    def nodes_table(self) -> pa.Table:
+        return _to_table(self.nodes, NODE_SCHEMA, "nodes")
+
+    def edges_table(self) -> pa.Table:
+        return _to_table(self.edges, EDGE_SCHEMA, "edges")
+
+    def validate(self) -> None:
+        """Check the invariants every reader relies on; raise GraphFileError if broken."""
+        for key in ("graph_id", "prompt", "tokens", "token_ids", "model", "scan", "n_layers"):
+            if key not in self.meta:
+                raise GraphFileError(f"meta.json lacks '{key}'")
+        nodes = self.nodes_table()
+        bad_types = set(nodes.column("type").to_pylist()) - set(NODE_TYPES)
+        if bad_types:
+            raise GraphFileError(f"unknown node types {sorted(bad_types)}; expected {NODE_TYPES}")
+        ids = nodes.column("node_id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise GraphFileError("node ids are not unique")
+        edges = self.edges_table()
+        known = set(ids)
+        dangling = (set(edges.column("source").to_pylist()) | set(edges.column("target").to_pylist())) - known
+        if dangling:
+            raise GraphFileError(f"edges refer to unknown nodes, e.g. {sorted(dangling)[:3]}")
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write atomically: files go to a temporary sibling directory that is renamed into place,
+        so a crash never leaves a half-written graph under the final name."""
+        self.validate()
+        final = Path(directory)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "library_version": __version__, **self.meta}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            pq.write_table(self.nodes_table(), tmp / "nodes.parquet")
+            pq.write_table(self.edges_table(), tmp / "edges.parquet")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "GraphFile":
+        path = Path(directory)
+        for name in ("meta.json", "nodes.parquet", "edges.parquet"):
+            if not (path / name).is_file():
+                raise GraphFileError(f"{path}: missing {name} (not a circuit-atlas graph directory)")
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GraphFileError(f"{path / 'meta.json'}: not valid JSON ({exc})") from exc
+        try:
+            nodes = pq.read_table(path / "nodes.parquet").to_pandas()
+            edges = pq.read_table(path / "edges.parquet").to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise GraphFileError(f"{path}: corrupt parquet file ({exc})") from exc
+        graph = cls(meta=meta, nodes=nodes, edges=edges)
+        graph.validate()
+        return graph
+
+
+def is_graph_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "meta.json").is_file() and (p / "nodes.parquet").is_file() and (p / "edges.parquet").is_file()
+
+
+def _to_table(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        raise GraphFileError(f"{what} table lacks columns {missing}")
+    try:
+        return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise GraphFileError(f"{what} table has wrongly typed columns: {exc}") from exc
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to meta.json")

@@ -1,0 +1,1 @@
+"""The Cypher library for finding recurring circuits across prompts, and its runner."""

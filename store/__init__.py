@@ -1,0 +1,1 @@
+"""Graph stores: the embedded default (LadybugDB) and Neo4j over Bolt, behind one interface."""

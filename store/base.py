@@ -1,0 +1,88 @@
+"""The one interface every graph store offers; nothing outside store/ speaks a database API.
+
+Backends: the embedded default (LadybugDB, a directory on disk) and Bolt (Neo4j, or any
+Neo4j-compatible Bolt server). `open_store(url)` picks one from a URL:
+``embedded:PATH`` | ``bolt://host:port`` | ``neo4j://host:port`` (credentials from
+``NEO4J_USER`` / ``NEO4J_PASSWORD``, database from ``NEO4J_DATABASE``); with no URL,
+``CIRCUIT_ATLAS_STORE`` or the default embedded store.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+DEFAULT_STORE_DIR = Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas")) / "store"
+
+
+class StoreError(RuntimeError):
+    """Any store failure a user can act on: unreachable, bad credentials, wrong schema, full."""
+
+
+class ReadOnlyViolation(StoreError):
+    """A write statement was sent down a read-only path (the console, the query runner)."""
+
+
+@dataclass
+class WriteReport:
+    """What a bulk write did: graphs written, graphs skipped as already present, and counts."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    nodes: int = 0
+    edges: int = 0
+    seconds: float = 0.0
+
+
+class Store(abc.ABC):
+    """A graph store holding the schema of shared/DESIGN.md ("Graph schema")."""
+
+    url: str
+
+    @abc.abstractmethod
+    def init_schema(self) -> None:
+        """Create node/rel tables or constraints and indexes; record SCHEMA_VERSION. Idempotent."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int | None:
+        """The schema version recorded in the store, or None for an empty store."""
+
+    @abc.abstractmethod
+    def write_graphs(self, graph_dirs: Iterable[str | os.PathLike], progress: bool = False) -> WriteReport:
+        """Bulk-load graph directories (engine.graph_files format). Each graph is written whole or
+        not at all; graphs whose id is already stored are skipped, so re-running is harmless."""
+
+    @abc.abstractmethod
+    def prompt_ids(self) -> set[str]:
+        """Ids (graph ids) of every stored prompt."""
+
+    @abc.abstractmethod
+    def delete_prompt(self, prompt_id: str) -> bool:
+        """Remove a prompt and all its per-prompt nodes and edges; True if it existed."""
+
+    @abc.abstractmethod
+    def rebuild_links(self) -> int:
+        """Recompute the derived Feature-[:LINKS]->Feature layer; returns the number of links."""
+
+    @abc.abstractmethod
+    def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run one read-only Cypher statement with parameters; refuse writes (ReadOnlyViolation)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Counts of every node and relationship type, plus schema version and backend name."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
