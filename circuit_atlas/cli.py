@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 
+import click
 import typer
 
 from circuit_atlas import __version__
+from circuit_atlas.errors import CircuitAtlasError
 
 app = typer.Typer(
     name="circuit-atlas",
@@ -48,7 +50,21 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    """Entry point: user-facing errors become a one-line message and a non-zero exit."""
+    from rich.console import Console
+
+    try:
+        app(standalone_mode=False)
+    except CircuitAtlasError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

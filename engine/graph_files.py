@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from circuit_atlas import __version__
+from circuit_atlas.errors import CircuitAtlasError
 
 FORMAT_VERSION = 1
 NODE_TYPES = ("embedding", "feature", "error", "logit")
@@ -56,7 +57,7 @@ EDGE_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("wei
 IDENTITY_SETTINGS = ("node_threshold", "edge_threshold", "max_feature_nodes", "pruned", "logit_targets")
 
 
-class GraphFileError(ValueError):
+class GraphFileError(CircuitAtlasError, ValueError):
     """A graph directory that is missing, corrupt or does not follow the format."""
 
 

@@ -17,11 +17,13 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from circuit_atlas.errors import CircuitAtlasError
+
 SCHEMA_VERSION = 1
 DEFAULT_STORE_DIR = Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas")) / "store"
 
 
-class StoreError(RuntimeError):
+class StoreError(CircuitAtlasError, RuntimeError):
     """Any store failure a user can act on: unreachable, bad credentials, wrong schema, full."""
 
 
