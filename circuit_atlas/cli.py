@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "circuit_atlas.store.cli",
     "circuit_atlas.ingest.cli",
     "circuit_atlas.queries.cli",
+    "circuit_atlas.queries.supernodes_cli",
     "circuit_atlas.app.cli",
 )
 
