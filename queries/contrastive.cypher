@@ -1,0 +1,52 @@
+// name: contrastive
+// description: Features and edges enriched in one prompt group versus another (by group, tag, corpus or correctness), with counts, frequencies and a smoothed log-odds score.
+// uses_links: true
+// notes: >
+//   Edge candidates come from the LINKS layer (pairs in >= min_prompts prompts), so edge rows
+//   need LINKS to be fresh; feature rows do not. log_odds = ln((a+alpha)/(n_a-a+alpha)) -
+//   ln((b+alpha)/(n_b-b+alpha)), with a, b the prompts with the feature (edge) in each side.
+// params:
+//   field: {type: str, default: group, help: "what splits the prompts: 'group', 'tag', 'corpus' or 'correct' (values 'true'/'false')"}
+//   a: {type: str, help: "the value that selects side A"}
+//   b: {type: str, default: "", help: "the value that selects side B ('' = every prompt not in A)"}
+//   min_prompts: {type: int, default: 2, help: "least prompts (both sides together) for a row"}
+//   alpha: {type: float, default: 0.5, help: "additive smoothing of the log-odds"}
+//   limit: {type: int, default: 100, help: "most rows returned"}
+// columns:
+//   kind: feature | edge
+//   key: feature key, or 'source->target' for an edge
+//   source_key: the feature (feature rows) or the edge's source
+//   target_key: "'' (feature rows) or the edge's target"
+//   label: feature label (source label for edges)
+//   count_a: prompts in A with it
+//   count_b: prompts in B with it
+//   n_a: prompts in A
+//   n_b: prompts in B
+//   freq_a: count_a / n_a
+//   freq_b: count_b / n_b
+//   log_odds: smoothed log-odds ratio, A over B (positive = enriched in A)
+// post: contrastive
+// examples:
+//   - circuit-atlas query contrastive --param a=capitals
+//   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
+MATCH (p:Prompt)
+WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WITH in_a, in_b
+RETURN sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS n_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS n_b
+// @part features
+MATCH (p:Prompt)
+WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WHERE in_a OR in_b
+MATCH (p)-[:HAS]->(x:Active)-[:OF]->(f:Feature)
+WITH DISTINCT f, p, in_a, in_b
+RETURN f.key AS key, f.label AS label, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a,
+       sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
+// @part edges
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)-[:OF]->(fb), (p:Prompt)-[:HAS]->(x)
+WITH fa, fb, p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WHERE in_a OR in_b
+WITH DISTINCT fa, fb, p, in_a, in_b
+RETURN fa.key AS source_key, fb.key AS target_key, fa.label AS label,
+       sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b

@@ -1,0 +1,42 @@
+// name: feature_profile
+// description: Where a feature is active (prompts, positions, tokens), activation/influence stats, its recurring upstream and downstream partners, and the logits it feeds.
+// uses_links: true
+// notes: >
+//   Upstream and downstream partners come from the LINKS layer (fresh after
+//   `rebuild_links`); occurrences and logits are read from the per-prompt graphs.
+//   One frame with a `section` column: 'summary' (one row), 'occurrence' (one row per active
+//   instance), 'upstream' / 'downstream' (partner features), 'logit' (output tokens it feeds).
+// params:
+//   key: {type: str, help: "feature key '{scan}:{layer}:{index}'"}
+//   min_prompts: {type: int, default: 1, help: "least prompts for a partner or logit to be listed"}
+//   limit: {type: int, default: 50, help: "most rows per section (occurrences are all listed)"}
+// columns:
+//   section: summary | occurrence | upstream | downstream | logit
+//   key: the feature (summary), or the partner feature (upstream/downstream)
+//   label: label of that feature
+//   prompt_id: the prompt (occurrence)
+//   pos: position (occurrence)
+//   token: input token at that position (occurrence) or the output token (logit)
+//   activation: activation (occurrence) or mean activation (summary)
+//   influence: influence (occurrence) or mean influence (summary)
+//   prompts: "prompts (summary: where active; partners/logits: with the edge)"
+//   weight: mean edge weight (partners, logits); max activation (summary)
+// post: feature_profile
+// examples:
+//   - circuit-atlas query feature_profile --param key=my-scan:3:1234
+MATCH (f:Feature)<-[:OF]-(a:Active), (p:Prompt)-[:HAS]->(a)
+WHERE f.key = $key
+RETURN f.key AS key, f.label AS label, a.prompt_id AS prompt_id, a.pos AS pos, p.tokens AS tokens,
+       a.activation AS activation, a.influence AS influence
+// @part upstream
+MATCH (g:Feature)-[l:LINKS]->(f:Feature)
+WHERE f.key = $key AND l.prompts >= $min_prompts
+RETURN g.key AS key, g.label AS label, l.prompts AS prompts, l.mean_weight AS weight
+// @part downstream
+MATCH (f:Feature)-[l:LINKS]->(g:Feature)
+WHERE f.key = $key AND l.prompts >= $min_prompts
+RETURN g.key AS key, g.label AS label, l.prompts AS prompts, l.mean_weight AS weight
+// @part logits
+MATCH (f:Feature)<-[:OF]-(a:Active)-[e:EDGE]->(t:Logit)
+WHERE f.key = $key
+RETURN t.token AS token, count(DISTINCT t.prompt_id) AS prompts, avg(e.weight) AS weight

@@ -1,0 +1,47 @@
+// name: motifs
+// description: "Recurring small motifs among features counted across prompts: feed-forward loops (A->B->C with A->C), fan-in (A->C, B->C) and fan-out (A->B, A->C)."
+// uses_links: true
+// notes: >
+//   Candidate motifs are assembled from LINKS pairs seen in >= min_prompts prompts, then
+//   counted in the per-prompt graphs (all edges of a motif in the same prompt), so it needs
+//   LINKS to be fresh. Fan-in/fan-out list each unordered pair once (a_key < b_key).
+// params:
+//   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
+//   min_prompts: {type: int, default: 2, help: "least prompts a motif must appear in"}
+//   limit: {type: int, default: 100, help: "most rows returned"}
+// columns:
+//   motif: feed_forward (a->b->c, a->c) | fan_in (a->c, b->c) | fan_out (a->b, a->c)
+//   a_key: feature a
+//   b_key: feature b
+//   c_key: feature c
+//   a_label: label of a
+//   b_label: label of b
+//   c_label: label of c
+//   prompts: prompts containing the whole motif
+//   prompt_ids: those prompts
+// post: motifs
+// examples:
+//   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
+MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)-[l2:LINKS]->(fc:Feature), (fa)-[l3:LINKS]->(fc)
+WHERE ($kind = '' OR $kind = 'feed_forward')
+  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts AND l3.prompts >= $min_prompts
+MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)-[:OF]->(fb), (b)-[:EDGE]->(c:Active)-[:OF]->(fc), (a)-[:EDGE]->(c)
+RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+       count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids
+// @part fan_in
+MATCH (fa:Feature)-[l1:LINKS]->(fc:Feature)<-[l2:LINKS]-(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_in') AND fa.key < fb.key
+  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(c:Active)-[:OF]->(fc), (fb)<-[:OF]-(b:Active)-[:EDGE]->(c)
+RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+       count(DISTINCT c.prompt_id) AS prompts, collect(DISTINCT c.prompt_id) AS prompt_ids
+// @part fan_out
+MATCH (fb:Feature)<-[l1:LINKS]-(fa:Feature)-[l2:LINKS]->(fc:Feature)
+WHERE ($kind = '' OR $kind = 'fan_out') AND fb.key < fc.key
+  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+MATCH (fb)<-[:OF]-(b:Active)<-[:EDGE]-(a:Active)-[:EDGE]->(c:Active)-[:OF]->(fc), (fa)<-[:OF]-(a)
+RETURN 'fan_out' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+       count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids

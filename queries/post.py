@@ -1,0 +1,377 @@
+"""Small pandas steps after the Cypher of some library queries.
+
+The Cypher does the matching and the heavy aggregation; these functions compute what the
+common Cypher subset of LadybugDB and Neo4j lacks or spells differently (medians, natural
+logs, weighted Jaccard, connected components, list indexing) and give every query a total,
+deterministic row order, so both backends return the same rows. Each takes the frames of the
+query's parts (by part name) and the validated parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+Frames = dict[str, pd.DataFrame]
+
+
+def _ids(value: Any) -> list[str]:
+    """A collected list of ids, sorted, whatever container the driver returned."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return sorted(str(v) for v in value)
+
+
+def _num(frame: pd.DataFrame, cols: list[str], kind: str = "float") -> pd.DataFrame:
+    for c in cols:
+        frame[c] = pd.to_numeric(frame[c]).astype("float64" if kind == "float" else "int64")
+    return frame
+
+
+def _str(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    for c in cols:
+        frame[c] = frame[c].astype(object).where(frame[c].notna(), "").astype(str)
+    return frame
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+
+
+def corpus_overview(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    prompts = frames["main"].copy()
+    if prompts.empty:
+        return _empty(["bucket"])
+    counts = pd.concat([frames[k] for k in ("types", "errors", "embeddings", "logits")], ignore_index=True)
+    if not counts.empty:
+        wide = counts.pivot_table(index="prompt_id", columns="kind", values="n", aggfunc="sum", fill_value=0)
+        prompts = prompts.merge(wide, left_on="prompt_id", right_index=True, how="left")
+    for kind in ("features", "errors", "embeddings", "logits"):
+        prompts[kind] = pd.to_numeric(prompts[kind], errors="coerce").fillna(0) if kind in prompts else 0
+    by = params["by"]
+    if by == "tag":
+        prompts["bucket"] = prompts["tags"].map(lambda t: list(t) if t is not None and not isinstance(t, float) else [])
+        prompts = prompts.explode("bucket")
+    elif by in ("group", "corpus", "all"):
+        prompts["bucket"] = "*" if by == "all" else prompts["grp" if by == "group" else "corpus"]
+    else:
+        from circuit_atlas.queries.runner import QueryError
+
+        raise QueryError(f"query 'corpus_overview': parameter 'by' must be group, tag, corpus or all, not {by!r}")
+    prompts["bucket"] = prompts["bucket"].astype(object).where(prompts["bucket"].notna(), "").astype(str)
+    prompts["correct"] = prompts["correct"].map(lambda v: bool(v) if v is not None and v == v else False)
+    for c in ("nodes", "edges", "replacement_score", "completeness_score"):
+        prompts[c] = pd.to_numeric(prompts[c], errors="coerce")
+    g = prompts.groupby("bucket", sort=True)
+    out = pd.DataFrame(
+        {
+            "prompts": g.size(),
+            "correct": g["correct"].sum().astype("int64"),
+            "features": g["features"].sum().astype("int64"),
+            "errors": g["errors"].sum().astype("int64"),
+            "embeddings": g["embeddings"].sum().astype("int64"),
+            "logits": g["logits"].sum().astype("int64"),
+            "nodes": g["nodes"].sum().astype("int64"),
+            "edges": g["edges"].sum().astype("int64"),
+            "replacement_mean": g["replacement_score"].mean(),
+            "replacement_min": g["replacement_score"].min(),
+            "replacement_max": g["replacement_score"].max(),
+            "completeness_mean": g["completeness_score"].mean(),
+            "completeness_min": g["completeness_score"].min(),
+            "completeness_max": g["completeness_score"].max(),
+            "prompt_ids": g["prompt_id"].agg(lambda s: sorted(set(map(str, s)))),
+        }
+    ).reset_index()
+    return out
+
+
+def recurring_edges(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    df = frames["main"].copy()
+    df = df[pd.to_numeric(df.get("prompts", pd.Series(dtype=float))) >= params["min_prompts"]] if len(df) else df
+    if df.empty:
+        return _empty(["source_key"])
+    df = _num(df, ["prompts", "edges", "positive"], "int")
+    df = _num(df, ["mean_weight", "mean_abs_weight"])
+    df["median_weight"] = df["weights"].map(lambda w: float(np.median(np.asarray(list(w), dtype=float))))
+    df["sign_consistency"] = np.maximum(df["positive"], df["edges"] - df["positive"]) / df["edges"]
+    df["prompt_ids"] = df["prompt_ids"].map(_ids)
+    df = _str(df, ["source_key", "source_label", "target_key", "target_label"])
+    df = df.sort_values(["prompts", "mean_abs_weight", "source_key", "target_key"], ascending=[False, False, True, True])
+    return df.head(params["limit"])
+
+
+def _paths(frames: Frames, params: dict[str, Any], keys: list[str]) -> pd.DataFrame:
+    df = pd.concat([f for f in frames.values() if len(f)], ignore_index=True) if any(len(f) for f in frames.values()) else pd.DataFrame()
+    if df.empty:
+        return _empty(["hops"])
+    df = _num(df, ["hops", "prompts"], "int")
+    df = _num(df, ["mean_path_weight"])
+    df = df[df["prompts"] >= params["min_prompts"]]
+    df["prompt_ids"] = df["prompt_ids"].map(_ids)
+    df = _str(df, keys)
+    df = df.sort_values(["prompts", "hops"] + keys, ascending=[False, True] + [True] * len(keys))
+    return df.head(params["limit"])
+
+
+def recurring_paths(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    return _paths(frames, params, ["f1_key", "f2_key", "f3_key", "token", "f1_label", "f2_label", "f3_label"])
+
+
+def token_to_logit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    df = _paths(frames, params, ["f1_key", "f2_key", "output_token", "f1_label", "f2_label"])
+    if len(df):
+        df["input_token"] = params["input_token"]
+    return df
+
+
+def feature_profile(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    cols = ["section", "key", "label", "prompt_id", "pos", "token", "activation", "influence", "prompts", "weight"]
+    occ = frames["main"].copy()
+    rows = []
+    if occ.empty:
+        from circuit_atlas.queries.runner import QueryError
+
+        raise QueryError(f"query 'feature_profile': no feature with key {params['key']!r} is active in any prompt")
+    occ = _num(occ, ["activation", "influence"])
+    occ["pos"] = pd.to_numeric(occ["pos"]).astype("int64")
+    occ["token"] = [
+        str(list(t)[p]) if t is not None and not isinstance(t, float) and 0 <= p < len(list(t)) else ""
+        for t, p in zip(occ["tokens"], occ["pos"])
+    ]
+    rows.append(
+        pd.DataFrame(
+            [
+                {
+                    "section": "summary",
+                    "key": str(occ["key"].iloc[0]),
+                    "label": "" if pd.isna(occ["label"].iloc[0]) else str(occ["label"].iloc[0]),
+                    "prompts": int(occ["prompt_id"].nunique()),
+                    "activation": float(occ["activation"].mean()),
+                    "influence": float(occ["influence"].mean()),
+                    "weight": float(occ["activation"].max()),
+                }
+            ]
+        )
+    )
+    occ = occ.assign(section="occurrence", label="").sort_values(["prompt_id", "pos"])
+    rows.append(occ[["section", "key", "label", "prompt_id", "pos", "token", "activation", "influence"]])
+    for part in ("upstream", "downstream"):
+        df = frames[part].copy()
+        if len(df):
+            df = _num(df, ["prompts"], "int")
+            df = _num(df, ["weight"])
+            df = _str(df, ["key", "label"])
+            df = df.sort_values(["prompts", "key"], ascending=[False, True]).head(params["limit"]).assign(section=part)
+            rows.append(df)
+    logits = frames["logits"].copy()
+    if len(logits):
+        logits = _num(logits, ["prompts"], "int")
+        logits = logits[logits["prompts"] >= params["min_prompts"]]
+        logits = _num(logits, ["weight"])
+        logits = _str(logits, ["token"])
+        rows.append(logits.sort_values(["prompts", "token"], ascending=[False, True]).head(params["limit"]).assign(section="logit"))
+    out = pd.concat(rows, ignore_index=True)
+    for c in cols:
+        if c not in out:
+            out[c] = None
+    out = _str(out, ["key", "label", "prompt_id", "token"])
+    out["pos"] = out["pos"].astype("Int64")
+    out["prompts"] = out["prompts"].astype("Int64")
+    return out[cols]
+
+
+def prompts_with_circuit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    keys = sorted(set(params["keys"]))
+    df = frames["main"].copy()
+    if df.empty or not keys:
+        return _empty(["prompt_id"])
+    edges = frames["edges"]
+    per_prompt = edges.groupby("prompt_id").size() if len(edges) else pd.Series(dtype="int64")
+    df["present"] = df["present"].map(_ids)
+    df["features_present"] = df["present"].map(len).astype("int64")
+    df["coverage"] = df["features_present"] / len(keys)
+    df["edges_present"] = df["prompt_id"].map(per_prompt).fillna(0).astype("int64")
+    df["missing_keys"] = df["present"].map(lambda p: [k for k in keys if k not in set(p)])
+    df = _str(df, ["prompt_id", "text", "grp"])
+    df = df[df["coverage"] >= params["min_coverage"]]
+    df = df.sort_values(["coverage", "edges_present", "prompt_id"], ascending=[False, False, True])
+    return df.head(params["limit"])
+
+
+def _log_odds(a: pd.Series, n_a: int, b: pd.Series, n_b: int, alpha: float) -> pd.Series:
+    return np.log((a + alpha) / (n_a - a + alpha)) - np.log((b + alpha) / (n_b - b + alpha))
+
+
+def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    from circuit_atlas.queries.runner import QueryError
+
+    if params["field"] not in ("group", "tag", "corpus", "correct"):
+        raise QueryError(f"query 'contrastive': parameter 'field' must be group, tag, corpus or correct, not {params['field']!r}")
+    if params["alpha"] <= 0:
+        raise QueryError("query 'contrastive': parameter 'alpha' must be positive")
+    totals = frames["main"]
+    n_a = int(pd.to_numeric(totals["n_a"]).fillna(0).iloc[0]) if len(totals) else 0
+    n_b = int(pd.to_numeric(totals["n_b"]).fillna(0).iloc[0]) if len(totals) else 0
+    if n_a == 0:
+        raise QueryError(f"query 'contrastive': no prompt has {params['field']} = {params['a']!r}")
+    parts = []
+    feats = frames["features"].copy()
+    if len(feats):
+        feats = feats.assign(kind="feature", source_key=feats["key"], target_key="")
+        parts.append(feats)
+    edges = frames["edges"].copy()
+    if len(edges):
+        edges = edges.assign(kind="edge", key=edges["source_key"].astype(str) + "->" + edges["target_key"].astype(str))
+        parts.append(edges)
+    if not parts:
+        return _empty(["kind"])
+    df = pd.concat(parts, ignore_index=True)
+    df = _num(df, ["count_a", "count_b"], "int")
+    df = df[df["count_a"] + df["count_b"] >= params["min_prompts"]].copy()
+    df["n_a"], df["n_b"] = n_a, n_b
+    df["freq_a"] = df["count_a"] / n_a
+    df["freq_b"] = df["count_b"] / n_b if n_b else 0.0
+    df["log_odds"] = _log_odds(df["count_a"], n_a, df["count_b"], n_b, params["alpha"])
+    df = _str(df, ["kind", "key", "source_key", "target_key", "label"])
+    df = df.sort_values(["log_odds", "count_a", "kind", "key"], ascending=[False, False, False, True])
+    return df.head(params["limit"])
+
+
+def hubs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    from circuit_atlas.queries.runner import QueryError
+
+    order = {"influence": "total_influence", "prompts": "prompts", "partners": "partners"}
+    if params["by"] not in order:
+        raise QueryError(f"query 'hubs': parameter 'by' must be influence, prompts or partners, not {params['by']!r}")
+    df = frames["main"].copy()
+    if df.empty:
+        return _empty(["key"])
+    partners = frames["partners"]
+    pmap = dict(zip(partners["key"], partners["partners"])) if len(partners) else {}
+    df["partners"] = df["key"].map(pmap).fillna(0).astype("int64")
+    df = _num(df, ["prompts", "occurrences", "layer"], "int")
+    df = _num(df, ["total_influence", "mean_activation"])
+    df = _str(df, ["key", "label"])
+    df = df.sort_values([order[params["by"]], "prompts", "key"], ascending=[False, False, True])
+    return df.head(params["limit"])
+
+
+def similar_prompts(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    target = frames["main"]
+    if target.empty:
+        from circuit_atlas.queries.runner import QueryError
+
+        raise QueryError(f"query 'similar_prompts': no prompt with id {params['prompt_id']!r} (or it has no features)")
+    mine = dict(zip(target["key"].astype(str), pd.to_numeric(target["weight"]).astype(float)))
+    others = frames["others"]
+    rows = []
+    for (pid, text, grp), g in others.groupby(["prompt_id", "text", "grp"], dropna=False, sort=True):
+        theirs = dict(zip(g["key"].astype(str), pd.to_numeric(g["weight"]).astype(float)))
+        keys = set(mine) | set(theirs)
+        num = sum(min(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
+        den = sum(max(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
+        rows.append({"prompt_id": pid, "text": text, "grp": grp, "shared_features": len(set(mine) & set(theirs)),
+                     "weighted_jaccard": num / den if den else 0.0})
+    if not rows:
+        return _empty(["prompt_id"])
+    df = _str(pd.DataFrame(rows), ["prompt_id", "text", "grp"])
+    df = df.sort_values(["weighted_jaccard", "prompt_id"], ascending=[False, True])
+    return df.head(params["limit"])
+
+
+def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    from circuit_atlas.queries.runner import QueryError
+
+    if params["kind"] not in ("", "feed_forward", "fan_in", "fan_out"):
+        raise QueryError(f"query 'motifs': parameter 'kind' must be feed_forward, fan_in or fan_out, not {params['kind']!r}")
+    parts = [f for f in frames.values() if len(f)]
+    if not parts:
+        return _empty(["motif"])
+    df = pd.concat(parts, ignore_index=True)
+    df = _num(df, ["prompts"], "int")
+    df = df[df["prompts"] >= params["min_prompts"]].copy()
+    df["prompt_ids"] = df["prompt_ids"].map(_ids)
+    df = _str(df, ["motif", "a_key", "b_key", "c_key", "a_label", "b_label", "c_label"])
+    df = df.sort_values(["prompts", "motif", "a_key", "b_key", "c_key"], ascending=[False, True, True, True, True])
+    return df.head(params["limit"])
+
+
+def supernode_candidates(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    pairs = frames["main"]
+    members = frames["members"]
+    if pairs.empty or members.empty:
+        return _empty(["candidate"])
+    prompts = dict(zip(members["key"].astype(str), pd.to_numeric(members["prompts"]).astype(int)))
+    graph = nx.Graph()
+    for f, g, targets, both in zip(pairs["f_key"], pairs["g_key"], pairs["targets"], pairs["both"]):
+        f, g, both = str(f), str(g), int(both)
+        union = prompts.get(f, 0) + prompts.get(g, 0) - both
+        jac = both / union if union else 0.0
+        if jac >= params["min_jaccard"]:
+            graph.add_edge(f, g, jaccard=jac, targets=set(map(str, targets)))
+    comps = [sorted(c) for c in nx.connected_components(graph) if len(c) >= params["min_size"]]
+    comps.sort(key=lambda c: (-len(c), c[0]))
+    labels = dict(zip(members["key"].astype(str), members["label"]))
+    layers = dict(zip(members["key"].astype(str), members["layer"]))
+    rows = []
+    for i, comp in enumerate(comps[: params["limit"]], start=1):
+        for k in comp:
+            edges = [graph.edges[k, n] for n in graph.neighbors(k)]
+            targets = sorted(set().union(*(e["targets"] for e in edges)))
+            rows.append({"candidate": i, "size": len(comp), "key": k, "label": labels.get(k), "layer": int(layers.get(k, -1)),
+                         "prompts": prompts.get(k, 0), "shared_targets": targets,
+                         "mean_jaccard": float(np.mean([e["jaccard"] for e in edges]))})
+    if not rows:
+        return _empty(["candidate"])
+    return _str(pd.DataFrame(rows), ["label"])
+
+
+def prompt_subgraph(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    parts = []
+    for part, kind in (("embeddings", "embedding"), ("main", "feature"), ("errors", "error"), ("logits", "logit")):
+        df = frames[part]
+        if len(df):
+            parts.append(df.assign(kind=kind))
+    if not parts:
+        from circuit_atlas.queries.runner import QueryError
+
+        raise QueryError(f"query 'prompt_subgraph': no prompt with id {params['prompt_id']!r}")
+    nodes = pd.concat(parts, ignore_index=True)
+    kept = set(nodes["node_id"].astype(str))
+    edges = frames["edges"].copy()
+    if len(edges):
+        edges = edges[edges["source"].astype(str).isin(kept) & edges["target"].astype(str).isin(kept)]
+        edges = _num(edges.assign(kind="edge", node_id=""), ["weight"]).sort_values(["source", "target"])
+    nodes = nodes.sort_values(["kind", "node_id"])
+    out = pd.concat([nodes, edges], ignore_index=True)
+    for c in ("layer", "pos", "feature_key", "label", "activation", "influence", "prob", "source", "target", "weight"):
+        if c not in out:
+            out[c] = None
+    out = _str(out, ["node_id", "feature_key", "label", "source", "target"])
+    for c in ("layer", "pos"):
+        out[c] = pd.to_numeric(out[c]).astype("Int64")
+    for c in ("activation", "influence", "prob", "weight"):
+        out[c] = pd.to_numeric(out[c]).astype("float64")
+    return out
+
+
+def untrusted_graphs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    df = frames["prompts"].copy()
+    if df.empty:
+        return _empty(["prompt_id"])
+    err = frames["main"]
+    feat = frames["features"]
+    df["error_influence"] = df["prompt_id"].map(dict(zip(err["prompt_id"], err["error_influence"])) if len(err) else {})
+    df["feature_influence"] = df["prompt_id"].map(dict(zip(feat["prompt_id"], feat["feature_influence"])) if len(feat) else {})
+    df = _num(df, ["error_influence", "feature_influence", "replacement_score", "completeness_score"])
+    df[["error_influence", "feature_influence"]] = df[["error_influence", "feature_influence"]].fillna(0.0)
+    total = df["error_influence"] + df["feature_influence"]
+    df["error_share"] = np.where(total > 0, df["error_influence"] / total.where(total > 0, 1.0), 0.0)
+    df = df[df["error_share"] >= params["min_error_share"]]
+    df = _str(df, ["prompt_id", "text", "grp"])
+    df = df.sort_values(["error_share", "replacement_score", "prompt_id"], ascending=[False, True, True])
+    return df.head(params["limit"])

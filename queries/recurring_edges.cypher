@@ -1,0 +1,36 @@
+// name: recurring_edges
+// description: Feature->feature edges (through their global features) present in at least min_prompts prompts with |weight| >= min_weight.
+// uses_links: true
+// notes: >
+//   Starts from the derived LINKS layer (pairs already seen in >= min_prompts prompts) and then
+//   reads the per-prompt EDGEs of those pairs, so it needs LINKS to be fresh: run
+//   `circuit-atlas rebuild-links` (store) after ingesting, or pairs added since are missed.
+// params:
+//   min_prompts: {type: int, default: 2, help: "least number of prompts an edge must appear in"}
+//   min_weight: {type: float, default: 0.0, help: "least |weight| of an edge instance to count"}
+//   scan: {type: str, default: "", help: "only features of this transcoder set ('' = all)"}
+//   limit: {type: int, default: 100, help: "most rows returned"}
+// columns:
+//   source_key: upstream feature key
+//   source_label: upstream feature label
+//   target_key: downstream feature key
+//   target_label: downstream feature label
+//   prompts: number of prompts with the edge
+//   edges: number of edge instances (a pair can occur at several positions in one prompt)
+//   mean_weight: mean weight over instances
+//   median_weight: median weight over instances
+//   mean_abs_weight: mean |weight| over instances
+//   sign_consistency: share of instances carrying the majority sign (1 = always the same sign)
+//   prompt_ids: prompts with the edge
+// post: recurring_edges
+// examples:
+//   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts AND ($scan = '' OR fa.scan = $scan)
+MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)-[:OF]->(fb)
+WHERE abs(e.weight) >= $min_weight
+RETURN fa.key AS source_key, fa.label AS source_label, fb.key AS target_key, fb.label AS target_label,
+       count(DISTINCT a.prompt_id) AS prompts, count(*) AS edges,
+       avg(e.weight) AS mean_weight, avg(abs(e.weight)) AS mean_abs_weight,
+       sum(CASE WHEN e.weight > 0 THEN 1 ELSE 0 END) AS positive,
+       collect(e.weight) AS weights, collect(DISTINCT a.prompt_id) AS prompt_ids

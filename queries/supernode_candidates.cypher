@@ -1,0 +1,38 @@
+// name: supernode_candidates
+// description: "Groups of features that co-occur across prompts and feed the same targets: a starting point for supernodes."
+// uses_links: true
+// notes: >
+//   Pairs of features that feed a common target feature (both LINKS in >= min_prompts prompts)
+//   and whose prompt sets overlap with Jaccard >= min_jaccard are joined; each connected group
+//   of such pairs is one candidate. Needs LINKS to be fresh. See also `circuit-atlas
+//   supernodes`, which writes automatic supernodes with a richer similarity.
+// params:
+//   min_prompts: {type: int, default: 2, help: "least prompts for a LINKS edge to a shared target"}
+//   min_jaccard: {type: float, default: 0.5, help: "least Jaccard overlap of the two features' prompt sets"}
+//   min_size: {type: int, default: 2, help: "smallest group returned"}
+//   limit: {type: int, default: 50, help: "most groups returned"}
+// columns:
+//   candidate: group number (1 = largest)
+//   size: features in the group
+//   key: a member feature
+//   label: its label
+//   layer: its layer
+//   prompts: prompts where the member is active
+//   shared_targets: target features fed by this member and at least one other member
+//   mean_jaccard: mean prompt-set Jaccard of the member's pairs inside the group
+// post: supernode_candidates
+// examples:
+//   - circuit-atlas query supernode_candidates --param min_prompts=5 --param min_jaccard=0.6
+MATCH (f:Feature)-[l1:LINKS]->(t:Feature)<-[l2:LINKS]-(g:Feature)
+WHERE f.key < g.key AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+WITH f, g, collect(DISTINCT t.key) AS targets
+MATCH (f)<-[:OF]-(a:Active), (g)<-[:OF]-(b:Active)
+WHERE a.prompt_id = b.prompt_id
+WITH f, g, targets, count(DISTINCT a.prompt_id) AS both
+RETURN f.key AS f_key, g.key AS g_key, targets, both
+// @part members
+MATCH (f:Feature)-[l:LINKS]->(t:Feature)
+WHERE l.prompts >= $min_prompts
+WITH DISTINCT f
+MATCH (f)<-[:OF]-(a:Active)
+RETURN f.key AS key, f.label AS label, f.layer AS layer, count(DISTINCT a.prompt_id) AS prompts
