@@ -1,7 +1,7 @@
 // name: prompts_with_circuit
 // description: Prompts containing a given set of features (and the edges among them), with coverage fraction.
 // params:
-//   keys: {type: list[str], help: "feature keys of the circuit (comma-separated or a JSON list)"}
+//   keys: {type: "list[str]", help: "feature keys of the circuit (comma-separated or a JSON list)"}
 //   min_coverage: {type: float, default: 0.0, help: "least fraction of the features a prompt must contain"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
