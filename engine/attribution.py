@@ -1,0 +1,451 @@
+"""Attribution graphs: direct linear effects between the nodes of a local replacement model.
+
+For one prompt the replacement model (``engine.replacement``) has frozen attention patterns,
+frozen normalisation denominators and MLPs replaced by transcoder features plus error terms,
+so the residual stream is linear in the embeddings, the feature activations and the errors.
+The edge ``A[t, s]`` is then exact: the change of target ``t``'s pre-activation (or de-meaned
+logit) per unit of source ``s``. One backward pass per batch of targets injects each target's
+encoder vector (or de-meaned unembedding) as the gradient at its input, and every source's edge
+is read from the gradient at the point where the source enters the residual stream:
+
+- feature (l, p, f): ``activation * sum_{l' >= l} <decoder(l -> l', f), grad mlp_out[l'][p]>``
+- error (l, p):      ``<error[l][p], grad mlp_out[l][p]>``
+- embedding p:       ``<embedding[p], grad embeddings[p]>``
+
+Nodes are laid out as [features, errors (layer-major, positions 1..T-1), embeddings, logits];
+only features and logits have incoming edges, so edges are kept as row-compressed matrices
+(see ``engine.pruning``). Edges accumulate in float32 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine import pruning
+from circuit_atlas.errors import CircuitAtlasError
+
+
+class AttributionError(CircuitAtlasError, ValueError):
+    """Bad attribution settings: unknown logit target, thresholds out of range, and so on."""
+
+
+@dataclass
+class LogitTargets:
+    token_ids: Tensor  # (K,)
+    probs: Tensor  # (K,) softmax probability of each target at the last position
+    grads: Tensor  # (K, V) gradient to inject at the last position's logits
+
+
+@dataclass
+class RawGraph:
+    """The unpruned graph as computed: row-compressed edges plus what names the nodes."""
+
+    rows: Tensor  # (R, N) float32, R = selected features + logits
+    row_nodes: Tensor  # (R,) node index of each row
+    kinds: Tensor  # (N,) pruning.EMBEDDING/FEATURE/ERROR/LOGIT
+    feat_layer: Tensor  # (F,) selected features
+    feat_pos: Tensor
+    feat_index: Tensor
+    feat_act: Tensor
+    n_layers: int
+    n_pos: int
+    token_ids: list[int]
+    logits: LogitTargets
+
+    @property
+    def logit_weights(self) -> Tensor:
+        w = torch.zeros(self.kinds.shape[0])
+        w[-self.logits.token_ids.shape[0] :] = self.logits.probs.float().cpu()
+        return w
+
+
+def _check_prompt(lm: Any, prompt: str | list[int]) -> tuple[str, list[int]]:
+    from circuit_atlas.engine.models import PromptError
+
+    if isinstance(prompt, str):
+        ids = list(lm.tokenize(prompt))
+        return prompt, ids
+    ids = [int(t) for t in prompt]
+    if not ids:
+        raise PromptError("empty prompt: no token ids given")
+    if len(ids) > lm.max_context:
+        raise PromptError(f"prompt has {len(ids)} tokens; the model's context is {lm.max_context}")
+    bad = [t for t in ids if not 0 <= t < lm.vocab_size]
+    if bad:
+        raise PromptError(f"token ids {bad[:5]} are outside the vocabulary (size {lm.vocab_size})")
+    return lm.tokenizer.decode(ids), ids
+
+
+def _softcap(lm: Any) -> float | None:
+    cap = getattr(getattr(lm.model, "config", None), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def _logit_targets(
+    lm: Any, last_logits: Tensor, targets: list[str | int] | None, max_n_logits: int, desired_logit_prob: float
+) -> LogitTargets:
+    """Top tokens up to ``desired_logit_prob`` cumulative probability (at most ``max_n_logits``),
+    or the given tokens. The injected gradient is the de-meaned one-hot, so the target is
+    "logit minus mean logit"; under a final softcap it is divided by the (frozen) tanh slope so
+    the effect is measured on the pre-softcap logit, which is linear in the residual stream."""
+    logits32 = last_logits.float()
+    probs = torch.softmax(logits32, dim=-1)
+    vocab = logits32.shape[-1]
+    if targets is None:
+        top_p, top_i = probs.topk(min(max_n_logits, vocab))
+        cut = int(torch.searchsorted(torch.cumsum(top_p, 0), torch.tensor(desired_logit_prob)).item()) + 1
+        ids = top_i[: min(cut, top_i.shape[0])]
+    else:
+        if not targets:
+            raise AttributionError("logit_targets is empty")
+        resolved = []
+        for t in targets:
+            if isinstance(t, str) and not t.lstrip("-").isdigit():
+                enc = lm.tokenizer.encode(t, add_special_tokens=False)
+                if len(enc) != 1:
+                    raise AttributionError(f"logit target {t!r} is {len(enc)} tokens, not one: {enc}")
+                resolved.append(int(enc[0]))
+            else:
+                tid = int(t)
+                if not 0 <= tid < vocab:
+                    raise AttributionError(f"logit target id {tid} is outside the vocabulary (size {vocab})")
+                resolved.append(tid)
+        ids = torch.tensor(list(dict.fromkeys(resolved)), dtype=torch.long, device=logits32.device)
+    grads = torch.full((ids.shape[0], vocab), -1.0 / vocab, device=logits32.device)
+    grads[torch.arange(ids.shape[0]), ids] += 1.0
+    cap = _softcap(lm)
+    if cap:
+        slope = 1.0 - (logits32 / cap) ** 2  # d softcap(z)/dz at the frozen logits
+        grads = grads / slope.clamp(min=1e-12)
+    return LogitTargets(ids, probs[ids], grads)
+
+
+class _SourceReader:
+    """Turns the gradients of one backward pass into edge rows for every source, vectorised:
+    one padded batched matmul per target layer for features, one einsum for errors/embeddings."""
+
+    def __init__(self, run: Any, tc: Any, layers: Tensor, pos: Tensor, feats: Tensor, acts: Tensor) -> None:
+        self.n_layers = len(run.mlp_out)
+        self.n_pos = run.embeddings.shape[1]
+        self.n_feat = int(layers.shape[0])
+        device = run.embeddings.device
+        self.emb = run.embeddings[0].detach().float()  # (T, d)
+        self.err = torch.stack([e.float() for e in run.errors])[:, 1:]  # (L, T-1, d)
+        # per target layer l': decoders of every feature that writes to l', scaled by activation,
+        # grouped by position into a padded (T, S_max, d) block for one bmm
+        self.blocks: list[tuple[Tensor, Tensor] | None] = []
+        for target in range(self.n_layers):
+            src = (layers == target) if tc.kind == "plt" else (layers <= target)
+            idx = torch.nonzero(src, as_tuple=True)[0]
+            if idx.numel() == 0:
+                self.blocks.append(None)
+                continue
+            vecs = torch.empty(idx.numel(), self.emb.shape[1], device=device)
+            for source in torch.unique(layers[idx]).tolist():
+                sel = idx[layers[idx] == source]
+                pos_sel = (layers[idx] == source).nonzero(as_tuple=True)[0]
+                dec = tc.decoder_vectors(source, target, feats[sel].to(device)).float()
+                vecs[pos_sel] = dec * acts[sel].to(device).float()[:, None]
+            p = pos[idx].to(device)
+            order = torch.argsort(p, stable=True)
+            p, idx, vecs = p[order], idx[order], vecs[order]
+            counts = torch.bincount(p, minlength=self.n_pos)
+            slot = torch.arange(p.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[p]
+            width = int(counts.max().item())
+            block = torch.zeros(self.n_pos, width, vecs.shape[1], device=device)
+            block[p, slot] = vecs
+            cols = torch.full((self.n_pos, width), self.n_feat, dtype=torch.long, device=device)
+            cols[p, slot] = idx.to(device)
+            self.blocks.append((block.transpose(1, 2).contiguous(), cols.flatten()))
+
+    def rows(self, g_emb: Tensor | None, g_out: list[Tensor | None], n: int) -> Tensor:
+        """Edge rows (n, F + L*(T-1) + T) for the first n batch copies."""
+        t = self.n_pos
+        feat = torch.zeros(n, self.n_feat + 1, device=self.emb.device)
+        err = torch.zeros(n, self.n_layers, t - 1, device=self.emb.device)
+        for layer, g in enumerate(g_out):
+            if g is None:
+                continue
+            g = g[:n].float()
+            err[:, layer] = torch.einsum("btd,td->bt", g[:, 1:], self.err[layer])
+            block = self.blocks[layer]
+            if block is not None:
+                mats, cols = block
+                out = torch.bmm(g.transpose(0, 1), mats)  # (T, n, S_max)
+                feat.index_add_(1, cols, out.transpose(0, 1).reshape(n, -1))
+        emb = torch.zeros(n, t, device=self.emb.device)
+        if g_emb is not None:
+            emb = torch.einsum("btd,td->bt", g_emb[:n].float(), self.emb)
+        return torch.cat([feat[:, : self.n_feat], err.reshape(n, -1), emb], dim=1)
+
+
+def compute_graph(
+    lm: Any,
+    tc: Any,
+    token_ids: list[int],
+    *,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    logit_targets: list[str | int] | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    progress: bool = False,
+    update_interval: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> RawGraph:
+    """Every edge into the logits and into the visited features (all, or the
+    ``max_feature_nodes`` most influential found greedily), unpruned."""
+    from circuit_atlas.engine.replacement import replacement_run
+
+    if batch_size < 1:
+        raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
+    tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
+    ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
+    run = replacement_run(lm, tc, ids, batch_size=batch_size)
+    n_layers, n_pos = len(run.mlp_out), ids.shape[0]
+
+    # active features, ordered (layer, pos, feature)
+    found = [torch.nonzero(run.activations[l]) for l in range(n_layers)]
+    layers = torch.cat([torch.full((f.shape[0],), l, dtype=torch.long) for l, f in enumerate(found)]).to(lm.device)
+    pos = torch.cat([f[:, 0] for f in found]).to(lm.device)
+    feats = torch.cat([f[:, 1] for f in found]).to(lm.device)
+    acts = torch.cat([run.activations[l][f[:, 0], f[:, 1]] for l, f in enumerate(found)]).float()
+    n_feat = int(layers.shape[0])
+    n_err = n_layers * (n_pos - 1)
+    n_src = n_feat + n_err + n_pos
+
+    targets = _logit_targets(lm, run.logits[0, -1].detach(), logit_targets, max_n_logits, desired_logit_prob)
+    n_logit = int(targets.token_ids.shape[0])
+    budget = n_feat if max_feature_nodes is None else max(0, min(int(max_feature_nodes), n_feat))
+
+    reader = _SourceReader(run, tc, layers, pos, feats, acts)
+    inputs = [run.embeddings, *run.mlp_out]
+    rows = torch.zeros(n_logit + budget, n_src, dtype=torch.float32)
+    row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
+
+    def backward(enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None) -> Tensor:
+        outs, grads = [], []
+        n = len(enc_layers) if enc_vecs is not None else int(logit_grads.shape[0])  # type: ignore[union-attr]
+        if enc_vecs is not None:
+            el = torch.tensor(enc_layers, device=lm.device)
+            ep = torch.tensor(enc_pos, device=lm.device)
+            for layer in torch.unique(el).tolist():
+                g = torch.zeros_like(run.mlp_in[layer])
+                b = torch.nonzero(el == layer, as_tuple=True)[0]
+                g[b, ep[b]] = enc_vecs[b].to(g.dtype)
+                outs.append(run.mlp_in[layer])
+                grads.append(g)
+        if logit_grads is not None:
+            g = torch.zeros_like(run.logits)
+            g[:n, -1] = logit_grads.to(g.dtype)
+            outs.append(run.logits)
+            grads.append(g)
+        got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True)
+        return reader.rows(got[0], list(got[1:]), n).cpu()
+
+    # logit rows first
+    logit_node0 = n_src  # logit k is node n_src + k in the all-features space
+    for start in range(0, n_logit, batch_size):
+        stop = min(start + batch_size, n_logit)
+        rows[start:stop] = backward([], [], None, targets.grads[start:stop])
+        row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
+
+    # feature rows: all in order, or greedily by current influence on the logits
+    weights = torch.zeros(n_src + n_logit)
+    weights[n_src:] = targets.probs.float().cpu()
+    visited = torch.zeros(n_feat, dtype=torch.bool)
+    filled, n_done = n_logit, 0
+    bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress)
+    enc_cache: dict[int, Tensor] = {}
+    while n_done < budget:
+        if budget == n_feat:
+            pending = torch.arange(n_feat)
+        else:
+            padded = torch.cat([rows[:filled], torch.zeros(filled, n_logit)], dim=1)
+            infl = pruning.influence(pruning.normalize_rows(padded), row_nodes[:filled], weights)
+            rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
+            pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
+        for start in range(0, pending.shape[0], batch_size):
+            chunk = pending[start : start + batch_size]
+            cl, cp, cf = layers[chunk.to(lm.device)], pos[chunk.to(lm.device)], feats[chunk.to(lm.device)]
+            vecs = torch.empty(chunk.shape[0], lm.d_model, device=lm.device)
+            for layer in torch.unique(cl).tolist():
+                m = cl == layer
+                vecs[m] = tc.encoder_vectors(layer, cf[m]).float()
+            stop = filled + chunk.shape[0]
+            rows[filled:stop] = backward(cl.tolist(), cp.tolist(), vecs, None)
+            row_nodes[filled:stop] = chunk
+            visited[chunk] = True
+            filled, n_done = stop, n_done + chunk.shape[0]
+            bar.update(chunk.shape[0])
+            if on_batch:
+                on_batch(chunk.shape[0])
+    bar.close()
+    del enc_cache, run, reader
+
+    # keep the visited features only; renumber nodes to [selected features, errors, embeddings, logits]
+    selected = torch.nonzero(visited, as_tuple=True)[0]
+    new_index = torch.full((n_src + n_logit,), -1, dtype=torch.long)
+    new_index[selected] = torch.arange(selected.shape[0])
+    n_sel = int(selected.shape[0])
+    new_index[n_feat:] = torch.arange(n_sel, n_sel + n_err + n_pos + n_logit)
+    keep_cols = torch.cat([selected, torch.arange(n_feat, n_src)])
+    rows = rows[:filled][:, keep_cols]
+    rows = torch.cat([rows, torch.zeros(filled, n_logit)], dim=1)
+    row_nodes = new_index[row_nodes[:filled]]
+    order = torch.argsort(row_nodes)
+    rows, row_nodes = rows[order], row_nodes[order]
+
+    kinds = torch.cat(
+        [
+            torch.full((n_sel,), pruning.FEATURE),
+            torch.full((n_err,), pruning.ERROR),
+            torch.full((n_pos,), pruning.EMBEDDING),
+            torch.full((n_logit,), pruning.LOGIT),
+        ]
+    )
+    sel_dev = selected.to(lm.device)
+    return RawGraph(
+        rows=rows,
+        row_nodes=row_nodes,
+        kinds=kinds,
+        feat_layer=layers[sel_dev].cpu(),
+        feat_pos=pos[sel_dev].cpu(),
+        feat_index=feats[sel_dev].cpu(),
+        feat_act=acts[sel_dev].cpu(),
+        n_layers=n_layers,
+        n_pos=n_pos,
+        token_ids=list(token_ids),
+        logits=LogitTargets(targets.token_ids.cpu(), targets.probs.cpu(), targets.grads.cpu()),
+    )
+
+
+def node_table(raw: RawGraph, influence: Tensor | None) -> pd.DataFrame:
+    """nodes.parquet rows in node order (features, errors, embeddings, logits)."""
+    L, T = raw.n_layers, raw.n_pos
+    n_sel = int(raw.feat_layer.shape[0])
+    err_layer = np.repeat(np.arange(L), T - 1)
+    err_pos = np.tile(np.arange(1, T), L)
+    tok = np.asarray(raw.token_ids, dtype=np.int64)
+    logit_ids = raw.logits.token_ids.numpy().astype(np.int64)
+    k = logit_ids.shape[0]
+    fl, fp, ff = raw.feat_layer.numpy(), raw.feat_pos.numpy(), raw.feat_index.numpy()
+    ids = (
+        [gf.feature_node_id(int(a), int(b), int(c)) for a, b, c in zip(fl, ff, fp)]
+        + [gf.error_node_id(int(a), int(b)) for a, b in zip(err_layer, err_pos)]
+        + [gf.embedding_node_id(int(t), p) for p, t in enumerate(tok)]
+        + [gf.logit_node_id(L, int(t), T - 1) for t in logit_ids]
+    )
+    n_err = err_layer.shape[0]
+    nan = np.float32("nan")
+    df = pd.DataFrame(
+        {
+            "node_id": ids,
+            "type": ["feature"] * n_sel + ["error"] * n_err + ["embedding"] * T + ["logit"] * k,
+            "layer": np.concatenate([fl, err_layer, np.full(T, -1), np.full(k, L)]).astype(np.int32),
+            "pos": np.concatenate([fp, err_pos, np.arange(T), np.full(k, T - 1)]).astype(np.int32),
+            "feature": np.concatenate([ff, np.full(n_err + T + k, -1)]).astype(np.int64),
+            "token_id": np.concatenate([np.full(n_sel + n_err, -1), tok, logit_ids]).astype(np.int64),
+            "activation": np.concatenate([raw.feat_act.numpy(), np.full(n_err + T + k, nan)]).astype(np.float32),
+            "influence": (influence.numpy() if influence is not None else np.full(len(ids), nan)).astype(np.float32),
+            "prob": np.concatenate([np.full(n_sel + n_err + T, nan), raw.logits.probs.float().numpy()]).astype(
+                np.float32
+            ),
+            "label": [None] * len(ids),
+        }
+    )
+    return df
+
+
+def attribute(
+    lm: Any,
+    tc: Any,
+    prompt: str | list[int],
+    *,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    prune: bool = True,
+    logit_targets: list[str | int] | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    progress: bool = False,
+    prompt_props: dict | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> gf.GraphFile:
+    """The attribution graph of ``prompt`` under transcoders ``tc``, pruned unless
+    ``prune=False`` (then every computed non-zero edge is kept), with both scores in meta."""
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise AttributionError(f"{name} must be between 0 and 1, got {value}")
+    text, token_ids = _check_prompt(lm, prompt)
+    raw = compute_graph(
+        lm,
+        tc,
+        token_ids,
+        max_feature_nodes=max_feature_nodes,
+        batch_size=batch_size,
+        logit_targets=logit_targets,
+        max_n_logits=max_n_logits,
+        desired_logit_prob=desired_logit_prob,
+        progress=progress,
+        on_batch=on_batch,
+    )
+    weights = raw.logit_weights
+    replacement, completeness = pruning.graph_scores(raw.rows, raw.row_nodes, raw.kinds, weights)
+    if prune:
+        result = pruning.prune(raw.rows, raw.row_nodes, raw.kinds, weights, node_threshold, edge_threshold)
+        infl, node_mask, edge_mask = result.node_influence, result.node_mask, result.edge_mask
+    else:
+        infl = pruning.node_influence(raw.rows, raw.row_nodes, weights)
+        node_mask = torch.ones(raw.kinds.shape[0], dtype=torch.bool)
+        edge_mask = raw.rows != 0
+    nodes = node_table(raw, infl)
+    r, s = torch.nonzero(edge_mask, as_tuple=True)
+    ids = nodes["node_id"].to_numpy()
+    edges = pd.DataFrame(
+        {
+            "source": ids[s.numpy()],
+            "target": ids[raw.row_nodes[r].numpy()],
+            "weight": raw.rows[r, s].numpy().astype(np.float32),
+        }
+    )
+    nodes = nodes[node_mask.numpy()].reset_index(drop=True)
+
+    custom = None if logit_targets is None else [int(t) for t in raw.logits.token_ids.tolist()]
+    settings = {
+        "node_threshold": float(node_threshold),
+        "edge_threshold": float(edge_threshold),
+        "max_feature_nodes": max_feature_nodes,
+        "pruned": bool(prune),
+        "logit_targets": custom,
+        "max_n_logits": int(max_n_logits),
+        "desired_logit_prob": float(desired_logit_prob),
+        "batch_size": int(batch_size),
+        "dtype": str(lm.dtype).replace("torch.", ""),
+        "device": str(lm.device),
+    }
+    meta = {
+        "graph_id": gf.graph_id(lm.model_id, tc.scan, token_ids, settings),
+        "prompt": text,
+        "tokens": list(lm.token_strings(token_ids)),
+        "token_ids": token_ids,
+        "model": lm.model_id,
+        "scan": tc.scan,
+        "n_layers": raw.n_layers,
+        "settings": settings,
+        "scores": {"replacement_score": replacement, "completeness_score": completeness},
+        "prompt_props": dict(prompt_props or {}),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return gf.GraphFile(meta=meta, nodes=nodes, edges=edges)
