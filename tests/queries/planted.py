@@ -251,16 +251,17 @@ def _build_graph(spec: PlantedPrompt, rng: random.Random, next_noise, n_noise: i
         act = round(rng.uniform(0.1, 1.0), 3)
         noise.append(add(nid, "feature", layer, pos, feature=index, activation=act, influence=round(rng.uniform(0.0, 0.1), 3)))
         spec.features[f"{SCAN}:{layer}:{index}"] = act
-    others = list(emb.values()) + errors + list(fid.values()) + noise
+    sources = list(emb.values()) + errors + list(fid.values()) + noise  # embeddings/errors only send
+    targets = list(fid.values()) + noise + list(logits.values())  # logits only receive
     seen = {(s, t) for s, t, _ in edges}
     added = tries = 0
     while added < n_edges and tries < 50 * n_edges:
         tries += 1
         n = rng.choice(noise)
         if rng.random() < 0.5:
-            s, t = n, rng.choice(others + list(logits.values()))
+            s, t = n, rng.choice(targets)
         else:
-            s, t = rng.choice(others), n
+            s, t = rng.choice(sources), n
         if s == t or (s, t) in seen:
             continue
         seen.add((s, t))
