@@ -294,9 +294,9 @@ def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) ->
         frame = fn(frames, values)
     else:
         frame = next(iter(frames.values()))
+    if len(frame) == 0:  # no rows: still give every promised column
+        frame = pd.DataFrame({c: frame[c] if c in frame.columns else pd.Series([], dtype=object) for c in query.columns})
     missing = [c for c in query.columns if c not in frame.columns]
-    if missing and len(frame.columns):
+    if missing:
         raise QueryError(f"query '{name}' returned no columns {missing}; its header promises them")
-    if len(frame.columns) == 0:
-        frame = pd.DataFrame({c: [] for c in query.columns})
     return frame[query.columns].reset_index(drop=True)

@@ -1,0 +1,66 @@
+"""Fixtures: the planted corpus, loaded once per session into each backend."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import planted as planted_mod  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    return planted_mod.build_corpus(tmp_path_factory.mktemp("planted") / "graphs")
+
+
+def _real_store_available() -> bool:
+    try:
+        from circuit_atlas.store import open_store  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load(store, planted) -> None:
+    store.init_schema()
+    store.write_graphs(planted.graph_dirs)
+    store.rebuild_links()
+
+
+@pytest.fixture(scope="session")
+def embedded_store(planted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("embedded") / "db"
+    if _real_store_available():
+        from circuit_atlas.store import open_store
+
+        store = open_store(f"embedded:{path}")
+        _load(store, planted)
+    else:  # store/ has not landed yet: a real LadybugDB with the same schema
+        from mini_store import MiniStore
+
+        store = MiniStore(path)
+        store.load(planted.graph_dirs)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def bolt_store(planted):
+    try:
+        from circuit_atlas.store import arcadedb_server, open_store
+    except ImportError:
+        pytest.skip("store/arcadedb_server.py has not landed")
+    with arcadedb_server.arcadedb_bolt_server() as url:
+        store = open_store(url)
+        _load(store, planted)
+        yield store
+        store.close()
+
+
+@pytest.fixture(params=["embedded", pytest.param("bolt", marks=pytest.mark.bolt)])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_store")
