@@ -131,6 +131,19 @@ def _tl_config(model_dir: Path):
     )
 
 
+def _ct_tokenizer(model_dir: Path, auto):
+    """Tokenizer under transformers 4.x: files saved by transformers 5 name a tokenizer class
+    4.x lacks, so fall back to the fast tokenizer built from tokenizer.json."""
+    try:
+        return auto.from_pretrained(model_dir)
+    except (ValueError, OSError):
+        from transformers import PreTrainedTokenizerFast
+
+        conf = json.loads((model_dir / "tokenizer_config.json").read_text())
+        special = {k: conf[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if isinstance(conf.get(k), str)}
+        return PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), **special)
+
+
 def worker_ct(args: argparse.Namespace) -> dict:
     import torch
 
@@ -146,7 +159,7 @@ def worker_ct(args: argparse.Namespace) -> dict:
 
     model_dir, tc_dir = Path(args.model_dir), Path(args.tc_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = _ct_tokenizer(model_dir, AutoTokenizer)
     cfg = _tl_config(model_dir)
     model = TransformerLensReplacementModel(cfg)
     model.load_and_process_state_dict(
@@ -168,7 +181,7 @@ def worker_ct(args: argparse.Namespace) -> dict:
         device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False, lazy_decoder=False,
     )
     model._configure_replacement_model(tcs)
-    model.set_tokenizer(tok)
+    model.tokenizer = tok  # set_tokenizer would re-load it by hub name (offline: fails)
     times = []
     base = _rss_kib("VmRSS")
     _reset_peak()
