@@ -44,7 +44,9 @@ RETURN f.key AS key, f.label AS label, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS 
 // @part edges
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE l.prompts >= $min_prompts
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)-[:OF]->(fb), (p:Prompt)-[:HAS]->(x)
+WITH fa, fb
+MATCH (p:Prompt)-[:HAS]->(x:Active)-[:OF]->(fa), (x)-[:EDGE]->(y:Active)
+WHERE y.feature_key = fb.key
 WITH fa, fb, p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
 WHERE in_a OR in_b
 WITH DISTINCT fa, fb, p, in_a, in_b

@@ -27,8 +27,9 @@
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE l.prompts >= $min_prompts AND ($scan = '' OR fa.scan = $scan)
-MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)-[:OF]->(fb)
-WHERE abs(e.weight) >= $min_weight
+WITH fa, fb
+MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)
+WHERE b.feature_key = fb.key AND abs(e.weight) >= $min_weight
 RETURN fa.key AS source_key, fa.label AS source_label, fb.key AS target_key, fb.label AS target_label,
        count(DISTINCT a.prompt_id) AS prompts, count(*) AS edges,
        avg(e.weight) AS mean_weight, avg(abs(e.weight)) AS mean_abs_weight,

@@ -1,4 +1,8 @@
 // name: recurring_paths
+// uses_links: true
+// notes: >
+//   Candidate feature pairs come from the LINKS layer (pairs in >= min_prompts prompts), then the
+//   paths are counted in the per-prompt graphs, so it needs LINKS to be fresh.
 // description: 2- and 3-hop paths feature -> feature (-> feature) -> logit token recurring across prompts.
 // params:
 //   token: {type: str, default: "", help: "only paths ending at this output token text ('' = any)"}
@@ -21,26 +25,21 @@
 // post: recurring_paths
 // examples:
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 2) AND ($token = '' OR t.token = $token)
-  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
-WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS token,
-     count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight) AS mean_path_weight,
-     collect(DISTINCT t.prompt_id) AS prompt_ids
-WHERE prompts >= $min_prompts
-MATCH (f1:Feature), (f2:Feature)
-WHERE f1.key = k1 AND f2.key = k2
-RETURN 2 AS hops, k1 AS f1_key, f1.label AS f1_label, k2 AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
-       token, prompts, mean_path_weight, prompt_ids
+MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)
+WHERE ($hops = 0 OR $hops = 2) AND l1.prompts >= $min_prompts
+WITH f1, f2
+MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+WHERE b.feature_key = f2.key AND ($token = '' OR t.token = $token) AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
+RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
+       t.token AS token, count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight) AS mean_path_weight,
+       collect(DISTINCT t.prompt_id) AS prompt_ids
 // @part three
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 3) AND ($token = '' OR t.token = $token)
+MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)-[l2:LINKS]->(f3:Feature)
+WHERE ($hops = 0 OR $hops = 3) AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+WITH f1, f2, f3
+MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
+WHERE b.feature_key = f2.key AND c.feature_key = f3.key AND ($token = '' OR t.token = $token)
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
-WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, t.token AS token,
-     count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight,
-     collect(DISTINCT t.prompt_id) AS prompt_ids
-WHERE prompts >= $min_prompts
-MATCH (f1:Feature), (f2:Feature), (f3:Feature)
-WHERE f1.key = k1 AND f2.key = k2 AND f3.key = k3
-RETURN 3 AS hops, k1 AS f1_key, f1.label AS f1_label, k2 AS f2_key, f2.label AS f2_label, k3 AS f3_key, f3.label AS f3_label,
-       token, prompts, mean_path_weight, prompt_ids
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, f3.key AS f3_key, f3.label AS f3_label,
+       t.token AS token, count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight,
+       collect(DISTINCT t.prompt_id) AS prompt_ids

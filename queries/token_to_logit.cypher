@@ -19,22 +19,14 @@
 // post: token_to_logit
 // examples:
 //   - circuit-atlas query token_to_logit --param input_token=" capital" --param output_token=" Paris"
-MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(t:Logit)
+MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(t:Logit), (a)-[:OF]->(f1:Feature)
 WHERE x.token = $input_token AND ($output_token = '' OR t.token = $output_token)
-WITH a.feature_key AS k1, t.token AS output_token, count(DISTINCT t.prompt_id) AS prompts,
-     avg(e1.weight * e2.weight) AS mean_path_weight, collect(DISTINCT t.prompt_id) AS prompt_ids
-WHERE prompts >= $min_prompts
-MATCH (f1:Feature)
-WHERE f1.key = k1
-RETURN 2 AS hops, k1 AS f1_key, f1.label AS f1_label, '' AS f2_key, '' AS f2_label, output_token,
-       prompts, mean_path_weight, prompt_ids
+RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, '' AS f2_key, '' AS f2_label, t.token AS output_token,
+       count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight) AS mean_path_weight,
+       collect(DISTINCT t.prompt_id) AS prompt_ids
 // @part three
-MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(b:Active)-[e3:EDGE]->(t:Logit)
+MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(b:Active)-[e3:EDGE]->(t:Logit), (a)-[:OF]->(f1:Feature), (b)-[:OF]->(f2:Feature)
 WHERE x.token = $input_token AND ($output_token = '' OR t.token = $output_token)
-WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS output_token, count(DISTINCT t.prompt_id) AS prompts,
-     avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight, collect(DISTINCT t.prompt_id) AS prompt_ids
-WHERE prompts >= $min_prompts
-MATCH (f1:Feature), (f2:Feature)
-WHERE f1.key = k1 AND f2.key = k2
-RETURN 3 AS hops, k1 AS f1_key, f1.label AS f1_label, k2 AS f2_key, f2.label AS f2_label, output_token,
-       prompts, mean_path_weight, prompt_ids
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, t.token AS output_token,
+       count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight,
+       collect(DISTINCT t.prompt_id) AS prompt_ids

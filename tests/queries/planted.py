@@ -86,6 +86,7 @@ class PlantedPrompt:
     feature_edges: dict[tuple[str, str], float] = field(default_factory=dict)  # planted, by key
     logit_edges: dict[tuple[str, str], float] = field(default_factory=dict)  # (feature key, token)
     top_token: str = ""
+    correct: bool | None = None  # None: capitals and misc right, opp0..opp2 right, opp3..opp5 wrong
 
 
 @dataclass
@@ -271,7 +272,7 @@ def _build_graph(spec: PlantedPrompt, rng: random.Random, next_noise, n_noise: i
     settings = {"node_threshold": 0.8, "edge_threshold": 0.98, "max_feature_nodes": None, "pruned": True, "logit_targets": None}
     gid = graph_id(MODEL, SCAN, token_ids, settings)
     spec.graph_id = gid
-    n_correct = spec.group != "opposites" or int(spec.name[3:]) < 3
+    n_correct = spec.correct if spec.correct is not None else (spec.group != "opposites" or int(spec.name[3:]) < 3)
     meta = {
         "graph_id": gid,
         "prompt": "".join(spec.tokens[1:]),
@@ -313,7 +314,7 @@ def build_scaled_corpus(root: str | Path, n_prompts: int, edges_per_prompt: int,
         toks = {"capitals": ["<bos>", "The", " capital", " of", COUNTRIES[i % 6], " is"],
                 "opposites": ["<bos>", " hot", " opposite", ADJECTIVES[i % 6], " is"],
                 "misc": ["<bos>", " hello", " world", " the"]}[g]
-        spec = PlantedPrompt(f"p{i}", g, [g[:3]], toks)
+        spec = PlantedPrompt(f"p{i}", g, [g[:3]], toks, correct=(i // 3) % 2 == 0)
         graph = _build_graph(spec, rng, next_noise, n_noise, edges_per_prompt)
         graph.meta["settings"] = dict(graph.meta["settings"], max_feature_nodes=i)
         graph.meta["graph_id"] = graph_id(MODEL, SCAN, graph.meta["token_ids"], graph.meta["settings"])
