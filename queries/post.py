@@ -196,7 +196,7 @@ def prompts_with_circuit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame
     df["coverage"] = df["features_present"] / len(keys)
     df["edges_present"] = df["prompt_id"].map(per_prompt).fillna(0).astype("int64")
     df["missing_keys"] = df["present"].map(lambda p: [k for k in keys if k not in set(p)])
-    df = _str(df, ["prompt_id", "text", "grp"])
+    df = _str(df, ["prompt_id", "text", "grp"]).rename(columns={"grp": "group"})
     df = df[df["coverage"] >= params["min_coverage"]]
     df = df.sort_values(["coverage", "edges_present", "prompt_id"], ascending=[False, False, True])
     return df.head(params["limit"])
@@ -274,11 +274,11 @@ def similar_prompts(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         keys = set(mine) | set(theirs)
         num = sum(min(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
         den = sum(max(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
-        rows.append({"prompt_id": pid, "text": text, "grp": grp, "shared_features": len(set(mine) & set(theirs)),
+        rows.append({"prompt_id": pid, "text": text, "group": grp, "shared_features": len(set(mine) & set(theirs)),
                      "weighted_jaccard": num / den if den else 0.0})
     if not rows:
         return _empty(["prompt_id"])
-    df = _str(pd.DataFrame(rows), ["prompt_id", "text", "grp"])
+    df = _str(pd.DataFrame(rows), ["prompt_id", "text", "group"])
     df = df.sort_values(["weighted_jaccard", "prompt_id"], ascending=[False, True])
     return df.head(params["limit"])
 
@@ -372,6 +372,6 @@ def untrusted_graphs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     total = df["error_influence"] + df["feature_influence"]
     df["error_share"] = np.where(total > 0, df["error_influence"] / total.where(total > 0, 1.0), 0.0)
     df = df[df["error_share"] >= params["min_error_share"]]
-    df = _str(df, ["prompt_id", "text", "grp"])
+    df = _str(df, ["prompt_id", "text", "grp"]).rename(columns={"grp": "group"})
     df = df.sort_values(["error_share", "replacement_score", "prompt_id"], ascending=[False, True, True])
     return df.head(params["limit"])

@@ -7,7 +7,7 @@
 // columns:
 //   prompt_id: the prompt
 //   text: its text
-//   grp: its group
+//   group: its group (prompt_props.group)
 //   features_present: how many of the features are active in it
 //   coverage: features_present / number of features asked for
 //   edges_present: distinct feature->feature edges among the features found in it

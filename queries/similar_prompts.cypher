@@ -9,7 +9,7 @@
 // columns:
 //   prompt_id: a similar prompt
 //   text: its text
-//   grp: its group
+//   group: its group (prompt_props.group)
 //   shared_features: features active in both
 //   weighted_jaccard: similarity in [0, 1]
 // post: similar_prompts

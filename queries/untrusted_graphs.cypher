@@ -9,7 +9,7 @@
 // columns:
 //   prompt_id: the prompt
 //   text: its text
-//   grp: its group
+//   group: its group (prompt_props.group)
 //   error_influence: summed influence of its error nodes
 //   feature_influence: summed influence of its feature nodes
 //   error_share: error_influence / (error_influence + feature_influence)
