@@ -245,9 +245,10 @@ def compute_graph(
                 outs.append(run.mlp_in[layer])
                 grads.append(g)
         if logit_grads is not None:
-            g = torch.zeros_like(run.logits)
-            g[:n, -1] = logit_grads.to(g.dtype)
-            outs.append(run.logits)
+            last = run.logits[:, -1]  # (B, V): a (B, T, V) zero gradient would be large for big vocabularies
+            g = torch.zeros_like(last)
+            g[:n] = logit_grads.to(g.dtype)
+            outs.append(last)
             grads.append(g)
         got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True)
         return reader.rows(got[0], list(got[1:]), n).cpu()
@@ -265,7 +266,6 @@ def compute_graph(
     visited = torch.zeros(n_feat, dtype=torch.bool)
     filled, n_done = n_logit, 0
     bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress)
-    enc_cache: dict[int, Tensor] = {}
     while n_done < budget:
         if budget == n_feat:
             pending = torch.arange(n_feat)
@@ -290,7 +290,7 @@ def compute_graph(
             if on_batch:
                 on_batch(chunk.shape[0])
     bar.close()
-    del enc_cache, run, reader
+    del run, reader
 
     # keep the visited features only; renumber nodes to [selected features, errors, embeddings, logits]
     selected = torch.nonzero(visited, as_tuple=True)[0]

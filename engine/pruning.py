@@ -69,16 +69,58 @@ def edge_influence(rows: Tensor, row_nodes: Tensor, logit_weights: Tensor) -> Te
 
 def find_threshold(scores: Tensor, fraction: float) -> Tensor:
     """The score of the last item needed (in descending order) to reach ``fraction`` of the
-    total score: keeping ``scores >= threshold`` keeps that fraction of the total."""
-    ordered = torch.sort(scores.flatten(), descending=True).values
-    total = ordered.sum()
-    if ordered.numel() == 0:
+    total score: keeping ``scores >= threshold`` keeps that fraction of the total.
+
+    Large inputs (edge scores of a whole graph) are not sorted whole, which would need three
+    times their memory: a weighted histogram over log-spaced bins finds the bin holding the
+    threshold, and only that bin's items are sorted."""
+    flat = scores.flatten()
+    if flat.numel() == 0:
         return torch.tensor(0.0)
+    if flat.numel() <= _SORT_LIMIT:
+        return _threshold_by_sort(flat, fraction)
+    return _threshold_by_histogram(flat, fraction)
+
+
+_SORT_LIMIT = 1 << 20
+_CHUNK = 1 << 22
+_BINS_PER_OCTAVE = 32
+
+
+def _threshold_by_sort(flat: Tensor, fraction: float, above: float = 0.0, total: float | None = None) -> Tensor:
+    ordered = torch.sort(flat, descending=True).values
+    total = float(ordered.sum(dtype=torch.float64)) + above if total is None else total
     if total <= 0:
         return ordered[0]
-    cumulative = torch.cumsum(ordered, dim=0) / total
-    index = int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=cumulative.dtype)).item())
+    cumulative = (torch.cumsum(ordered.double(), dim=0) + above) / total
+    index = int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=torch.float64)).item())
     return ordered[min(index, ordered.numel() - 1)]
+
+
+def _threshold_by_histogram(flat: Tensor, fraction: float) -> Tensor:
+    def bins(chunk: Tensor) -> Tensor:
+        # bin 0: zeros; otherwise 1 + offset + floor(log2(x) * bins per octave)
+        logs = torch.floor(torch.log2(chunk.clamp(min=1e-38)) * _BINS_PER_OCTAVE).long() + 1 + 130 * _BINS_PER_OCTAVE
+        return torch.where(chunk > 0, logs, torch.zeros_like(logs))
+
+    n_bins = 1 + 260 * _BINS_PER_OCTAVE
+    sums = torch.zeros(n_bins, dtype=torch.float64, device=flat.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        sums += torch.bincount(bins(chunk), weights=chunk.double(), minlength=n_bins)
+    total = float(sums.sum())
+    if total <= 0:
+        return flat.max()
+    # cumulative from the top bin down; the threshold lies in the first bin reaching the target
+    from_top = torch.cumsum(sums.flip(0), 0).flip(0)  # from_top[b] = sum of bins >= b
+    target = fraction * total
+    if target <= 0:
+        return flat.max()
+    reached = torch.nonzero(from_top >= target).flatten()
+    b = int(reached.max()) if reached.numel() else 0
+    above = float(from_top[b + 1]) if b + 1 < n_bins else 0.0
+    members = torch.cat([c[bins(c) == b] for c in flat.split(_CHUNK)])
+    return _threshold_by_sort(members, fraction, above=above, total=total)
 
 
 @dataclass
@@ -102,13 +144,24 @@ def prune(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
     rows = rows.to(torch.float32)
-    infl = node_influence(rows, row_nodes, logit_weights)
+    # one working copy of the matrix, reused: normalised |A|, then the node-pruned normalised
+    # |A|, then edge scores in place (dense graphs are large; copies are what costs memory)
+    work = normalize_rows(rows)
+    infl = influence(work, row_nodes, logit_weights)
     always = (kinds == EMBEDDING) | (kinds == LOGIT)
     node_mask = (infl >= find_threshold(infl, node_threshold)) | always
 
-    pruned = rows * node_mask[row_nodes][:, None] * node_mask[None, :]
-    scores = edge_influence(pruned, row_nodes, logit_weights)
-    edge_mask = (scores >= find_threshold(scores, edge_threshold)) & (pruned != 0)
+    torch.abs(rows, out=work)
+    work.mul_(node_mask[row_nodes][:, None])
+    work.mul_(node_mask[None, :])
+    work.div_(work.sum(dim=1, keepdim=True).clamp(min=1e-10))
+    target_infl = influence(work, row_nodes, logit_weights) + logit_weights.to(work.dtype)
+    work.mul_(target_infl[row_nodes][:, None])
+    edge_mask = work >= find_threshold(work, edge_threshold)
+    del work
+    edge_mask &= rows != 0
+    edge_mask &= node_mask[row_nodes][:, None]
+    edge_mask &= node_mask[None, :]
 
     inner = (kinds == FEATURE) | (kinds == ERROR)
     is_feature_row = kinds[row_nodes] == FEATURE

@@ -134,3 +134,13 @@ def test_prune_removes_dangling_features_iteratively() -> None:
 def test_prune_rejects_bad_thresholds() -> None:
     with pytest.raises(ValueError, match="node_threshold"):
         pruning.prune(square(), torch.arange(N), KINDS, W, 1.5, 0.9)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.8, 0.98, 1.0])
+def test_large_threshold_without_full_sort_matches_sorting(fraction: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(pruning._SORT_LIMIT + 12345, generator=gen) ** 6
+    x[torch.rand(x.shape[0], generator=gen) < 0.3] = 0.0
+    x[:500] = x[500]  # ties
+    expected = pruning._threshold_by_sort(x, fraction)
+    assert pruning.find_threshold(x, fraction).item() == expected.item()
