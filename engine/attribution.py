@@ -229,7 +229,9 @@ def compute_graph(
 
     reader = _SourceReader(run, tc, layers, pos, feats, acts)
     inputs = [run.embeddings, *run.mlp_out]
-    rows = torch.zeros(n_logit + budget, n_src, dtype=torch.float32)
+    # columns: all sources, then the logits (never sources: zero), so row indices and node
+    # indices share one space and influence needs no padded copy
+    rows = torch.zeros(n_logit + budget, n_src + n_logit, dtype=torch.float32)
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None) -> Tensor:
@@ -257,7 +259,7 @@ def compute_graph(
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
     for start in range(0, n_logit, batch_size):
         stop = min(start + batch_size, n_logit)
-        rows[start:stop] = backward([], [], None, targets.grads[start:stop])
+        rows[start:stop, :n_src] = backward([], [], None, targets.grads[start:stop])
         row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
 
     # feature rows: all in order, or greedily by current influence on the logits
@@ -270,8 +272,7 @@ def compute_graph(
         if budget == n_feat:
             pending = torch.arange(n_feat)
         else:
-            padded = torch.cat([rows[:filled], torch.zeros(filled, n_logit)], dim=1)
-            infl = pruning.influence(pruning.normalize_rows(padded), row_nodes[:filled], weights)
+            infl = pruning.influence(pruning.normalize_rows(rows[:filled]), row_nodes[:filled], weights)
             rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
         for start in range(0, pending.shape[0], batch_size):
@@ -282,7 +283,7 @@ def compute_graph(
                 m = cl == layer
                 vecs[m] = tc.encoder_vectors(layer, cf[m]).float()
             stop = filled + chunk.shape[0]
-            rows[filled:stop] = backward(cl.tolist(), cp.tolist(), vecs, None)
+            rows[filled:stop, :n_src] = backward(cl.tolist(), cp.tolist(), vecs, None)
             row_nodes[filled:stop] = chunk
             visited[chunk] = True
             filled, n_done = stop, n_done + chunk.shape[0]
@@ -298,12 +299,10 @@ def compute_graph(
     new_index[selected] = torch.arange(selected.shape[0])
     n_sel = int(selected.shape[0])
     new_index[n_feat:] = torch.arange(n_sel, n_sel + n_err + n_pos + n_logit)
-    keep_cols = torch.cat([selected, torch.arange(n_feat, n_src)])
-    rows = rows[:filled][:, keep_cols]
-    rows = torch.cat([rows, torch.zeros(filled, n_logit)], dim=1)
+    keep_cols = torch.cat([selected, torch.arange(n_feat, n_src + n_logit)])
+    rows = rows[:filled] if n_sel == n_feat else rows[:filled][:, keep_cols]
     row_nodes = new_index[row_nodes[:filled]]
-    order = torch.argsort(row_nodes)
-    rows, row_nodes = rows[order], row_nodes[order]
+    # rows stay in the order computed (logits first); row_nodes says which node each is
 
     kinds = torch.cat(
         [
