@@ -39,8 +39,9 @@ WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p
 WHERE in_a OR in_b
 MATCH (p)-[:HAS]->(x:Active)-[:OF]->(f:Feature)
 WITH DISTINCT f, p, in_a, in_b
-RETURN f.key AS key, f.label AS label, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a,
-       sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
+WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
+WHERE count_a + count_b >= $min_prompts
+RETURN f.key AS key, f.label AS label, count_a, count_b
 // @part edges
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE l.prompts >= $min_prompts

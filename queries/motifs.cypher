@@ -25,29 +25,40 @@
 MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)-[l2:LINKS]->(fc:Feature), (fa)-[l3:LINKS]->(fc)
 WHERE ($kind = '' OR $kind = 'feed_forward')
   AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts AND l3.prompts >= $min_prompts
-WITH fa, fb, fc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)-[:EDGE]->(c:Active), (a)-[:EDGE]->(c)
-WHERE b.feature_key = fb.key AND c.feature_key = fc.key
-RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
+MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
+WHERE b.feature_key = kb
+WITH fa, kb, lb, kc, lc, a, b
+MATCH (b)-[:EDGE]->(c:Active)
+WHERE c.feature_key = kc
+WITH fa, kb, lb, kc, lc, a, c
+MATCH (a)-[:EDGE]->(c)
+RETURN 'feed_forward' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
+       fa.label AS a_label, lb AS b_label, lc AS c_label,
        count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids
 // @part fan_in
 MATCH (fa:Feature)-[l1:LINKS]->(fc:Feature)<-[l2:LINKS]-(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_in') AND fa.key < fb.key
   AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
-WITH fa, fb, fc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(c:Active)<-[:EDGE]-(b:Active)
-WHERE c.feature_key = fc.key AND b.feature_key = fb.key
-RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
+MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(c:Active)
+WHERE c.feature_key = kc
+WITH fa, kb, lb, kc, lc, c
+MATCH (b:Active)-[:EDGE]->(c)
+WHERE b.feature_key = kb
+RETURN 'fan_in' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
+       fa.label AS a_label, lb AS b_label, lc AS c_label,
        count(DISTINCT c.prompt_id) AS prompts, collect(DISTINCT c.prompt_id) AS prompt_ids
 // @part fan_out
 MATCH (fb:Feature)<-[l1:LINKS]-(fa:Feature)-[l2:LINKS]->(fc:Feature)
 WHERE ($kind = '' OR $kind = 'fan_out') AND fb.key < fc.key
   AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
-WITH fa, fb, fc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active), (a)-[:EDGE]->(c:Active)
-WHERE b.feature_key = fb.key AND c.feature_key = fc.key
-RETURN 'fan_out' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label,
+WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
+MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
+WHERE b.feature_key = kb
+WITH fa, kb, lb, kc, lc, a
+MATCH (a)-[:EDGE]->(c:Active)
+WHERE c.feature_key = kc
+RETURN 'fan_out' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
+       fa.label AS a_label, lb AS b_label, lc AS c_label,
        count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids

@@ -266,19 +266,35 @@ def similar_prompts(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         from circuit_atlas.queries.runner import QueryError
 
         raise QueryError(f"query 'similar_prompts': no prompt with id {params['prompt_id']!r} (or it has no features)")
-    mine = dict(zip(target["key"].astype(str), pd.to_numeric(target["weight"]).astype(float)))
+    mine = target.assign(key=target["key"].astype(str), weight=pd.to_numeric(target["weight"]).astype(float))
+    mine = mine.groupby("key")["weight"].max()
     others = frames["others"]
-    rows = []
-    for (pid, text, grp), g in others.groupby(["prompt_id", "text", "grp"], dropna=False, sort=True):
-        theirs = dict(zip(g["key"].astype(str), pd.to_numeric(g["weight"]).astype(float)))
-        keys = set(mine) | set(theirs)
-        num = sum(min(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
-        den = sum(max(mine.get(k, 0.0), theirs.get(k, 0.0)) for k in keys)
-        rows.append({"prompt_id": pid, "text": text, "group": grp, "shared_features": len(set(mine) & set(theirs)),
-                     "weighted_jaccard": num / den if den else 0.0})
-    if not rows:
+    if others.empty:
         return _empty(["prompt_id"])
-    df = _str(pd.DataFrame(rows), ["prompt_id", "text", "group"])
+    theirs = others.assign(key=others["key"].astype(str), weight=pd.to_numeric(others["weight"]).astype(float))
+    # sum(min) over shared features; sum(max) over the union = shared max + the rest of both totals
+    shared = theirs[theirs["key"].isin(mine.index)].copy()
+    shared["mine"] = shared["key"].map(mine)
+    shared["lo"] = np.minimum(shared["weight"], shared["mine"])
+    shared["hi"] = np.maximum(shared["weight"], shared["mine"])
+    g = shared.groupby("prompt_id")
+    stats = pd.DataFrame({"n": g.size(), "lo": g["lo"].sum(), "hi": g["hi"].sum(), "t_shared": g["weight"].sum(), "m_shared": g["mine"].sum()})
+    total = theirs.groupby("prompt_id")["weight"].sum()
+    info = theirs.drop_duplicates("prompt_id").set_index("prompt_id")[["text", "grp"]]
+    stats = stats.join(total.rename("t_total")).join(info)
+    den = stats["hi"] + (stats["t_total"] - stats["t_shared"]) + (float(mine.sum()) - stats["m_shared"])
+    rows = pd.DataFrame(
+        {
+            "prompt_id": stats.index,
+            "text": stats["text"].values,
+            "group": stats["grp"].values,
+            "shared_features": stats["n"].astype("int64").values,
+            "weighted_jaccard": np.where(den > 0, stats["lo"] / den.where(den > 0, 1.0), 0.0),
+        }
+    )
+    if rows.empty:
+        return _empty(["prompt_id"])
+    df = _str(rows, ["prompt_id", "text", "group"])
     df = df.sort_values(["weighted_jaccard", "prompt_id"], ascending=[False, True])
     return df.head(params["limit"])
 

@@ -26,12 +26,15 @@
 // examples:
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE l.prompts >= $min_prompts AND ($scan = '' OR fa.scan = $scan)
-WITH fa, fb
+WHERE l.prompts >= $min_prompts
+WITH fa, fb.key AS kb, fb.label AS lb
+WHERE $scan = '' OR fa.scan = $scan
 MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)
-WHERE b.feature_key = fb.key AND abs(e.weight) >= $min_weight
-RETURN fa.key AS source_key, fa.label AS source_label, fb.key AS target_key, fb.label AS target_label,
-       count(DISTINCT a.prompt_id) AS prompts, count(*) AS edges,
-       avg(e.weight) AS mean_weight, avg(abs(e.weight)) AS mean_abs_weight,
-       sum(CASE WHEN e.weight > 0 THEN 1 ELSE 0 END) AS positive,
-       collect(e.weight) AS weights, collect(DISTINCT a.prompt_id) AS prompt_ids
+WHERE b.feature_key = kb
+WITH fa, kb, lb, a.prompt_id AS pid, e.weight AS w
+WHERE abs(w) >= $min_weight
+RETURN fa.key AS source_key, fa.label AS source_label, kb AS target_key, lb AS target_label,
+       count(DISTINCT pid) AS prompts, count(*) AS edges,
+       avg(w) AS mean_weight, avg(abs(w)) AS mean_abs_weight,
+       sum(CASE WHEN w > 0 THEN 1 ELSE 0 END) AS positive,
+       collect(w) AS weights, collect(DISTINCT pid) AS prompt_ids

@@ -27,19 +27,30 @@
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
 MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)
 WHERE ($hops = 0 OR $hops = 2) AND l1.prompts >= $min_prompts
-WITH f1, f2
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
-WHERE b.feature_key = f2.key AND ($token = '' OR t.token = $token) AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
-RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
-       t.token AS token, count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight) AS mean_path_weight,
-       collect(DISTINCT t.prompt_id) AS prompt_ids
+WITH f1, f2.key AS k2, f2.label AS lb2
+MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
+WHERE b.feature_key = k2
+WITH f1, k2, lb2, b, e1.weight AS w1
+WHERE abs(w1) >= $min_weight
+MATCH (b)-[e2:EDGE]->(t:Logit)
+WITH f1, k2, lb2, w1, e2.weight AS w2, t.token AS token, t.prompt_id AS pid
+WHERE abs(w2) >= $min_weight AND ($token = '' OR token = $token)
+RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, '' AS f3_key, '' AS f3_label,
+       token, count(DISTINCT pid) AS prompts, avg(w1 * w2) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
 // @part three
 MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)-[l2:LINKS]->(f3:Feature)
 WHERE ($hops = 0 OR $hops = 3) AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
-WITH f1, f2, f3
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
-WHERE b.feature_key = f2.key AND c.feature_key = f3.key AND ($token = '' OR t.token = $token)
-  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
-RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, f3.key AS f3_key, f3.label AS f3_label,
-       t.token AS token, count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight,
-       collect(DISTINCT t.prompt_id) AS prompt_ids
+WITH f1, f2.key AS k2, f2.label AS lb2, f3.key AS k3, f3.label AS lb3
+MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
+WHERE b.feature_key = k2
+WITH f1, k2, lb2, k3, lb3, b, e1.weight AS w1
+WHERE abs(w1) >= $min_weight
+MATCH (b)-[e2:EDGE]->(c:Active)
+WHERE c.feature_key = k3
+WITH f1, k2, lb2, k3, lb3, c, w1, e2.weight AS w2
+WHERE abs(w2) >= $min_weight
+MATCH (c)-[e3:EDGE]->(t:Logit)
+WITH f1, k2, lb2, k3, lb3, w1, w2, e3.weight AS w3, t.token AS token, t.prompt_id AS pid
+WHERE abs(w3) >= $min_weight AND ($token = '' OR token = $token)
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, k3 AS f3_key, lb3 AS f3_label,
+       token, count(DISTINCT pid) AS prompts, avg(w1 * w2 * w3) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
