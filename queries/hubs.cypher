@@ -4,7 +4,7 @@
 // notes: the `partners` column counts LINKS neighbours (fresh after `rebuild_links`).
 // params:
 //   by: {type: str, default: influence, help: "rank by 'influence' (total), 'prompts' or 'partners'"}
-//   min_prompts: {type: int, default: 1, help: "least prompts a feature must be active in"}
+//   min_prompts: {type: int, default: 2, help: "least prompts a feature must be active in"}
 //   scan: {type: str, default: "", help: "only features of this transcoder set ('' = all)"}
 //   limit: {type: int, default: 50, help: "most rows returned"}
 // columns:
@@ -26,6 +26,9 @@ WITH f, count(DISTINCT a.prompt_id) AS prompts, count(*) AS occurrences, sum(a.i
 WHERE prompts >= $min_prompts
 RETURN f.key AS key, f.label AS label, f.layer AS layer, prompts, occurrences, total_influence, mean_activation
 // @part partners
-MATCH (f:Feature)-[:LINKS]-(g:Feature)
+MATCH (f:Feature)<-[:OF]-(a:Active)
 WHERE $scan = '' OR f.scan = $scan
+WITH f, count(DISTINCT a.prompt_id) AS prompts
+WHERE prompts >= $min_prompts
+MATCH (f)-[:LINKS]-(g:Feature)
 RETURN f.key AS key, count(DISTINCT g.key) AS partners
