@@ -37,6 +37,9 @@ class MiniBoltStore:
 
     def load(self, dirs: list[Path]) -> None:
         rows, rels = graph_rows(dirs)
+        for label in rows:  # unique id/key per label, as on Neo4j; also makes the loads below fast
+            key = KEYS.get(label, "id")
+            self._write(f"CREATE CONSTRAINT {label.lower()}_{key} IF NOT EXISTS FOR (n:{label}) REQUIRE n.{key} IS UNIQUE")
         for label, recs in rows.items():
             for i in range(0, len(recs), 5000):
                 self._write(f"UNWIND $rows AS r CREATE (n:{label}) SET n = r", {"rows": recs[i : i + 5000]})
