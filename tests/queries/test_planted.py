@@ -244,3 +244,31 @@ def test_same_rows_on_both_backends(name, params, embedded_store, bolt_store, pl
 def test_same_rows_on_both_backends_prompt_queries(embedded_store, bolt_store, planted):
     for name, params in (("similar_prompts", {"prompt_id": planted.gid("cap0")}), ("prompt_subgraph", {"prompt_id": planted.gid("cap2")})):
         assert _normal(run_query(embedded_store, name, params)) == _normal(run_query(bolt_store, name, params))
+
+
+def test_option_values_are_checked(store, planted):
+    with pytest.raises(QueryError, match="'by' must be"):
+        run_query(store, "hubs", {"by": "size"})
+    with pytest.raises(QueryError, match="'by' must be"):
+        run_query(store, "corpus_overview", {"by": "colour"})
+    with pytest.raises(QueryError, match="'kind' must be"):
+        run_query(store, "motifs", {"kind": "triangle"})
+    with pytest.raises(QueryError, match="'field' must be"):
+        run_query(store, "contrastive", {"field": "colour", "a": "x"})
+    assert run_query(store, "hubs", {"scan": "other-scan"}).empty
+    assert run_query(store, "recurring_edges", {"scan": "other-scan"}).empty
+    by_corpus = run_query(store, "corpus_overview", {"by": "corpus"})
+    assert by_corpus[["bucket", "prompts"]].values.tolist() == [["planted", 15]]
+
+
+def test_hub_partners_and_correctness_split(store, planted):
+    df = run_query(store, "hubs", {"by": "partners", "min_prompts": MIN, "limit": 100})
+    partners = dict(zip(df["key"], df["partners"]))
+    assert partners[key(C)] >= 4 and partners[key(D)] >= 1  # C: A, B, S1, S2 feed it; D feeds E
+    assert list(df["partners"]) == sorted(df["partners"], reverse=True)
+    right = run_query(store, "contrastive", {"field": "correct", "a": "true", "b": "false", "min_prompts": MIN})
+    assert set(right["n_a"]) == {12} and set(right["n_b"]) == {3}
+    # capitals are all right and absent from the wrong side: enriched; the opposites chain is in both
+    row = right.set_index("key")
+    assert row.loc[key(A), "count_a"] == 7 and row.loc[key(A), "count_b"] == 0
+    assert (row.loc[key(D), "count_a"], row.loc[key(D), "count_b"]) == (3, 3)
