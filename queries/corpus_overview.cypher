@@ -12,6 +12,12 @@
 //   logits: logit nodes
 //   nodes: all per-prompt nodes
 //   edges: attribution edges
+//   edges_feature_feature: edges feature -> feature
+//   edges_embedding_feature: edges embedding -> feature
+//   edges_error_feature: edges error -> feature
+//   edges_feature_logit: edges feature -> logit
+//   edges_embedding_logit: edges embedding -> logit
+//   edges_error_logit: edges error -> logit
 //   replacement_mean: mean replacement score
 //   replacement_min: lowest replacement score
 //   replacement_max: highest replacement score
@@ -39,3 +45,21 @@ RETURN p.id AS prompt_id, 'embeddings' AS kind, count(*) AS n
 // @part logits
 MATCH (p:Prompt)-[:HAS]->(l:Logit)
 RETURN p.id AS prompt_id, 'logits' AS kind, count(*) AS n
+// @part edges_feature_feature
+MATCH (s:Active)-[:EDGE]->(t:Active)
+RETURN s.prompt_id AS prompt_id, 'edges_feature_feature' AS kind, count(*) AS n
+// @part edges_embedding_feature
+MATCH (s:Embedding)-[:EDGE]->(t:Active)
+RETURN s.prompt_id AS prompt_id, 'edges_embedding_feature' AS kind, count(*) AS n
+// @part edges_error_feature
+MATCH (s:Error)-[:EDGE]->(t:Active)
+RETURN s.prompt_id AS prompt_id, 'edges_error_feature' AS kind, count(*) AS n
+// @part edges_feature_logit
+MATCH (s:Active)-[:EDGE]->(t:Logit)
+RETURN s.prompt_id AS prompt_id, 'edges_feature_logit' AS kind, count(*) AS n
+// @part edges_embedding_logit
+MATCH (s:Embedding)-[:EDGE]->(t:Logit)
+RETURN s.prompt_id AS prompt_id, 'edges_embedding_logit' AS kind, count(*) AS n
+// @part edges_error_logit
+MATCH (s:Error)-[:EDGE]->(t:Logit)
+RETURN s.prompt_id AS prompt_id, 'edges_error_logit' AS kind, count(*) AS n

@@ -46,11 +46,12 @@ def corpus_overview(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     prompts = frames["main"].copy()
     if prompts.empty:
         return _empty(["bucket"])
-    counts = pd.concat([frames[k] for k in ("types", "errors", "embeddings", "logits")], ignore_index=True)
+    counts = pd.concat([f for k, f in frames.items() if k != "main" and len(f)], ignore_index=True) if len(frames) > 1 else pd.DataFrame()
     if not counts.empty:
         wide = counts.pivot_table(index="prompt_id", columns="kind", values="n", aggfunc="sum", fill_value=0)
         prompts = prompts.merge(wide, left_on="prompt_id", right_index=True, how="left")
-    for kind in ("features", "errors", "embeddings", "logits"):
+    kinds = ["features", "errors", "embeddings", "logits"] + [k for k in frames if k.startswith("edges_")]
+    for kind in kinds:
         prompts[kind] = pd.to_numeric(prompts[kind], errors="coerce").fillna(0) if kind in prompts else 0
     by = params["by"]
     if by == "tag":
@@ -77,6 +78,7 @@ def corpus_overview(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
             "logits": g["logits"].sum().astype("int64"),
             "nodes": g["nodes"].sum().astype("int64"),
             "edges": g["edges"].sum().astype("int64"),
+            **{k: g[k].sum().astype("int64") for k in kinds if k.startswith("edges_")},
             "replacement_mean": g["replacement_score"].mean(),
             "replacement_min": g["replacement_score"].min(),
             "replacement_max": g["replacement_score"].max(),

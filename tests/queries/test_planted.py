@@ -25,6 +25,14 @@ def test_corpus_overview(store, planted):
         assert df.loc[bucket, "logits"] == sum((g.nodes["type"] == "logit").sum() for g in gs)
         assert df.loc[bucket, "edges"] == sum(len(g.edges) for g in gs)
         assert df.loc[bucket, "nodes"] == sum(len(g.nodes) for g in gs)
+        types = {}
+        for g in gs:
+            kind = dict(zip(g.nodes["node_id"], g.nodes["type"]))
+            for s, t in zip(g.edges["source"], g.edges["target"]):
+                types[(kind[s], kind[t])] = types.get((kind[s], kind[t]), 0) + 1
+        for (a, b), n in types.items():
+            assert df.loc[bucket, f"edges_{a}_{b}"] == n, (bucket, a, b)
+        assert sum(df.loc[bucket, c] for c in df.columns if c.startswith("edges_")) == df.loc[bucket, "edges"]
         assert sorted(df.loc[bucket, "prompt_ids"]) == sorted(planted.ids(names))
     assert df.loc["misc", "replacement_min"] == pytest.approx(0.2)
     assert df.loc["misc", "replacement_max"] == pytest.approx(0.9)
