@@ -1,0 +1,203 @@
+"""How good is a transcoder set? Reconstruction per layer and the replacement model's fidelity.
+
+Per layer: NMSE (‖y − ŷ‖² / ‖y − ȳ‖²), explained variance, L0 (active features per token) and the
+fraction of features that never fired on the evaluation text. For the whole set: the replacement
+model (every MLP output replaced by the transcoder reconstruction, no error term, BOS position
+kept real as attribution does) against the real model: next-token agreement (same argmax) and
+KL(real ‖ replacement) per token. These are the numbers that say whether graphs built on the set
+will mostly be features or mostly error nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["EvalResult", "evaluate_transcoders", "evaluate_loaded", "render_table", "mlp_modules"]
+
+
+@dataclass
+class EvalResult:
+    """Evaluation figures; `layers` holds one dict per layer (nmse, explained_variance, l0, dead_fraction)."""
+
+    model: str
+    transcoders: str
+    tokens: int
+    layers: list[dict[str, float]] = field(default_factory=list)
+    mean_nmse: float = math.nan
+    mean_l0: float = math.nan
+    next_token_agreement: float = math.nan
+    kl: float = math.nan
+
+
+def mlp_modules(lm) -> list[torch.nn.Module]:
+    """The modules whose forward output is the MLP output the transcoders reconstruct.
+
+    Asks the architecture adapter (engine/adapters.py) first; falls back to the usual HF layouts.
+    """
+    adapter = getattr(lm, "adapter", None)
+    for name in ("mlp_modules", "mlp_module"):
+        fn = getattr(adapter, name, None) if adapter is not None else None
+        if callable(fn):
+            try:
+                mods = fn(lm.model) if name == "mlp_modules" else [fn(lm.model, i) for i in range(lm.n_layers)]
+                return list(mods)
+            except TypeError:
+                pass
+    m = lm.model
+    base = getattr(m, "model", None) or getattr(m, "transformer", None)
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    if layers is None:
+        raise TypeError(f"cannot find the MLP modules of {type(m).__name__}")
+    return [layer.mlp for layer in layers]
+
+
+class _Accum:
+    """Running sums for NMSE / explained variance per layer, without holding activations."""
+
+    def __init__(self, n_layers: int, d_model: int, n_features: int):
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.n = 0
+        self.sse = z(n_layers)
+        self.y_sum, self.y_sq = z(n_layers, d_model), z(n_layers)
+        self.r_sum, self.r_sq = z(n_layers, d_model), z(n_layers)
+        self.active = z(n_layers)
+        self.fired = torch.zeros(n_layers, n_features, dtype=torch.bool)
+
+    def add(self, layer: int, y: Tensor, y_hat: Tensor, acts: Tensor) -> None:
+        y, y_hat = y.double(), y_hat.double()
+        r = y - y_hat
+        self.sse[layer] += r.pow(2).sum()
+        self.y_sum[layer] += y.sum(0)
+        self.y_sq[layer] += y.pow(2).sum()
+        self.r_sum[layer] += r.sum(0)
+        self.r_sq[layer] += r.pow(2).sum()
+        on = acts != 0
+        self.active[layer] += on.sum()
+        self.fired[layer] |= on.any(0).cpu()
+
+    def layers(self) -> list[dict[str, float]]:
+        n = max(self.n, 1)
+        tot = self.y_sq - self.y_sum.pow(2).sum(-1) / n  # Σ‖y − ȳ‖²
+        res = self.r_sq - self.r_sum.pow(2).sum(-1) / n  # Σ‖r − r̄‖²
+        out = []
+        for l in range(len(self.sse)):
+            out.append({
+                "layer": l,
+                "nmse": float(self.sse[l] / tot[l].clamp_min(1e-30)),
+                "explained_variance": float(1 - res[l] / tot[l].clamp_min(1e-30)),
+                "l0": float(self.active[l] / n),
+                "dead_fraction": float((~self.fired[l]).float().mean()),
+            })
+        return out
+
+
+@torch.no_grad()
+def _replacement_logits(lm, tc, ids: Tensor) -> Tensor:
+    """Logits with every MLP output replaced by the transcoder reconstruction (BOS kept real)."""
+    mods = mlp_modules(lm)
+    acts: list[Tensor] = []
+    handles = []
+
+    def make(layer: int):
+        def hook(module, args, output):
+            x = args[0] if args else None
+            if x is None:
+                return None
+            a = tc.encode(layer, x.float())
+            acts.append(a)
+            rec = tc.decode(acts, layer)
+            sk = tc.skip(layer, x.float())
+            if sk is not None:
+                rec = rec + sk
+            rec = rec.to(output.dtype)
+            rec[:, 0] = output[:, 0]
+            return rec
+
+        return hook
+
+    for i, mod in enumerate(mods):
+        handles.append(mod.register_forward_hook(make(i)))
+    try:
+        return lm.model(ids).logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def evaluate_loaded(lm, tc, windows: Tensor, *, batch_size: int = 8, progress: bool = True, source: str = "") -> EvalResult:
+    """Evaluate `tc` on `lm` over token windows (n, T) whose position 0 is BOS (not scored)."""
+    tc.check_fits(lm.n_layers, lm.d_model, source)
+    acc = _Accum(lm.n_layers, lm.d_model, tc.d_transcoder)
+    agree = 0.0
+    kl_sum = 0.0
+    n_pos = 0
+    it: Any = range(0, len(windows), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="evaluating transcoders", unit="batch", leave=False)
+    for i in it:
+        ids = windows[i : i + batch_size].to(lm.device)
+        ins, outs = lm.mlp_io(ids)
+        xs = [t[:, 1:].reshape(-1, t.shape[-1]).float() for t in ins]
+        ys = [t[:, 1:].reshape(-1, t.shape[-1]).float() for t in outs]
+        tc_acts, recons = tc.forward(xs)
+        for l in range(lm.n_layers):
+            acc.add(l, ys[l], recons[l], tc_acts[l])
+        acc.n += xs[0].shape[0]
+        real = lm.model(ids).logits.float()[:, 1:]
+        repl = _replacement_logits(lm, tc, ids)[:, 1:]
+        agree += (real.argmax(-1) == repl.argmax(-1)).sum().item()
+        lp, lq = real.log_softmax(-1), repl.log_softmax(-1)
+        kl_sum += (lp.exp() * (lp - lq)).sum(-1).sum().item()
+        n_pos += real.shape[0] * real.shape[1]
+    layers = acc.layers()
+    return EvalResult(
+        model=str(lm.model_id), transcoders=source or str(getattr(tc, "scan", "")), tokens=acc.n, layers=layers,
+        mean_nmse=sum(d["nmse"] for d in layers) / len(layers), mean_l0=sum(d["l0"] for d in layers) / len(layers),
+        next_token_agreement=agree / max(n_pos, 1), kl=kl_sum / max(n_pos, 1),
+    )
+
+
+def evaluate_transcoders(
+    *, model: str, transcoders: str, corpus: str = "default", field: str = "text", tokens: int = 8192,
+    seq_len: int = 64, batch_size: int = 8, dtype: str = "float32", device: str = "cpu", seed: int = 1,
+    progress: bool = True,
+) -> EvalResult:
+    """Load model, transcoders and text, then `evaluate_loaded` on about `tokens` scored tokens."""
+    import numpy as np
+
+    from circuit_atlas.engine.corpus import load_texts
+    from circuit_atlas.engine.models import load_model
+    from circuit_atlas.engine.train import _bos_prefix, token_stream, token_windows
+    from circuit_atlas.engine.transcoders import load_transcoders
+
+    lm = load_model(model, dtype=dtype, device=device)
+    tc = load_transcoders(transcoders, device=device)
+    texts = load_texts(corpus, field=field, tokens=max(tokens * 4, 50_000), seed=0, max_chars=tokens * 40)
+    wins = token_windows(token_stream(lm, texts, progress=progress), _bos_prefix(lm), seq_len)
+    n = max(1, math.ceil(tokens / (seq_len - 1)))
+    pick = np.random.default_rng(seed).permutation(len(wins))[:n]
+    return evaluate_loaded(lm, tc, torch.from_numpy(wins[pick]), batch_size=batch_size, progress=progress, source=str(transcoders))
+
+
+def render_table(res: EvalResult):
+    """A rich Table of the per-layer figures with the replacement-model summary as caption."""
+    from rich.table import Table
+
+    t = Table(title=f"{res.transcoders} on {res.model} ({res.tokens} tokens)")
+    for col in ("layer", "NMSE", "expl. var.", "L0", "dead"):
+        t.add_column(col, justify="right")
+    for d in res.layers:
+        t.add_row(str(d["layer"]), f"{d['nmse']:.3f}", f"{d['explained_variance']:.3f}", f"{d['l0']:.1f}", f"{d['dead_fraction']:.2f}")
+    t.caption = (
+        f"mean NMSE {res.mean_nmse:.3f}, mean L0 {res.mean_l0:.1f}; replacement model: next-token agreement "
+        f"{res.next_token_agreement:.3f}, KL {res.kl:.3f} nats/token"
+    )
+    return t
