@@ -71,7 +71,7 @@ class TrainConfig:
     dtype: str = "float32"  # the model's dtype for activation collection; transcoders train in fp32
     device: str = "cpu"
     seed: int = 0
-    lambda_: float = 1e-3  # sparsity coefficient λ (jumprelu, relu)
+    lambda_: float = 1.0  # sparsity coefficient λ (jumprelu, relu); losses are in normalised units (E‖x‖² = d_model)
     tanh_c: float = 1.0  # c in tanh(c·‖W_dec‖·a)
     lambda_warmup: float = 0.5  # fraction of the run over which λ ramps up linearly from 0
     preact_lambda: float = 0.0  # pre-activation loss coefficient (revives features below threshold)
@@ -160,9 +160,9 @@ def JumpReLU(z: Tensor, log_threshold: Tensor, bandwidth: float) -> Tensor:  # n
 
 
 def topk_activation(z: Tensor, k: int) -> Tensor:
-    """Exactly the k largest pre-activations per token are kept (ReLU'd, so never negative)."""
+    """Exactly the k largest pre-activations per token are kept, unchanged (no ReLU: always k active)."""
     vals, idx = z.topk(k, dim=-1)
-    return torch.zeros_like(z).scatter(-1, idx, vals.relu())
+    return torch.zeros_like(z).scatter(-1, idx, vals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ class TranscoderTrainer(nn.Module):
         with torch.no_grad():
             var = (yn - yn.mean(1, keepdim=True)).pow(2).sum(-1).mean(1)
             out["nmse_layers"] = err.mean(1) / var.clamp_min(1e-12)
-            out["fired"] = acts > 0  # (L, N, F)
+            out["fired"] = acts != 0  # (L, N, F)
         return out
 
     @torch.no_grad()
