@@ -302,7 +302,10 @@ class TranscoderTrainer(nn.Module):
         """Set b_enc so about `init_fire_fraction` of tokens fire each feature at the start."""
         pre = torch.bmm(self.norm.norm_x(xs), self.W_enc.transpose(1, 2))  # (L, N, F)
         q = torch.quantile(pre.float(), 1 - self.cfg.init_fire_fraction, dim=1)  # (L, F)
-        level = self.log_threshold.exp() if self.log_threshold is not None else torch.zeros_like(q)
+        if self.log_threshold is not None:
+            level = self.log_threshold.exp()
+        else:  # relu: fire above 0; topk: any shift keeps the selection, stay clear of exact zeros
+            level = torch.full_like(q, 1.0 if self.cfg.activation == "topk" else 0.0)
         self.b_enc.copy_(level - q)
 
     # -- export ------------------------------------------------------------------------------
