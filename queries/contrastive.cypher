@@ -5,6 +5,8 @@
 //   Edge candidates come from the LINKS layer (pairs in >= min_prompts prompts), so edge rows
 //   need LINKS to be fresh; feature rows do not. log_odds = ln((a+alpha)/(n_a-a+alpha)) -
 //   ln((b+alpha)/(n_b-b+alpha)), with a, b the prompts with the feature (edge) in each side.
+//   Features are first cut to those with >= min_prompts active instances (a cheap necessary
+//   condition), which keeps one-off noise features out of the per-prompt join.
 // params:
 //   field: {type: str, default: group, help: "what splits the prompts: 'group', 'tag', 'corpus' or 'correct' (values 'true'/'false')"}
 //   a: {type: str, help: "the value that selects side A"}
@@ -34,11 +36,12 @@ WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p
 WITH in_a, in_b
 RETURN sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS n_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS n_b
 // @part features
-MATCH (p:Prompt)
-WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
-WHERE in_a OR in_b
-MATCH (p)-[:HAS]->(x:Active)-[:OF]->(f:Feature)
-WITH DISTINCT f, p, in_a, in_b
+MATCH (f:Feature)<-[:OF]-(x:Active)
+WITH f, count(*) AS occurrences
+WHERE occurrences >= $min_prompts
+MATCH (f)<-[:OF]-(x:Active)<-[:HAS]-(p:Prompt)
+WITH DISTINCT f, p
+WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b

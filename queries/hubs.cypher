@@ -21,14 +21,12 @@
 //   - circuit-atlas query hubs --param by=prompts --param limit=20
 MATCH (f:Feature)<-[:OF]-(a:Active)
 WHERE $scan = '' OR f.scan = $scan
-WITH f, count(DISTINCT a.prompt_id) AS prompts, count(*) AS occurrences, sum(a.influence) AS total_influence,
+WITH f, count(*) AS occurrences
+WHERE occurrences >= $min_prompts
+MATCH (f)<-[:OF]-(a:Active)
+WITH f, occurrences, count(DISTINCT a.prompt_id) AS prompts, sum(a.influence) AS total_influence,
      avg(a.activation) AS mean_activation
 WHERE prompts >= $min_prompts
-RETURN f.key AS key, f.label AS label, f.layer AS layer, prompts, occurrences, total_influence, mean_activation
-// @part partners
-MATCH (f:Feature)<-[:OF]-(a:Active)
-WHERE $scan = '' OR f.scan = $scan
-WITH f, count(DISTINCT a.prompt_id) AS prompts
-WHERE prompts >= $min_prompts
-MATCH (f)-[:LINKS]-(g:Feature)
-RETURN f.key AS key, count(DISTINCT g.key) AS partners
+OPTIONAL MATCH (f)-[:LINKS]-(g:Feature)
+RETURN f.key AS key, f.label AS label, f.layer AS layer, prompts, occurrences, total_influence, mean_activation,
+       count(DISTINCT g.key) AS partners

@@ -252,10 +252,7 @@ def hubs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df = frames["main"].copy()
     if df.empty:
         return _empty(["key"])
-    partners = frames["partners"]
-    pmap = dict(zip(partners["key"], partners["partners"])) if len(partners) else {}
-    df["partners"] = df["key"].map(pmap).fillna(0).astype("int64")
-    df = _num(df, ["prompts", "occurrences", "layer"], "int")
+    df = _num(df, ["prompts", "occurrences", "layer", "partners"], "int")
     df = _num(df, ["total_influence", "mean_activation"])
     df = _str(df, ["key", "label"])
     df = df.sort_values([order[params["by"]], "prompts", "key"], ascending=[False, False, True])
@@ -270,20 +267,20 @@ def similar_prompts(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError(f"query 'similar_prompts': no prompt with id {params['prompt_id']!r} (or it has no features)")
     mine = target.assign(key=target["key"].astype(str), weight=pd.to_numeric(target["weight"]).astype(float))
     mine = mine.groupby("key")["weight"].max()
-    others = frames["others"]
-    if others.empty:
+    theirs = frames["shared"]
+    totals = frames["totals"]
+    if theirs.empty or totals.empty:
         return _empty(["prompt_id"])
-    theirs = others.assign(key=others["key"].astype(str), weight=pd.to_numeric(others["weight"]).astype(float))
-    # sum(min) over shared features; sum(max) over the union = shared max + the rest of both totals
-    shared = theirs[theirs["key"].isin(mine.index)].copy()
+    # Cypher returns only the shared features' weights and each prompt's total; then
+    # sum(min) over shared features, and sum(max) over the union = shared max + both rests.
+    shared = theirs.assign(key=theirs["key"].astype(str), weight=pd.to_numeric(theirs["weight"]).astype(float))
     shared["mine"] = shared["key"].map(mine)
     shared["lo"] = np.minimum(shared["weight"], shared["mine"])
     shared["hi"] = np.maximum(shared["weight"], shared["mine"])
     g = shared.groupby("prompt_id")
     stats = pd.DataFrame({"n": g.size(), "lo": g["lo"].sum(), "hi": g["hi"].sum(), "t_shared": g["weight"].sum(), "m_shared": g["mine"].sum()})
-    total = theirs.groupby("prompt_id")["weight"].sum()
-    info = theirs.drop_duplicates("prompt_id").set_index("prompt_id")[["text", "grp"]]
-    stats = stats.join(total.rename("t_total")).join(info)
+    info = totals.set_index("prompt_id")
+    stats = stats.join(pd.to_numeric(info["total"]).astype(float).rename("t_total")).join(info[["text", "grp"]])
     den = stats["hi"] + (stats["t_total"] - stats["t_shared"]) + (float(mine.sum()) - stats["m_shared"])
     rows = pd.DataFrame(
         {

@@ -18,10 +18,15 @@
 MATCH (p:Prompt)-[:HAS]->(a:Active)
 WHERE p.id = $prompt_id
 RETURN a.feature_key AS key, max(a.activation) AS weight
-// @part others
+// @part shared
+MATCH (p:Prompt)-[:HAS]->(a:Active)-[:OF]->(f:Feature)<-[:OF]-(b:Active)
+WHERE p.id = $prompt_id AND b.prompt_id <> $prompt_id
+RETURN b.prompt_id AS prompt_id, f.key AS key, max(b.activation) AS weight
+// @part totals
 MATCH (p:Prompt)-[:HAS]->(a:Active)-[:OF]->(f:Feature)<-[:OF]-(b:Active)
 WHERE p.id = $prompt_id AND b.prompt_id <> $prompt_id
 WITH DISTINCT b.prompt_id AS other
 MATCH (q:Prompt)-[:HAS]->(c:Active)
 WHERE q.id = other
-RETURN q.id AS prompt_id, q.text AS text, q.grp AS grp, c.feature_key AS key, max(c.activation) AS weight
+WITH q, c.feature_key AS key, max(c.activation) AS weight
+RETURN q.id AS prompt_id, q.text AS text, q.grp AS grp, sum(weight) AS total
