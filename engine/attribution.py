@@ -211,19 +211,51 @@ def compute_graph(
     tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
     ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
     run = replacement_run(lm, tc, ids, batch_size=batch_size)
-    n_layers, n_pos = len(run.mlp_out), ids.shape[0]
+    targets = _logit_targets(lm, run.logits[0, -1].detach(), logit_targets, max_n_logits, desired_logit_prob)
+    return graph_from_run(
+        run,
+        tc,
+        targets,
+        token_ids,
+        max_feature_nodes=max_feature_nodes,
+        batch_size=batch_size,
+        progress=progress,
+        update_interval=update_interval,
+        on_batch=on_batch,
+    )
+
+
+def graph_from_run(
+    run: Any,
+    tc: Any,
+    targets: LogitTargets,
+    token_ids: list[int],
+    *,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    update_interval: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> RawGraph:
+    """The edges of a prepared replacement run (any object with ReplacementRun's fields whose
+    batch holds ``batch_size`` copies) for the given logit targets. Split from compute_graph
+    so the edge bookkeeping can be checked on hand-built frozen networks."""
+    device = run.embeddings.device
+    n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
+    d_model = int(run.embeddings.shape[-1])
+    batch_size = int(run.embeddings.shape[0])
 
     # active features, ordered (layer, pos, feature)
     found = [torch.nonzero(run.activations[l]) for l in range(n_layers)]
-    layers = torch.cat([torch.full((f.shape[0],), l, dtype=torch.long) for l, f in enumerate(found)]).to(lm.device)
-    pos = torch.cat([f[:, 0] for f in found]).to(lm.device)
-    feats = torch.cat([f[:, 1] for f in found]).to(lm.device)
+    layers = torch.cat([torch.full((f.shape[0],), l, dtype=torch.long) for l, f in enumerate(found)]).to(device)
+    pos = torch.cat([f[:, 0] for f in found]).to(device)
+    feats = torch.cat([f[:, 1] for f in found]).to(device)
     acts = torch.cat([run.activations[l][f[:, 0], f[:, 1]] for l, f in enumerate(found)]).float()
     n_feat = int(layers.shape[0])
     n_err = n_layers * (n_pos - 1)
     n_src = n_feat + n_err + n_pos
 
-    targets = _logit_targets(lm, run.logits[0, -1].detach(), logit_targets, max_n_logits, desired_logit_prob)
+    targets = LogitTargets(targets.token_ids.to(device), targets.probs.to(device), targets.grads.to(device))
     n_logit = int(targets.token_ids.shape[0])
     budget = n_feat if max_feature_nodes is None else max(0, min(int(max_feature_nodes), n_feat))
 
@@ -238,8 +270,8 @@ def compute_graph(
         outs, grads = [], []
         n = len(enc_layers) if enc_vecs is not None else int(logit_grads.shape[0])  # type: ignore[union-attr]
         if enc_vecs is not None:
-            el = torch.tensor(enc_layers, device=lm.device)
-            ep = torch.tensor(enc_pos, device=lm.device)
+            el = torch.tensor(enc_layers, device=device)
+            ep = torch.tensor(enc_pos, device=device)
             for layer in torch.unique(el).tolist():
                 g = torch.zeros_like(run.mlp_in[layer])
                 b = torch.nonzero(el == layer, as_tuple=True)[0]
@@ -277,8 +309,8 @@ def compute_graph(
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
         for start in range(0, pending.shape[0], batch_size):
             chunk = pending[start : start + batch_size]
-            cl, cp, cf = layers[chunk.to(lm.device)], pos[chunk.to(lm.device)], feats[chunk.to(lm.device)]
-            vecs = torch.empty(chunk.shape[0], lm.d_model, device=lm.device)
+            cl, cp, cf = layers[chunk.to(device)], pos[chunk.to(device)], feats[chunk.to(device)]
+            vecs = torch.empty(chunk.shape[0], d_model, device=device)
             for layer in torch.unique(cl).tolist():
                 m = cl == layer
                 vecs[m] = tc.encoder_vectors(layer, cf[m]).float()
@@ -312,7 +344,7 @@ def compute_graph(
             torch.full((n_logit,), pruning.LOGIT),
         ]
     )
-    sel_dev = selected.to(lm.device)
+    sel_dev = selected.to(device)
     return RawGraph(
         rows=rows,
         row_nodes=row_nodes,
