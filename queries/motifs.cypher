@@ -22,9 +22,14 @@
 // post: motifs
 // examples:
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
-MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)-[l2:LINKS]->(fc:Feature), (fa)-[l3:LINKS]->(fc)
-WHERE ($kind = '' OR $kind = 'feed_forward')
-  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts AND l3.prompts >= $min_prompts
+MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'feed_forward') AND l1.prompts >= $min_prompts
+WITH fa, fb
+MATCH (fb)-[l2:LINKS]->(fc:Feature)
+WHERE l2.prompts >= $min_prompts
+WITH fa, fb, fc
+MATCH (fa)-[l3:LINKS]->(fc)
+WHERE l3.prompts >= $min_prompts
 WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
 MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
 WHERE b.feature_key = kb
@@ -37,9 +42,11 @@ RETURN 'feed_forward' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
        fa.label AS a_label, lb AS b_label, lc AS c_label,
        count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids
 // @part fan_in
-MATCH (fa:Feature)-[l1:LINKS]->(fc:Feature)<-[l2:LINKS]-(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_in') AND fa.key < fb.key
-  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+MATCH (fa:Feature)-[l1:LINKS]->(fc:Feature)
+WHERE ($kind = '' OR $kind = 'fan_in') AND l1.prompts >= $min_prompts
+WITH fa, fc
+MATCH (fb:Feature)-[l2:LINKS]->(fc)
+WHERE l2.prompts >= $min_prompts AND fa.key < fb.key
 WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
 MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(c:Active)
 WHERE c.feature_key = kc
@@ -50,9 +57,11 @@ RETURN 'fan_in' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
        fa.label AS a_label, lb AS b_label, lc AS c_label,
        count(DISTINCT c.prompt_id) AS prompts, collect(DISTINCT c.prompt_id) AS prompt_ids
 // @part fan_out
-MATCH (fb:Feature)<-[l1:LINKS]-(fa:Feature)-[l2:LINKS]->(fc:Feature)
-WHERE ($kind = '' OR $kind = 'fan_out') AND fb.key < fc.key
-  AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
+MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_out') AND l1.prompts >= $min_prompts
+WITH fa, fb
+MATCH (fa)-[l2:LINKS]->(fc:Feature)
+WHERE l2.prompts >= $min_prompts AND fb.key < fc.key
 WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
 MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
 WHERE b.feature_key = kb

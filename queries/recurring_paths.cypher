@@ -54,3 +54,24 @@ WITH f1, k2, lb2, k3, lb3, w1, w2, e3.weight AS w3, t.token AS token, t.prompt_i
 WHERE abs(w3) >= $min_weight AND ($token = '' OR token = $token)
 RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, k3 AS f3_key, lb3 AS f3_label,
        token, count(DISTINCT pid) AS prompts, avg(w1 * w2 * w3) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
+// @variant bolt
+// ArcadeDB plans the two LINKS hops far better when they are staged through WITH.
+MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)
+WHERE ($hops = 0 OR $hops = 3) AND l1.prompts >= $min_prompts
+WITH f1, f2
+MATCH (f2)-[l2:LINKS]->(f3:Feature)
+WHERE l2.prompts >= $min_prompts
+WITH f1, f2.key AS k2, f2.label AS lb2, f3.key AS k3, f3.label AS lb3
+MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
+WHERE b.feature_key = k2
+WITH f1, k2, lb2, k3, lb3, b, e1.weight AS w1
+WHERE abs(w1) >= $min_weight
+MATCH (b)-[e2:EDGE]->(c:Active)
+WHERE c.feature_key = k3
+WITH f1, k2, lb2, k3, lb3, c, w1, e2.weight AS w2
+WHERE abs(w2) >= $min_weight
+MATCH (c)-[e3:EDGE]->(t:Logit)
+WITH f1, k2, lb2, k3, lb3, w1, w2, e3.weight AS w3, t.token AS token, t.prompt_id AS pid
+WHERE abs(w3) >= $min_weight AND ($token = '' OR token = $token)
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, k3 AS f3_key, lb3 AS f3_label,
+       token, count(DISTINCT pid) AS prompts, avg(w1 * w2 * w3) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
