@@ -173,3 +173,28 @@ def test_greedy_subset_rows_equal_full_rows_and_pick_influential_features() -> N
     infl = pruning.node_influence(full.rows, full.row_nodes, full.logit_weights)[:n_feat]
     top = set(torch.argsort(infl, descending=True)[:k].tolist())
     assert len(top & set(chosen.tolist())) >= 0.8 * k
+
+
+def test_node_table_names_every_node_once_in_matrix_order() -> None:
+    from circuit_atlas.engine.attribution import node_table
+
+    model = ToyModel("plt")
+    run = model.run(4)
+    raw = graph_from_run(run, model.tc, logit_targets(run), IDS)
+    infl = pruning.node_influence(raw.rows, raw.row_nodes, raw.logit_weights)
+    nodes = node_table(raw, infl)
+    n_feat = raw.feat_layer.shape[0]
+    assert len(nodes) == raw.kinds.shape[0] == raw.rows.shape[1]
+    assert nodes["node_id"].is_unique
+    kinds = {pruning.FEATURE: "feature", pruning.ERROR: "error", pruning.EMBEDDING: "embedding", pruning.LOGIT: "logit"}
+    assert nodes["type"].tolist() == [kinds[int(k)] for k in raw.kinds]
+    i = 5
+    l, p, f = int(raw.feat_layer[i]), int(raw.feat_pos[i]), int(raw.feat_index[i])
+    assert nodes.loc[i, "node_id"] == f"{l}_{f}_{p}"
+    assert nodes.loc[i, "activation"] == pytest.approx(float(run.activations[l][p, f]))
+    assert nodes.loc[n_feat, "node_id"] == "0_-1_1"  # first error: layer 0, position 1
+    assert nodes.loc[n_feat + L * (T - 1), "node_id"] == f"E_{IDS[0]}_0"
+    logit = nodes.iloc[-3]
+    assert logit["node_id"] == f"{L + 1}_{int(raw.logits.token_ids[0])}_{T - 1}" and logit["layer"] == L
+    assert logit["prob"] == pytest.approx(float(raw.logits.probs[0]))
+    assert nodes["influence"].to_numpy() == pytest.approx(infl.numpy())
