@@ -80,6 +80,7 @@ class TrainConfig:
     init_fire_fraction: float = 0.02  # b_enc is set so about this fraction of features fires at init
     skip: bool = False  # learn a linear skip connection W_skip
     checkpoint_every: int = 100  # steps
+    steps_per_batch: int = 1  # optimizer steps on each batch of activations (cheap extra updates when the forward dominates)
     norm_batches: int = 2  # batches used to estimate the per-layer normalisation
     dead_tokens: int = 50_000  # a feature is dead if it did not fire in the last N training tokens
     lr_decay: float = 0.2  # final fraction of steps with linear learning-rate decay to 0
@@ -92,8 +93,12 @@ class TrainConfig:
         return self.batch_size * (self.seq_len - 1)
 
     @property
-    def total_steps(self) -> int:
+    def total_batches(self) -> int:
         return max(1, math.ceil(self.tokens / self.tokens_per_step))
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_batches * self.steps_per_batch
 
     def validate(self) -> None:
         if self.kind not in ("plt", "clt"):
@@ -109,6 +114,8 @@ class TrainConfig:
             raise TrainError("--features, --tokens and --batch-size must be positive")
         if self.seq_len < 2:
             raise TrainError("--seq-len must be at least 2 (position 0, the BOS, is not trained on)")
+        if self.steps_per_batch < 1:
+            raise TrainError("--steps-per-batch must be at least 1")
         if self.lr <= 0 or self.lambda_ < 0 or self.checkpoint_every < 1:
             raise TrainError("--lr must be positive, --lambda non-negative, --checkpoint-every at least 1")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -118,7 +125,8 @@ class TrainConfig:
         """The settings that must match for a checkpoint to be resumed."""
         keep = ("model", "kind", "features", "activation", "k", "corpus", "field", "tokens", "batch_size",
                 "seq_len", "lr", "seed", "lambda_", "tanh_c", "lambda_warmup", "preact_lambda", "skip",
-                "threshold_init", "bandwidth", "init_fire_fraction", "norm_batches", "lr_decay", "dtype")
+                "threshold_init", "bandwidth", "init_fire_fraction", "norm_batches", "lr_decay", "dtype",
+                "steps_per_batch")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -565,7 +573,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
     else:
         out.mkdir(parents=True, exist_ok=True)
         # per-layer normalisation and encoder bias from the first batches (they are trained on too)
-        xs, ys = zip(*(acts(i) for i in range(min(cfg.norm_batches, cfg.total_steps))))
+        xs, ys = zip(*(acts(i) for i in range(min(cfg.norm_batches, cfg.total_batches))))
         trainer.norm.estimate(torch.cat(xs, 1), torch.cat(ys, 1))
         trainer.init_encoder_bias(torch.cat(xs, 1))
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -580,8 +588,11 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
         bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.kind} {F}/layer", unit="step")
     t0 = time.perf_counter()
     with open(metrics_path, "a") as mf:
+        batch_no = -1
         for step in range(start, cfg.total_steps):
-            xs, ys = acts(step)
+            if step // cfg.steps_per_batch != batch_no:
+                batch_no = step // cfg.steps_per_batch
+                xs, ys = acts(batch_no)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
             res = trainer.losses(xs, ys, step)
@@ -589,7 +600,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
             res["loss"].backward()
             opt.step()
             n_tok = xs.shape[1]
-            tokens_seen = (step + 1) * n_tok
+            tokens_seen = (batch_no + 1) * n_tok
             fired = res["fired"]
             any_fired = fired.any(1)
             last_fired[any_fired] = tokens_seen

@@ -30,6 +30,7 @@ def _train(
     preact_lambda: Optional[float] = typer.Option(None, "--preact-lambda", help="Coefficient of the pre-activation loss (jumprelu); 0 turns it off."),
     skip: Optional[bool] = typer.Option(None, "--skip/--no-skip", help="Learn a linear skip connection W_skip per layer."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (a killed run loses at most this many)."),
+    steps_per_batch: Optional[int] = typer.Option(None, "--steps-per-batch", help="Optimizer steps on each batch of activations (more updates per forward pass)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation and data order."),
     scan: Optional[str] = typer.Option(None, "--scan", help="Transcoder set id (default {model}-{kind}-{features})."),
     activation_cache: Optional[Path] = typer.Option(None, "--activation-cache", help="Directory to store activations in, reused by later runs with the same model/corpus/windows."),
@@ -45,7 +46,7 @@ def _train(
         "model": model, "kind": kind, "features": features, "activation": activation, "k": k, "corpus": corpus,
         "field": field, "tokens": tokens, "out": str(out) if out else None, "batch_size": batch_size, "lr": lr,
         "seq_len": seq_len, "dtype": dtype, "device": device, "lambda_": lambda_, "preact_lambda": preact_lambda,
-        "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "scan": scan,
+        "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "steps_per_batch": steps_per_batch, "scan": scan,
         "activation_cache": str(activation_cache) if activation_cache else None,
     }
     settings.update({key: v for key, v in given.items() if v is not None})
