@@ -1,0 +1,28 @@
+"""The demo recipe on the real SmolLM2-135M (opt-in: -m slow): trains, caches, and reconstructs usefully."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_recipe_trains_once_and_is_reused(tmp_path: Path, monkeypatch) -> None:
+    from circuit_atlas.engine.evaluate import evaluate_transcoders
+    from circuit_atlas.engine.train import ensure_demo_transcoders, read_metrics
+
+    monkeypatch.setenv("CIRCUIT_ATLAS_HOME", str(tmp_path))
+    out = ensure_demo_transcoders(quick=True, progress=False)
+    assert out == tmp_path / "transcoders" / "demo-quick" and (out / "config.yaml").exists()
+    m = read_metrics(out)
+    assert m[-1]["nmse"] < m[0]["nmse"]
+    t = time.perf_counter()
+    assert ensure_demo_transcoders(quick=True, progress=False) == out  # cached: no training
+    assert time.perf_counter() - t < 5
+    res = evaluate_transcoders(model="demo", transcoders=str(out), tokens=512, progress=False)
+    assert len(res.layers) == 30
+    assert res.mean_nmse < 1.0
+    assert all(abs(d["l0"] - 8) < 1e-6 for d in res.layers)
