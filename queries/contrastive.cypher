@@ -48,11 +48,13 @@ RETURN f.key AS key, f.label AS label, count_a, count_b
 // @part edges
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE l.prompts >= $min_prompts
-WITH fa, fb
-MATCH (p:Prompt)-[:HAS]->(x:Active)-[:OF]->(fa), (x)-[:EDGE]->(y:Active)
-WHERE y.feature_key = fb.key
-WITH fa, fb, p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WITH fa, fb.key AS kb
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kb
+WITH DISTINCT fa, kb, x.prompt_id AS pid
+MATCH (p:Prompt)
+WHERE p.id = pid
+WITH fa, kb, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
 WHERE in_a OR in_b
-WITH DISTINCT fa, fb, p, in_a, in_b
-RETURN fa.key AS source_key, fb.key AS target_key, fa.label AS label,
+RETURN fa.key AS source_key, kb AS target_key, fa.label AS label,
        sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
