@@ -168,9 +168,9 @@ def JumpReLU(z: Tensor, log_threshold: Tensor, bandwidth: float) -> Tensor:  # n
 
 
 def topk_activation(z: Tensor, k: int) -> Tensor:
-    """Exactly the k largest pre-activations per token are kept, unchanged (no ReLU: always k active)."""
+    """The k largest pre-activations per token, ReLU'd (as TranscoderSet.activate): k active unless fewer are positive."""
     vals, idx = z.topk(k, dim=-1)
-    return torch.zeros_like(z).scatter(-1, idx, vals)
+    return torch.zeros_like(z).scatter(-1, idx, vals.relu())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,13 +345,12 @@ class TranscoderTrainer(nn.Module):
 
     def to_transcoder_set(self, *, scan: str, model_name: str | None, hooks: tuple[str, str] | None = None):
         """A `TranscoderSet` (engine/transcoders.py) holding the folded weights."""
-        from circuit_atlas.engine.transcoders import random_transcoders
+        from circuit_atlas.engine.transcoders import TranscoderSet
 
         cfg = self.cfg
-        ts = random_transcoders(
-            self.n_layers, self.d_model, cfg.features, kind=cfg.kind, activation=cfg.activation,
-            k=cfg.k, skip=cfg.skip, seed=0, scan=scan,
-        )
+        extra = {"feature_input_hook": hooks[0], "feature_output_hook": hooks[1]} if hooks else {}
+        ts = TranscoderSet(cfg.kind, self.n_layers, self.d_model, cfg.features, activation=cfg.activation,
+                           k=cfg.k, skip=cfg.skip, scan=scan, model_name=model_name, **extra)
         w = self.folded()
         with torch.no_grad():
             for l in range(self.n_layers):
@@ -363,9 +362,6 @@ class TranscoderTrainer(nn.Module):
                     ts.threshold[l].copy_(w["threshold"][l])
                 if w["W_skip"][l] is not None:
                     ts.W_skip[l].copy_(w["W_skip"][l])
-        ts.model_name = model_name
-        if hooks is not None:
-            ts.feature_input_hook, ts.feature_output_hook = hooks
         return ts
 
 

@@ -24,4 +24,4 @@ def test_quick_demo_recipe_trains_once_and_is_reused(tmp_path: Path, monkeypatch
     res = evaluate_transcoders(model="demo", transcoders=str(out), tokens=512, progress=False)
     assert len(res.layers) == 30
     assert res.mean_nmse < 1.0
-    assert all(abs(d["l0"] - 8) < 1e-6 for d in res.layers)
+    assert all(6 < d["l0"] <= 8 for d in res.layers)  # TopK 8
