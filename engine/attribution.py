@@ -133,6 +133,7 @@ class _SourceReader:
     """Turns the gradients of one backward pass into edge rows for every source, vectorised:
     one padded batched matmul per target layer for features, one einsum for errors/embeddings."""
 
+    @torch.no_grad()
     def __init__(self, run: Any, tc: Any, layers: Tensor, pos: Tensor, feats: Tensor, acts: Tensor) -> None:
         self.n_layers = len(run.mlp_out)
         self.n_pos = run.embeddings.shape[1]
@@ -167,6 +168,7 @@ class _SourceReader:
             cols[p, slot] = idx.to(device)
             self.blocks.append((block.transpose(1, 2).contiguous(), cols.flatten()))
 
+    @torch.no_grad()
     def rows(self, g_emb: Tensor | None, g_out: list[Tensor | None], n: int) -> Tensor:
         """Edge rows (n, F + L*(T-1) + T) for the first n batch copies."""
         t = self.n_pos
@@ -250,7 +252,7 @@ def graph_from_run(
     layers = torch.cat([torch.full((f.shape[0],), l, dtype=torch.long) for l, f in enumerate(found)]).to(device)
     pos = torch.cat([f[:, 0] for f in found]).to(device)
     feats = torch.cat([f[:, 1] for f in found]).to(device)
-    acts = torch.cat([run.activations[l][f[:, 0], f[:, 1]] for l, f in enumerate(found)]).float()
+    acts = torch.cat([run.activations[l][f[:, 0], f[:, 1]] for l, f in enumerate(found)]).detach().float()
     n_feat = int(layers.shape[0])
     n_err = n_layers * (n_pos - 1)
     n_src = n_feat + n_err + n_pos
@@ -313,7 +315,7 @@ def graph_from_run(
             vecs = torch.empty(chunk.shape[0], d_model, device=device)
             for layer in torch.unique(cl).tolist():
                 m = cl == layer
-                vecs[m] = tc.encoder_vectors(layer, cf[m]).float()
+                vecs[m] = tc.encoder_vectors(layer, cf[m]).detach().float()
             stop = filled + chunk.shape[0]
             rows[filled:stop, :n_src] = backward(cl.tolist(), cp.tolist(), vecs, None)
             row_nodes[filled:stop] = chunk
