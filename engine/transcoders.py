@@ -208,8 +208,8 @@ class TranscoderSet(nn.Module):
                 f"{where}: the transcoders cover {self.n_layers} layers{files}, the model has {n_layers}"
             )
         if self.d_model != d_model:
-            name = self.source_files[0] if self.source_files else where
-            raise TranscoderMismatchError(f"{name}: W_enc has d_model {self.d_model}, the model has {d_model}")
+            parts = [p for p in (source, self.source_files[0] if self.source_files else "") if p] or [self.scan]
+            raise TranscoderMismatchError(f"{': '.join(parts)}: W_enc has d_model {self.d_model}, the model has {d_model}")
 
     def config(self) -> dict[str, Any]:
         """The config.yaml contents: circuit-tracer's keys plus ours."""

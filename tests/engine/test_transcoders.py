@@ -108,6 +108,10 @@ def test_check_fits_names_file_and_mismatch(tmp_path):
         tc.check_fits(2, 12)
     with pytest.raises(T.TranscoderMismatchError, match="2 layers.*the model has 3"):
         tc.check_fits(3, 8)
+    with pytest.raises(T.TranscoderMismatchError, match=r"^my-set: layer_0\.safetensors: W_enc has d_model 8, the model has 576$"):
+        tc.check_fits(2, 576, source="my-set")
+    with pytest.raises(T.TranscoderMismatchError, match="my-set: the transcoders cover 2 layers"):
+        tc.check_fits(30, 8, source="my-set")
 
 
 def test_gemmascope_npz(tmp_path):
