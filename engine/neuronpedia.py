@@ -203,7 +203,7 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         where = f"{source}: nodes[{i}]"
         try:
             nid = str(n["node_id"])
-            kind = _kind(n.get("feature_type", ""))
+            kind = "embedding" if nid.startswith("E_") else _kind(n.get("feature_type", ""))
         except (KeyError, TypeError):
             raise NeuronpediaFormatError(f"{where}: lacks node_id") from None
         label = n.get("clerp")

@@ -488,6 +488,11 @@ def _new_set(kind: str, n_layers: int, d_model: int, d_tc: int, cfg: dict[str, A
     return tc
 
 
+def _flat(t: Tensor, n: int) -> Tensor:
+    """Thresholds saved as (1, d_tc) (circuit-tracer's CLT keeps them so in memory) -> (d_tc,)."""
+    return t.reshape(-1) if t.numel() == n and t.dim() > 1 else t
+
+
 def _assign(plist: nn.ParameterList, l: int, t: Tensor) -> None:
     plist[l] = nn.Parameter(t.contiguous())
 
@@ -509,7 +514,8 @@ def _load_plt(files: list[Path], cfg: dict[str, Any]) -> TranscoderSet:
         _assign(tc.b_enc, l, _shape(_need(d, "b_enc", f), (d_tc,), "b_enc", f))
         _assign(tc.b_dec, l, _shape(_need(d, "b_dec", f), (d_model,), "b_dec", f))
         if tc.threshold is not None:
-            _assign(tc.threshold, l, _shape(_need(d, "activation_function.threshold", f), (d_tc,), "activation_function.threshold", f))
+            thr = _flat(_need(d, "activation_function.threshold", f), d_tc)
+            _assign(tc.threshold, l, _shape(thr, (d_tc,), "activation_function.threshold", f))
         if tc.W_skip is not None:
             _assign(tc.W_skip, l, _shape(_need(d, "W_skip", f), (d_model, d_model), "W_skip", f))
         elif "W_skip" in d:
@@ -534,8 +540,7 @@ def _load_clt(directory: Path, enc_files: list[Path], cfg: dict[str, Any]) -> Tr
         _assign(tc.b_enc, l, _shape(_need(d, f"b_enc_{l}", f), (d_tc,), f"b_enc_{l}", f))
         _assign(tc.b_dec, l, _shape(_need(d, f"b_dec_{l}", f), (d_model,), f"b_dec_{l}", f))
         if tc.threshold is not None:
-            thr = _need(d, f"threshold_{l}", f).reshape(-1) if d.get(f"threshold_{l}") is not None and d[f"threshold_{l}"].numel() == d_tc else _need(d, f"threshold_{l}", f)
-            _assign(tc.threshold, l, _shape(thr, (d_tc,), f"threshold_{l}", f))
+            _assign(tc.threshold, l, _shape(_flat(_need(d, f"threshold_{l}", f), d_tc), (d_tc,), f"threshold_{l}", f))
         if tc.W_skip is not None:
             _assign(tc.W_skip, l, _shape(_need(d, f"W_skip_{l}", f), (d_model, d_model), f"W_skip_{l}", f))
         fd = directory / f"W_dec_{l}.safetensors"

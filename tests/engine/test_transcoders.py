@@ -224,3 +224,13 @@ def test_load_dtype():
         T.random_transcoders(2, 8, 10).save(d)
         tc = T.load_transcoders(d, dtype=torch.bfloat16)
         assert tc.W_enc[0].dtype == torch.bfloat16 and tc.dtype == torch.bfloat16
+
+
+def test_thresholds_saved_with_a_leading_unit_axis(tmp_path):
+    tc = T.random_transcoders(2, 8, 10, kind="clt", activation="jumprelu")
+    tc.save(tmp_path)
+    enc = load_file(str(tmp_path / "W_enc_1.safetensors"))
+    enc["threshold_1"] = enc["threshold_1"][None, :]
+    save_file(enc, str(tmp_path / "W_enc_1.safetensors"))
+    back = T.load_transcoders(tmp_path)
+    assert torch.equal(back.threshold[1], tc.threshold[1])
