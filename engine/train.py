@@ -79,6 +79,7 @@ class TrainConfig:
     bandwidth: float = 0.1  # STE rectangle-kernel bandwidth ε
     init_fire_fraction: float = 0.02  # b_enc is set so about this fraction of features fires at init
     skip: bool = False  # learn a linear skip connection W_skip
+    outlier_factor: float = 10.0  # tokens whose MLP output norm exceeds this × the layer's median are left out of the loss (0: keep all)
     checkpoint_every: int = 100  # steps
     steps_per_batch: int = 1  # optimizer steps on each batch of activations (cheap extra updates when the forward dominates)
     norm_batches: int = 2  # batches used to estimate the per-layer normalisation
@@ -126,7 +127,7 @@ class TrainConfig:
         keep = ("model", "kind", "features", "activation", "k", "corpus", "field", "tokens", "batch_size",
                 "seq_len", "lr", "seed", "lambda_", "tanh_c", "lambda_warmup", "preact_lambda", "skip",
                 "threshold_init", "bandwidth", "init_fire_fraction", "norm_batches", "lr_decay", "dtype",
-                "steps_per_batch")
+                "steps_per_batch", "outlier_factor")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -187,15 +188,29 @@ class _NormStats(nn.Module):
         self.register_buffer("x_scale", torch.ones(n_layers))
         self.register_buffer("y_mean", torch.zeros(n_layers, d_model))
         self.register_buffer("y_scale", torch.ones(n_layers))
+        self.register_buffer("y_cap", torch.full((n_layers,), float("inf")))
 
     @torch.no_grad()
-    def estimate(self, xs: Tensor, ys: Tensor) -> None:
-        """xs, ys: (L, N, d) raw activations. s is chosen so E‖x_n‖² = d_model."""
+    def estimate(self, xs: Tensor, ys: Tensor, outlier_factor: float = 0.0) -> None:
+        """xs, ys: (L, N, d) raw activations. s is chosen so E‖x_n‖² = d_model over the inlier tokens.
+
+        Some layers write huge outputs at a few positions (e.g. SmolLM2 layer 11 right after BOS,
+        10-20x the median norm); fitted by MSE they take over the layer's features, so tokens above
+        `outlier_factor` × the median output norm are left out (they become error nodes instead).
+        """
+        if outlier_factor > 0:
+            self.y_cap.copy_(ys.norm(dim=-1).median(dim=1).values * outlier_factor)
+        keep = (ys.norm(dim=-1) <= self.y_cap[:, None]).float()[..., None]  # (L, N, 1)
+        cnt = keep.sum(1).clamp_min(1)
         for buf_m, buf_s, a in ((self.x_mean, self.x_scale, xs), (self.y_mean, self.y_scale, ys)):
-            mean = a.mean(1)
-            var = (a - mean[:, None]).pow(2).sum(-1).mean(1) / a.shape[-1]
+            mean = (a * keep).sum(1) / cnt
+            var = ((a - mean[:, None]).pow(2) * keep).sum(-1).sum(1) / cnt[:, 0] / a.shape[-1]
             buf_m.copy_(mean)
             buf_s.copy_(var.clamp_min(1e-12).sqrt())
+
+    def inliers(self, ys: Tensor) -> Tensor:
+        """(L, N) float mask of the tokens the loss is computed on."""
+        return (ys.norm(dim=-1) <= self.y_cap[:, None]).float()
 
     def norm_x(self, xs: Tensor) -> Tensor:
         return (xs - self.x_mean[:, None]) / self.x_scale[:, None, None]
@@ -282,8 +297,10 @@ class TranscoderTrainer(nn.Module):
         pre = self.pre(xn)
         acts = self.act(pre)
         recon = self.decode(acts, xn)
-        err = (recon - yn).pow(2).sum(-1)  # (L, N)
-        mse = err.mean(1).sum()
+        keep = self.norm.inliers(ys)  # (L, N)
+        cnt = keep.sum(1).clamp_min(1)
+        err = (recon - yn).pow(2).sum(-1) * keep  # (L, N)
+        mse = (err.sum(1) / cnt).sum()
         total = mse
         out = {"mse": mse}
         cfg = self.cfg
@@ -291,17 +308,19 @@ class TranscoderTrainer(nn.Module):
             warm = max(1, int(cfg.lambda_warmup * cfg.total_steps))
             lam = cfg.lambda_ * min(1.0, (step + 1) / warm)
             norms = self.decoder_norms()[:, None, :]
-            sparsity = torch.tanh(cfg.tanh_c * norms * acts).sum(-1).mean(1).sum()
+            sparsity = (torch.tanh(cfg.tanh_c * norms * acts).sum(-1) * keep).sum(1).div(cnt).sum()
             total = total + lam * sparsity
             out["sparsity"] = sparsity.detach()
         if cfg.preact_lambda > 0 and cfg.activation == "jumprelu":
             theta = self.log_threshold.exp()[:, None, :]
-            pre_loss = ((theta - pre).relu() * self.decoder_norms()[:, None, :]).sum(-1).mean(1).sum()
+            pre_loss = (((theta - pre).relu() * self.decoder_norms()[:, None, :]).sum(-1) * keep).sum(1).div(cnt).sum()
             total = total + cfg.preact_lambda * pre_loss
         out["loss"] = total
         with torch.no_grad():
-            var = (yn - yn.mean(1, keepdim=True)).pow(2).sum(-1).mean(1)
-            out["nmse_layers"] = err.mean(1) / var.clamp_min(1e-12)
+            ym = (yn * keep[..., None]).sum(1, keepdim=True) / cnt[:, None, None]
+            var = ((yn - ym).pow(2).sum(-1) * keep).sum(1) / cnt
+            out["nmse_layers"] = (err.sum(1) / cnt) / var.clamp_min(1e-12)
+            out["outliers"] = (1 - keep).mean(1)
             out["fired"] = acts != 0  # (L, N, F)
         return out
 
@@ -570,7 +589,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
         out.mkdir(parents=True, exist_ok=True)
         # per-layer normalisation and encoder bias from the first batches (they are trained on too)
         xs, ys = zip(*(acts(i) for i in range(min(cfg.norm_batches, cfg.total_batches))))
-        trainer.norm.estimate(torch.cat(xs, 1), torch.cat(ys, 1))
+        trainer.norm.estimate(torch.cat(xs, 1), torch.cat(ys, 1), cfg.outlier_factor)
         trainer.init_encoder_bias(torch.cat(xs, 1))
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         (out / METRICS).write_text("")
@@ -610,6 +629,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
                 "nmse": res["nmse_layers"].mean().item(),
                 "l0": l0_layers.mean().item(),
                 "dead": dead,
+                "outliers": round(res["outliers"].mean().item(), 5),
                 "lr": _lr_at(cfg, step),
                 "elapsed_s": round(time.perf_counter() - t0, 3),
             }
