@@ -31,6 +31,7 @@ def _train(
     skip: Optional[bool] = typer.Option(None, "--skip/--no-skip", help="Learn a linear skip connection W_skip per layer."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (a killed run loses at most this many)."),
     steps_per_batch: Optional[int] = typer.Option(None, "--steps-per-batch", help="Optimizer steps on each batch of activations (more updates per forward pass)."),
+    outlier_factor: Optional[float] = typer.Option(None, "--outlier-factor", help="Leave tokens whose MLP output norm exceeds this x the layer's median out of the loss (0 keeps all; default 10)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation and data order."),
     scan: Optional[str] = typer.Option(None, "--scan", help="Transcoder set id (default {model}-{kind}-{features})."),
     activation_cache: Optional[Path] = typer.Option(None, "--activation-cache", help="Directory to store activations in, reused by later runs with the same model/corpus/windows."),
@@ -46,7 +47,7 @@ def _train(
         "model": model, "kind": kind, "features": features, "activation": activation, "k": k, "corpus": corpus,
         "field": field, "tokens": tokens, "out": str(out) if out else None, "batch_size": batch_size, "lr": lr,
         "seq_len": seq_len, "dtype": dtype, "device": device, "lambda_": lambda_, "preact_lambda": preact_lambda,
-        "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "steps_per_batch": steps_per_batch, "scan": scan,
+        "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "steps_per_batch": steps_per_batch, "outlier_factor": outlier_factor, "scan": scan,
         "activation_cache": str(activation_cache) if activation_cache else None,
     }
     settings.update({key: v for key, v in given.items() if v is not None})
