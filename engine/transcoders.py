@@ -488,6 +488,14 @@ def _new_set(kind: str, n_layers: int, d_model: int, d_tc: int, cfg: dict[str, A
     return tc
 
 
+def _progress(items: list[Path], desc: str):
+    """A progress bar over layers, shown only for sets big enough to take a while to read."""
+    from tqdm import tqdm
+
+    big = len(items) >= 8 and sum(p.stat().st_size for p in items if p.exists()) > 256 * 2**20
+    return tqdm(items, desc=desc, unit="layer", leave=False, disable=not big)
+
+
 def _flat(t: Tensor, n: int) -> Tensor:
     """Thresholds saved as (1, d_tc) (circuit-tracer's CLT keeps them so in memory) -> (d_tc,)."""
     return t.reshape(-1) if t.numel() == n and t.dim() > 1 else t
@@ -507,7 +515,7 @@ def _load_plt(files: list[Path], cfg: dict[str, Any]) -> TranscoderSet:
     act, k = _activation_from(cfg, has_thr, first.get("k"))
     skip = "W_skip" in first
     tc = _new_set("plt", len(files), d_model, d_tc, cfg, act, k, skip, w_enc0.dtype)
-    for l, f in enumerate(files):
+    for l, f in enumerate(_progress(files, "loading transcoders")):
         d = first if l == 0 else _read_safetensors(f)
         _assign(tc.W_enc, l, _shape(_need(d, "W_enc", f), (d_tc, d_model), "W_enc", f))
         _assign(tc.W_dec, l, _shape(_need(d, "W_dec", f), (d_tc, d_model), "W_dec", f))
@@ -534,7 +542,7 @@ def _load_clt(directory: Path, enc_files: list[Path], cfg: dict[str, Any]) -> Tr
     act, k = _activation_from(cfg, "threshold_0" in first, None)
     skip = "W_skip_0" in first
     tc = _new_set("clt", L, d_model, d_tc, cfg, act, k, skip, w_enc0.dtype)
-    for l, f in enumerate(enc_files):
+    for l, f in enumerate(_progress(enc_files, "loading transcoders")):
         d = first if l == 0 else _read_safetensors(f)
         _assign(tc.W_enc, l, _shape(_need(d, f"W_enc_{l}", f), (d_tc, d_model), f"W_enc_{l}", f))
         _assign(tc.b_enc, l, _shape(_need(d, f"b_enc_{l}", f), (d_tc,), f"b_enc_{l}", f))
