@@ -14,10 +14,10 @@ WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in ta
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    models = pytest.importorskip("circuit_atlas.engine.models")  # until engine/models.py lands
-    tcs = pytest.importorskip("circuit_atlas.engine.transcoders")
-    lm = models.tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=1)
+def setup(tmp_path_factory, make_tiny_lm):
+    import circuit_atlas.engine.transcoders as tcs
+
+    lm = make_tiny_lm(n_layers=2, d_model=32, vocab_size=97, seed=1)
     rng = random.Random(1)
     texts = [" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(120)]
     out = tmp_path_factory.mktemp("ev") / "set"

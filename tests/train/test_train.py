@@ -32,10 +32,8 @@ WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in ta
 
 
 @pytest.fixture(scope="module")
-def lm():
-    models = pytest.importorskip("circuit_atlas.engine.models")  # until engine/models.py lands
-    pytest.importorskip("circuit_atlas.engine.transcoders")
-    return models.tiny_model("llama", n_layers=N_LAYERS, d_model=D_MODEL, vocab_size=97, seed=0)
+def lm(make_tiny_lm):
+    return make_tiny_lm(n_layers=N_LAYERS, d_model=D_MODEL, vocab_size=97, seed=0)
 
 
 @pytest.fixture(scope="module")
