@@ -327,8 +327,13 @@ class TranscoderTrainer(nn.Module):
     @torch.no_grad()
     def init_encoder_bias(self, xs: Tensor) -> None:
         """Set b_enc so about `init_fire_fraction` of tokens fire each feature at the start."""
-        pre = torch.bmm(self.norm.norm_x(xs), self.W_enc.transpose(1, 2))  # (L, N, F)
-        q = torch.quantile(pre.float(), 1 - self.cfg.init_fire_fraction, dim=1)  # (L, F)
+        xs = xs[:, :4096]  # enough tokens for a quantile; bounded memory on big sets
+        n = xs.shape[1]
+        kth = min(n, max(1, round(n * (1 - self.cfg.init_fire_fraction))))
+        xn = self.norm.norm_x(xs)
+        q = torch.stack([  # per layer: the (1 − fraction) quantile of each feature's pre-activation
+            (xn[l] @ self.W_enc[l].T).kthvalue(kth, dim=0).values for l in range(self.n_layers)
+        ])  # (L, F)
         if self.log_threshold is not None:
             level = self.log_threshold.exp()
         else:  # relu: fire above 0; topk: any shift keeps the selection, stay clear of exact zeros
@@ -471,15 +476,15 @@ class _Activations:
             f = self.cache / f"step_{step:07d}.pt"
             if f.exists():
                 d = torch.load(f)
-                return d["x"].float(), d["y"].float()
+                return d["x"].float().to(self.lm.device), d["y"].float().to(self.lm.device)
         ids = self.batches(step).to(self.lm.device)
         ins, outs = self.lm.mlp_io(ids)
-        xs = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in ins]).float().cpu()
-        ys = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in outs]).float().cpu()
+        xs = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in ins]).float()
+        ys = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in outs]).float()
         if self.cache is not None:
             xs, ys = xs.bfloat16(), ys.bfloat16()  # what a later run reads back, so both runs agree
             tmp = f.with_suffix(".tmp")
-            torch.save({"x": xs, "y": ys}, tmp)
+            torch.save({"x": xs.cpu(), "y": ys.cpu()}, tmp)
             tmp.replace(f)
             xs, ys = xs.float(), ys.float()
         return xs, ys
@@ -546,7 +551,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
     if resume:
         if not ckpt_path.exists():
             raise TrainError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         if ckpt["config"] != cfg.fingerprint():
             diff = {k: (v, cfg.fingerprint().get(k)) for k, v in ckpt["config"].items() if cfg.fingerprint().get(k) != v}
             raise TrainError(f"--resume: {ckpt_path} was written with other settings (checkpoint vs now: {diff})")
@@ -574,16 +579,17 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
     ).hexdigest()[:16]
     acts = _Activations(lm, batches, cfg.activation_cache, key)
 
-    trainer = TranscoderTrainer(lm.n_layers, lm.d_model, cfg)
+    dev = torch.device(lm.device)
+    trainer = TranscoderTrainer(lm.n_layers, lm.d_model, cfg).to(dev)  # transcoders train where the model runs
     opt = torch.optim.Adam(trainer.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     L, F = lm.n_layers, cfg.features
-    last_fired = torch.zeros(L, F, dtype=torch.long)  # token count at which each feature last fired
+    last_fired = torch.zeros(L, F, dtype=torch.long, device=dev)  # token count at which each feature last fired
     start = 0
     if ckpt is not None:
         trainer.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
-        last_fired = ckpt["last_fired"]
+        last_fired = ckpt["last_fired"].to(dev)
         start = ckpt["step"]
     else:
         out.mkdir(parents=True, exist_ok=True)
