@@ -204,3 +204,13 @@ def test_cli_reports_bad_corpus_in_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "corpus file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_clt_sparsity_uses_the_norm_of_all_decoders_concatenated(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "n", kind="clt", features=8)
+    tr = TranscoderTrainer(N_LAYERS, D_MODEL, cfg)
+    norms = tr.decoder_norms()
+    for layer in range(N_LAYERS):
+        w = tr.W_dec[layer]  # (F, L - layer, d)
+        assert w.shape == (8, N_LAYERS - layer, D_MODEL)
+        torch.testing.assert_close(norms[layer], torch.cat([w[:, j] for j in range(w.shape[1])], dim=-1).norm(dim=-1))
