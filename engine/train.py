@@ -63,6 +63,7 @@ class TrainConfig:
     k: int | None = None
     corpus: str = "default"
     field: str = "text"
+    model_text: float = 0.0  # fraction of training tokens written by the model itself (sampled, T=0.8) mixed into the corpus
     tokens: int = 200_000
     out: str = "transcoders"
     batch_size: int = 16  # windows per forward pass
@@ -115,6 +116,8 @@ class TrainConfig:
             raise TrainError("--features, --tokens and --batch-size must be positive")
         if self.seq_len < 2:
             raise TrainError("--seq-len must be at least 2 (position 0, the BOS, is not trained on)")
+        if not 0.0 <= self.model_text < 1.0:
+            raise TrainError("--model-text is a fraction of the training tokens, in [0, 1)")
         if self.steps_per_batch < 1:
             raise TrainError("--steps-per-batch must be at least 1")
         if self.lr <= 0 or self.lambda_ < 0 or self.checkpoint_every < 1:
@@ -127,7 +130,7 @@ class TrainConfig:
         keep = ("model", "kind", "features", "activation", "k", "corpus", "field", "tokens", "batch_size",
                 "seq_len", "lr", "seed", "lambda_", "tanh_c", "lambda_warmup", "preact_lambda", "skip",
                 "threshold_init", "bandwidth", "init_fire_fraction", "norm_batches", "lr_decay", "dtype",
-                "steps_per_batch", "outlier_factor")
+                "steps_per_batch", "outlier_factor", "model_text")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -566,6 +569,12 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
         from circuit_atlas.engine.models import load_model
 
         lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+    if cfg.model_text > 0:
+        from circuit_atlas.engine.corpus import sample_model_text
+
+        texts = list(texts) + sample_model_text(lm, int(cfg.tokens * cfg.model_text), seed=cfg.seed)
+        random.Random(cfg.seed).shuffle(texts)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -18,6 +18,7 @@ def _train(
     k: Optional[int] = typer.Option(None, "--k", help="Active features per token for --activation topk."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Training text: a .txt/.jsonl/.csv/.parquet file, hf:NAME[:CONFIG][@SPLIT] when online, or 'default' (offline documentation corpus)."),
     field: Optional[str] = typer.Option(None, "--field", help="Text field/column of a jsonl, csv, parquet or HF corpus (default: text)."),
+    model_text: Optional[float] = typer.Option(None, "--model-text", help="Fraction of the training tokens to sample from the model itself (T=0.8) and mix into the corpus, e.g. 0.1."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (excluding BOS positions)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory: config.yaml + safetensors (circuit-tracer format), checkpoint.pt, metrics.jsonl."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Token windows per forward pass / training step."),
@@ -45,7 +46,7 @@ def _train(
     settings = load_recipe(recipe) if recipe else {}
     given = {
         "model": model, "kind": kind, "features": features, "activation": activation, "k": k, "corpus": corpus,
-        "field": field, "tokens": tokens, "out": str(out) if out else None, "batch_size": batch_size, "lr": lr,
+        "field": field, "model_text": model_text, "tokens": tokens, "out": str(out) if out else None, "batch_size": batch_size, "lr": lr,
         "seq_len": seq_len, "dtype": dtype, "device": device, "lambda_": lambda_, "preact_lambda": preact_lambda,
         "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "steps_per_batch": steps_per_batch, "outlier_factor": outlier_factor, "scan": scan,
         "activation_cache": str(activation_cache) if activation_cache else None,

@@ -214,3 +214,13 @@ def test_clt_sparsity_uses_the_norm_of_all_decoders_concatenated(tmp_path: Path)
         w = tr.W_dec[layer]  # (F, L - layer, d)
         assert w.shape == (8, N_LAYERS - layer, D_MODEL)
         torch.testing.assert_close(norms[layer], torch.cat([w[:, j] for j in range(w.shape[1])], dim=-1).norm(dim=-1))
+
+
+def test_model_written_text_is_mixed_in(lm, texts, tmp_path: Path) -> None:
+    from circuit_atlas.engine.corpus import sample_model_text
+
+    sampled = sample_model_text(lm, 60, seed=0, max_new_tokens=20)
+    assert sampled and all(isinstance(t, str) and t for t in sampled)
+    assert sample_model_text(lm, 60, seed=0, max_new_tokens=20) == sampled  # seeded
+    out = train_transcoders(_cfg(tmp_path / "mt", tokens=600, model_text=0.2), lm=lm, texts=texts[:20])
+    assert read_metrics(out)[-1]["step"] == 5
