@@ -744,5 +744,11 @@ def ensure_demo_transcoders(quick: bool = False, *, progress: bool = True) -> Pa
     settings["out"] = str(out)
     settings["progress"] = progress
     cfg = TrainConfig(**settings)
+    if (out / CHECKPOINT).exists():
+        saved = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu").get("config")
+        if saved != cfg.fingerprint():  # an interrupted run of an older recipe: start again
+            import shutil
+
+            shutil.rmtree(out)
     train_transcoders(cfg, resume=(out / CHECKPOINT).exists())
     return out
