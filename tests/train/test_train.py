@@ -224,3 +224,15 @@ def test_model_written_text_is_mixed_in(lm, texts, tmp_path: Path) -> None:
     assert sample_model_text(lm, 60, seed=0, max_new_tokens=20) == sampled  # seeded
     out = train_transcoders(_cfg(tmp_path / "mt", tokens=600, model_text=0.2), lm=lm, texts=texts[:20])
     assert read_metrics(out)[-1]["step"] == 5
+
+
+def test_activation_cache_is_written_once_and_reused(lm, texts, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    a = train_transcoders(_cfg(tmp_path / "a", tokens=600, activation_cache=str(cache)), lm=lm, texts=texts)
+    files = sorted(cache.rglob("step_*.pt"))
+    assert len(files) == 5
+    stamps = [f.stat().st_mtime_ns for f in files]
+    b = train_transcoders(_cfg(tmp_path / "b", tokens=600, activation_cache=str(cache)), lm=lm, texts=texts)
+    assert [f.stat().st_mtime_ns for f in sorted(cache.rglob("step_*.pt"))] == stamps  # read, not rewritten
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
