@@ -1,0 +1,30 @@
+"""Where the Cypher of the backends differs; everything else in store/ is shared text.
+
+- LadybugDB (Kùzu family): fixed schema (node tables with primary keys, rel tables with
+  FROM/TO pairs), one label per node, `CAST(x AS DOUBLE)` instead of `toFloat`, no list
+  comprehensions, `reduce` or `CALL {}`; bulk loads by `COPY T FROM 'file.parquet'`.
+- Neo4j / ArcadeDB over Bolt: schema-free, unique constraints instead of primary keys,
+  `toFloat`; bulk loads by `UNWIND $rows`.
+- `group` is a keyword in some dialects, so the Prompt property is named `prompt_group`.
+"""
+
+from __future__ import annotations
+
+import re
+
+GROUP_PROPERTY = "prompt_group"
+
+_WRITE_WORDS = re.compile(r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|DROP|COPY|ALTER|INSTALL|LOAD|ATTACH|IMPORT|EXPORT)\b", re.I)
+_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|//[^\n]*|/\*.*?\*/", re.S)
+
+
+def writes(cypher: str) -> str | None:
+    """The first writing keyword of a statement outside string literals, comments and
+    backquoted names, or None: the embedded backend's guard for read-only paths."""
+    m = _WRITE_WORDS.search(_STRINGS.sub(" ", cypher))
+    return m.group(1).upper() if m else None
+
+
+def to_float(expr: str, backend: str) -> str:
+    """Cast to a float in the backend's spelling."""
+    return f"CAST({expr} AS DOUBLE)" if backend == "embedded" else f"toFloat({expr})"
