@@ -5,6 +5,8 @@
   comprehensions, `reduce` or `CALL {}`; bulk loads by `COPY T FROM 'file.parquet'`.
 - Neo4j / ArcadeDB over Bolt: schema-free, unique constraints instead of primary keys,
   `toFloat`; bulk loads by `UNWIND $rows`.
+- `index` is a keyword in LadybugDB: write the property as `` n.`index` `` (backquotes work on
+  every backend).
 - `group` is a keyword in some dialects, so the Prompt property is named `prompt_group`.
 """
 

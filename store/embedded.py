@@ -118,6 +118,10 @@ class EmbeddedStore(Store):
     def _df(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self._exec(cypher, params).get_as_df()
 
+    def _set_schema_version(self, version: int) -> None:
+        """For tests and migrations: record another schema version."""
+        self._exec("MATCH (m:Meta {key: 'schema'}) SET m.schema_version = $v", {"v": version})
+
     def _touch(self) -> None:
         self._exec("MATCH (m:Meta {key: 'schema'}) SET m.write_token = $t", {"t": uuid.uuid4().hex})
 
@@ -364,7 +368,7 @@ class EmbeddedStore(Store):
             r["frequency"] = None if r["frequency"] is None else float(r["frequency"])
             r["max_activation"] = None if r["max_activation"] is None else float(r["max_activation"])
         self._exec("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) SET f.scan = r.scan, f.layer = r.layer, "
-                   "f.index = r.index, f.frequency = r.frequency, f.max_activation = r.max_activation, "
+                   "f.`index` = r.`index`, f.frequency = r.frequency, f.max_activation = r.max_activation, "
                    "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
         self._touch()
 
@@ -384,9 +388,14 @@ class EmbeddedStore(Store):
 
     def delete_supernodes(self, method: str | None = None, scan: str | None = None) -> int:
         self._require_writer()
-        where = "($m IS NULL OR s.method = $m) AND ($s IS NULL OR s.scan = $s)"
-        n = int(self._df(f"MATCH (s:Supernode) WHERE {where} RETURN count(s) AS c", {"m": method, "s": scan})["c"].iloc[0])
-        self._exec(f"MATCH (s:Supernode) WHERE {where} DETACH DELETE s", {"m": method, "s": scan})
+        conds, params = ["true"], {}
+        if method is not None:
+            conds.append("s.method = $m"); params["m"] = method
+        if scan is not None:
+            conds.append("s.scan = $s"); params["s"] = scan
+        where = " AND ".join(conds)
+        n = int(self._df(f"MATCH (s:Supernode) WHERE {where} RETURN count(s) AS c", params)["c"].iloc[0])
+        self._exec(f"MATCH (s:Supernode) WHERE {where} DETACH DELETE s", params)
         self._touch()
         return n
 

@@ -1,0 +1,212 @@
+"""The store's promises, on every backend: exact counts, idempotent loads, whole-or-nothing
+batches, recovery after SIGKILL, read-only reads, parameters for user values, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from circuit_atlas.engine.graph_files import GraphFile
+from circuit_atlas.store import ReadOnlyViolation, SCHEMA_VERSION, StoreError, open_store
+from circuit_atlas.store.synthetic import synthetic_graph
+
+
+def expected_counts(paths) -> dict[str, int]:
+    n = e = 0
+    feats = set()
+    for p in paths:
+        nodes = pq.read_table(Path(p) / "nodes.parquet").to_pandas()
+        meta = json.loads((Path(p) / "meta.json").read_text())
+        n += len(nodes)
+        e += pq.read_table(Path(p) / "edges.parquet").num_rows
+        f = nodes[nodes["type"] == "feature"]
+        feats |= {f"{meta['scan']}:{l}:{i}" for l, i in zip(f["layer"], f["feature"])}
+    return {"Prompt": len(paths), "HAS": n, "EDGE": e, "Feature": len(feats)}
+
+
+def check_exact(store, paths) -> None:
+    stats = store.stats()
+    exp = expected_counts(paths)
+    for k, v in exp.items():
+        assert stats[k] == v, (k, stats[k], v)
+    per_prompt = stats["Active"] + stats["Embedding"] + stats["Error"] + stats["Logit"]
+    assert per_prompt == exp["HAS"]
+    ids = store.read("MATCH (a:Active) RETURN a.id AS id")["id"]
+    assert ids.is_unique
+
+
+def test_load_exact_and_idempotent(store_url, corpus):
+    with open_store(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        rep = s.write_graphs(corpus)
+        assert len(rep.written) == len(corpus) and rep.edges == expected_counts(corpus)["EDGE"]
+        check_exact(s, corpus)
+        token = s.version_token()
+        rep2 = s.write_graphs(corpus)
+        assert rep2.written == [] and len(rep2.skipped) == len(corpus)
+        check_exact(s, corpus)
+        assert s.version_token() == token  # nothing written, same version
+        assert s.prompt_ids() == {json.loads((Path(p) / "meta.json").read_text())["graph_id"] for p in corpus}
+
+
+def test_prompt_properties_and_denormalised_keys(store_url, corpus):
+    with open_store(store_url) as s:
+        s.write_graphs(corpus[:1])
+        meta = json.loads((Path(corpus[0]) / "meta.json").read_text())
+        p = s.read("MATCH (p:Prompt {id: $id}) RETURN p.text AS text, p.prompt_group AS g, p.correct AS c, "
+                   "p.tokens AS tokens, p.n_edges AS ne", {"id": meta["graph_id"]}).iloc[0]
+        assert p["text"] == meta["prompt"] and p["g"] == meta["prompt_props"]["group"]
+        assert bool(p["c"]) == meta["prompt_props"]["correct"] and list(p["tokens"]) == meta["tokens"]
+        df = s.read("MATCH (a:Active)-[:OF]->(f:Feature) RETURN a.feature_key AS k, f.key AS fk, a.node_id AS nid, a.id AS id")
+        assert len(df) > 0 and (df["k"] == df["fk"]).all()
+        assert (df["id"] == meta["graph_id"] + "/" + df["nid"]).all()
+
+
+def test_whole_or_nothing(store_url, corpus, monkeypatch):
+    with open_store(store_url) as s:
+        cls = type(s)
+        original = cls._load_nodes_edges if hasattr(cls, "_load_nodes_edges") else None
+
+        def failing(self, *a, **k):
+            original(self, *a, **k)  # everything is written, then the batch fails before completion
+            raise RuntimeError("injected failure")
+
+        monkeypatch.setattr(cls, "_load_nodes_edges", failing)
+        with pytest.raises(RuntimeError, match="injected"):
+            s.write_graphs(corpus[:3])
+        monkeypatch.setattr(cls, "_load_nodes_edges", original)
+        st = s.stats()
+        assert st["Prompt"] == 0 and st["EDGE"] == 0 and st["HAS"] == 0 and s.prompt_ids() == set()
+        s.write_graphs(corpus)
+        check_exact(s, corpus)
+
+
+def test_sigkill_mid_load_then_rerun(store_url, tmp_path):
+    from circuit_atlas.store.synthetic import write_synthetic_corpus
+
+    paths = write_synthetic_corpus(tmp_path / "big", 12, n_nodes=600, n_edges=8000)
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import sys
+        from circuit_atlas.store import open_store
+        s = open_store({store_url!r})
+        cls = type(s)
+        orig = cls._load_nodes_edges
+        def hook(self, *a, **k):
+            open({str(marker)!r}, 'a').write('x')
+            return orig(self, *a, **k)
+        cls._load_nodes_edges = hook
+        s.write_graphs({[str(p) for p in paths]!r})
+        s.close()
+    """)
+    s0 = open_store(store_url)  # schema exists and the loader starts writing at once
+    s0.write_graphs(paths[:1])
+    s0.close()
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL or proc.returncode == 0
+    with open_store(store_url) as s:
+        s.write_graphs(paths)
+        check_exact(s, paths)
+
+
+def test_read_only(store_url, corpus):
+    with open_store(store_url) as s:
+        s.write_graphs(corpus[:1])
+        with pytest.raises(ReadOnlyViolation):
+            s.read("MATCH (p:Prompt) DETACH DELETE p")
+        with pytest.raises(ReadOnlyViolation):
+            s.read("CREATE (p:Prompt {id: 'x'})")
+        # keywords inside strings are not writes
+        assert s.read("MATCH (p:Prompt) WHERE p.text <> 'CREATE (x) DELETE' RETURN count(p) AS c")["c"].iloc[0] == 1
+        assert s.stats()["Prompt"] == 1
+    with open_store(store_url, read_only=True) as r:
+        assert r.read("MATCH (p:Prompt) RETURN count(p) AS c")["c"].iloc[0] == 1
+        with pytest.raises(ReadOnlyViolation):
+            r.delete_prompt(next(iter(r.prompt_ids())))
+    with open_store(store_url) as s:
+        assert s.stats()["Prompt"] == 1
+
+
+def test_injection_text_stored_verbatim(store_url, tmp_path):
+    evil = "x'}) MATCH (n) DETACH DELETE n //\"; DROP TABLE Prompt; --"
+    g = synthetic_graph(0, n_nodes=60, n_edges=100, text=evil)
+    path = g.save(tmp_path / "evil")
+    with open_store(store_url) as s:
+        s.write_graphs([path])
+        df = s.read("MATCH (p:Prompt) WHERE p.text = $t RETURN p.text AS text", {"t": evil})
+        assert df["text"].tolist() == [evil]
+        assert s.stats()["EDGE"] == len(g.edges)
+
+
+def test_delete_prompt_and_links(store_url, corpus):
+    with open_store(store_url) as s:
+        s.write_graphs(corpus)
+        n_links = s.rebuild_links()
+        assert n_links > 0 and s.stats()["LINKS"] == n_links
+        top = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.prompts AS n "
+                     "ORDER BY n DESC LIMIT 1").iloc[0]
+        direct = s.read("MATCH (x:Active)-[:EDGE]->(y:Active) WHERE x.feature_key = $a AND y.feature_key = $b "
+                        "RETURN count(DISTINCT x.prompt_id) AS n", {"a": top["a"], "b": top["b"]})["n"].iloc[0]
+        assert top["n"] == direct
+        pid = sorted(s.prompt_ids())[0]
+        assert s.delete_prompt(pid) is True
+        assert s.delete_prompt(pid) is False
+        rest = [p for p in corpus if json.loads((Path(p) / "meta.json").read_text())["graph_id"] != pid]
+        st = s.stats()
+        exp = expected_counts(rest)
+        assert st["Prompt"] == exp["Prompt"] and st["EDGE"] == exp["EDGE"] and st["HAS"] == exp["HAS"]
+
+
+def test_annotations(store_url, corpus):
+    with open_store(store_url) as s:
+        s.write_graphs(corpus[:2])
+        keys = s.read("MATCH (f:Feature) RETURN f.key AS k ORDER BY k LIMIT 3")["k"].tolist()
+        t0 = s.version_token()
+        s.set_feature_labels({keys[0]: "says Paris"})
+        assert s.version_token() != t0
+        assert s.read("MATCH (f:Feature {key: $k}) RETURN f.label AS l", {"k": keys[0]})["l"].iloc[0] == "says Paris"
+        info = pd.DataFrame([{"key": "other:1:2", "scan": "other", "layer": 1, "index": 2, "frequency": 0.5,
+                              "max_activation": 3.0, "contexts": json.dumps([{"text": "a"}]),
+                              "logit_effects": json.dumps({"promoted": [["a", 1.0]], "suppressed": []})}])
+        s.write_feature_info(info)
+        got = s.read("MATCH (f:Feature {key: 'other:1:2'}) RETURN f.frequency AS fr, f.contexts AS c").iloc[0]
+        assert got["fr"] == 0.5 and json.loads(got["c"]) == [{"text": "a"}]
+        sn = [{"key": "sn1", "scan": "synthetic-scan", "label": "group", "method": "auto", "score": 0.9, "members": keys[:2]}]
+        s.write_supernodes(sn)
+        s.write_supernodes(sn)
+        assert s.stats()["Supernode"] == 1 and s.stats()["CONTAINS"] == 2
+        assert s.delete_supernodes(method="user") == 0
+        assert s.delete_supernodes(method="auto") == 1 and s.stats()["Supernode"] == 0
+
+
+def test_wrong_schema_version(store_url):
+    with open_store(store_url) as s:
+        s._set_schema_version(SCHEMA_VERSION + 98)
+    with pytest.raises(StoreError, match="schema version"):
+        open_store(store_url)
+
+
+def test_embedded_missing_store_read_only(tmp_path):
+    with pytest.raises(StoreError, match="no store"):
+        open_store(f"embedded:{tmp_path / 'nothing'}", read_only=True)
+
+
+def test_unknown_url():
+    with pytest.raises(StoreError, match="unknown store URL"):
+        open_store("ftp://x")
