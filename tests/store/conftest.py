@@ -4,7 +4,6 @@ against a real ArcadeDB server started here, or a real Neo4j when NEO4J_URI is s
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
@@ -41,13 +40,12 @@ def store_url(request, tmp_path, monkeypatch):
         return
     if kind == "bolt":
         server = request.getfixturevalue("arcadedb")
-        db = "t" + uuid.uuid4().hex[:10]
-        server.create_database(db)
         monkeypatch.setenv("NEO4J_USER", server.user)
         monkeypatch.setenv("NEO4J_PASSWORD", server.password)
-        monkeypatch.setenv("NEO4J_DATABASE", db)
+        monkeypatch.setenv("NEO4J_DATABASE", server.default_database)
+        with open_store(server.url) as s:  # one database, emptied before each test
+            s._wipe()
         yield server.url
-        server.drop_database(db)
         return
     url = os.environ["NEO4J_URI"]
     with open_store(url) as s:  # a real Neo4j: one database, emptied before each test

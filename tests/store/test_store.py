@@ -210,3 +210,30 @@ def test_embedded_missing_store_read_only(tmp_path):
 def test_unknown_url():
     with pytest.raises(StoreError, match="unknown store URL"):
         open_store("ftp://x")
+
+
+def test_edges_join_the_right_nodes(store_url, corpus):
+    with open_store(store_url) as s:
+        s.write_graphs(corpus[:2])
+        for p in corpus[:2]:
+            g = GraphFile.load(p)
+            got = s.read("MATCH (a)-[e:EDGE]->(b) WHERE a.prompt_id = $id "
+                         "RETURN a.node_id AS source, b.node_id AS target, e.weight AS w", {"id": g.graph_id})
+            want = {(a, b, round(float(w), 4)) for a, b, w in zip(g.edges["source"], g.edges["target"], g.edges["weight"])}
+            assert {(a, b, round(float(w), 4)) for a, b, w in zip(got["source"], got["target"], got["w"])} == want
+
+
+@pytest.mark.bolt
+def test_bolt_wrong_password_and_unreachable(arcadedb, monkeypatch):
+    monkeypatch.setenv("NEO4J_USER", arcadedb.user)
+    monkeypatch.setenv("NEO4J_PASSWORD", "wrong-" + arcadedb.password)
+    monkeypatch.setenv("NEO4J_DATABASE", arcadedb.default_database)
+    with pytest.raises(StoreError, match="authentication failed"):
+        open_store(arcadedb.url)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(StoreError, match="cannot reach"):
+        open_store(f"bolt://127.0.0.1:{port}")
