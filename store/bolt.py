@@ -49,7 +49,7 @@ class BoltStore(Store):
         except nex.AuthError as exc:
             raise StoreError(f"{url}: authentication failed for user {user!r} (check NEO4J_USER / NEO4J_PASSWORD)") from exc
         except (nex.ServiceUnavailable, OSError, ValueError, nex.ConfigurationError) as exc:
-            raise StoreError(f"{url}: cannot reach the Bolt server ({exc})") from exc
+            raise StoreError(f"{url}: cannot reach the Bolt server ({' '.join(str(exc).split())})") from exc
         except nex.Neo4jError as exc:
             raise StoreError(f"{url}: {exc.message or exc}") from exc
         version = self.schema_version()
