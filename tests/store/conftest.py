@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from circuit_atlas.store import open_store
 from circuit_atlas.store.synthetic import write_synthetic_corpus
 
 BACKENDS = [
@@ -43,14 +42,20 @@ def store_url(request, tmp_path, monkeypatch):
         monkeypatch.setenv("NEO4J_USER", server.user)
         monkeypatch.setenv("NEO4J_PASSWORD", server.password)
         monkeypatch.setenv("NEO4J_DATABASE", server.default_database)
-        with open_store(server.url) as s:  # one database, emptied before each test
-            s._wipe()
+        _wipe(server.url, server.user, server.password, server.default_database)
         yield server.url
         return
     url = os.environ["NEO4J_URI"]
-    with open_store(url) as s:  # a real Neo4j: one database, emptied before each test
-        s._wipe()
+    _wipe(url, os.environ.get("NEO4J_USER", "neo4j"), os.environ.get("NEO4J_PASSWORD", ""), os.environ.get("NEO4J_DATABASE"))
     yield url
+
+
+def _wipe(url, user, password, database):
+    """Empty the one test database with the raw driver (even a store our code refuses to open)."""
+    import neo4j
+
+    with neo4j.GraphDatabase.driver(url, auth=(user, password)) as d, d.session(database=database) as s:
+        s.run("MATCH (n) DETACH DELETE n").consume()
 
 
 def pytest_configure(config):
