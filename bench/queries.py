@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -109,8 +110,9 @@ def _bolt_store(root: Path, dirs: list[Path]):
             store.load(dirs)
             yield store, "mini_bolt", time.perf_counter() - t0
         return
-    with arcadedb_server.arcadedb_bolt_server() as url:
-        with open_store(url) as store:
+    with arcadedb_server.arcadedb_server() as server:
+        os.environ.update(NEO4J_USER=server.user, NEO4J_PASSWORD=server.password, NEO4J_DATABASE=server.default_database)
+        with open_store(server.url) as store:
             t0 = time.perf_counter()
             store.init_schema()
             store.write_graphs(dirs, progress=True)

@@ -32,7 +32,7 @@
 //   - circuit-atlas query contrastive --param a=capitals
 //   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
 MATCH (p:Prompt)
-WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 WITH in_a, in_b
 RETURN sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS n_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS n_b
 // @part features
@@ -41,7 +41,7 @@ WITH f, count(*) AS occurrences
 WHERE occurrences >= $min_prompts
 MATCH (f)<-[:OF]-(x:Active)<-[:HAS]-(p:Prompt)
 WITH DISTINCT f, p
-WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b
@@ -54,7 +54,7 @@ WHERE y.feature_key = kb
 WITH DISTINCT fa, kb, x.prompt_id AS pid
 MATCH (p:Prompt)
 WHERE p.id = pid
-WITH fa, kb, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.grp = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.grp = $b END AS in_b
+WITH fa, kb, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 WHERE in_a OR in_b
 RETURN fa.key AS source_key, kb AS target_key, fa.label AS label,
        sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b

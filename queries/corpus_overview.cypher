@@ -30,7 +30,7 @@
 //   - circuit-atlas query corpus_overview
 //   - circuit-atlas query corpus_overview --param by=tag
 MATCH (p:Prompt)
-RETURN p.id AS prompt_id, p.grp AS grp, p.tags AS tags, p.corpus AS corpus, p.correct AS correct,
+RETURN p.id AS prompt_id, p.prompt_group AS grp, p.tags AS tags, p.corpus AS corpus, p.correct AS correct,
        p.n_nodes AS nodes, p.n_edges AS edges,
        p.replacement_score AS replacement_score, p.completeness_score AS completeness_score
 // @part types

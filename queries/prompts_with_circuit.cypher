@@ -17,7 +17,7 @@
 //   - circuit-atlas query prompts_with_circuit --param keys=scan:0:10,scan:1:11,scan:2:12 --param min_coverage=0.5
 MATCH (f:Feature)<-[:OF]-(a:Active), (p:Prompt)-[:HAS]->(a)
 WHERE f.key IN $keys
-RETURN p.id AS prompt_id, p.text AS text, p.grp AS grp, collect(DISTINCT f.key) AS present
+RETURN p.id AS prompt_id, p.text AS text, p.prompt_group AS grp, collect(DISTINCT f.key) AS present
 // @part edges
 MATCH (f1:Feature)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)-[:OF]->(f2:Feature)
 WHERE f1.key IN $keys AND f2.key IN $keys

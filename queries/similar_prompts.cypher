@@ -29,4 +29,4 @@ WITH DISTINCT b.prompt_id AS other
 MATCH (q:Prompt)-[:HAS]->(c:Active)
 WHERE q.id = other
 WITH q, c.feature_key AS key, max(c.activation) AS weight
-RETURN q.id AS prompt_id, q.text AS text, q.grp AS grp, sum(weight) AS total
+RETURN q.id AS prompt_id, q.text AS text, q.prompt_group AS grp, sum(weight) AS total

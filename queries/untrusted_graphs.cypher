@@ -25,5 +25,5 @@ MATCH (p:Prompt)-[:HAS]->(a:Active)
 RETURN p.id AS prompt_id, sum(a.influence) AS feature_influence
 // @part prompts
 MATCH (p:Prompt)
-RETURN p.id AS prompt_id, p.text AS text, p.grp AS grp, p.replacement_score AS replacement_score,
+RETURN p.id AS prompt_id, p.text AS text, p.prompt_group AS grp, p.replacement_score AS replacement_score,
        p.completeness_score AS completeness_score

@@ -59,11 +59,16 @@ def bolt_store(planted, tmp_path_factory):
             store.load(planted.graph_dirs)
             yield store
         return
-    with arcadedb_server.arcadedb_bolt_server() as url:
-        store = open_store(url)
+    with arcadedb_server.arcadedb_server() as server:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("NEO4J_USER", server.user)
+        mp.setenv("NEO4J_PASSWORD", server.password)
+        mp.setenv("NEO4J_DATABASE", server.default_database)
+        store = open_store(server.url)
         _load(store, planted)
         yield store
         store.close()
+        mp.undo()
 
 
 @pytest.fixture(params=["embedded", pytest.param("bolt", marks=pytest.mark.bolt)])

@@ -15,7 +15,7 @@ SCHEMA = [
     "CREATE NODE TABLE Feature(key STRING, scan STRING, layer INT64, `index` INT64, label STRING, PRIMARY KEY(key))",
     "CREATE NODE TABLE Token(key STRING, model STRING, token_id INT64, text STRING, PRIMARY KEY(key))",
     "CREATE NODE TABLE Prompt(id STRING, text STRING, tokens STRING[], model STRING, scan STRING, replacement_score DOUBLE,"
-    " completeness_score DOUBLE, corpus STRING, tags STRING[], grp STRING, expected STRING, correct BOOLEAN,"
+    " completeness_score DOUBLE, corpus STRING, tags STRING[], prompt_group STRING, expected STRING, correct BOOLEAN,"
     " external_id STRING, n_nodes INT64, n_edges INT64, PRIMARY KEY(id))",
     "CREATE NODE TABLE Active(id STRING, prompt_id STRING, node_id STRING, layer INT64, pos INT64, `index` INT64,"
     " feature_key STRING, activation DOUBLE, influence DOUBLE, PRIMARY KEY(id))",
@@ -71,7 +71,7 @@ def graph_rows(dirs: list[Path]) -> tuple[dict[str, list[dict]], dict[tuple[str,
         props = m.get("prompt_props", {})
         rows["Prompt"].append(dict(id=pid, text=m["prompt"], tokens=list(m["tokens"]), model=m["model"], scan=m["scan"],
                                    replacement_score=m["scores"]["replacement_score"], completeness_score=m["scores"]["completeness_score"],
-                                   corpus=props.get("corpus"), tags=list(props.get("tags", [])), grp=props.get("group"),
+                                   corpus=props.get("corpus"), tags=list(props.get("tags", [])), prompt_group=props.get("group"),
                                    expected=props.get("expected"), correct=props.get("correct"), external_id=props.get("external_id"),
                                    n_nodes=len(g.nodes), n_edges=len(g.edges)))
         table_of = {}

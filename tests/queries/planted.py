@@ -291,6 +291,7 @@ def _build_graph(spec: PlantedPrompt, rng: random.Random, next_noise, n_noise: i
             "correct": bool(n_correct),
             "external_id": spec.name,
         },
+        "logit_tokens": {str(VOCAB[t]): t for t in logits},  # store reads logit texts from here
         "supernodes": [],
         "created_at": "2026-01-01T00:00:00Z",
     }

@@ -191,7 +191,7 @@ def test_cli_runs_queries_on_a_store(planted, tmp_path):
 
     assert len(pd.read_parquet(out)) == 6
     res = _cli("query", "recurring_edges", "-p", "min_prompts=3", "--format", "csv", "--store", url)
-    assert res.returncode == 0 and res.stdout.count("\n") == 7
+    assert res.returncode == 0 and len(res.stdout.strip().splitlines()) == 7
     res = _cli("cypher", "MATCH (p:Prompt) WHERE p.id = $id RETURN count(*) AS n", "--param", f"id={planted.gid('cap0')}", "--format", "json", "--store", url)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == [{"n": 1}]
