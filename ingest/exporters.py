@@ -204,4 +204,16 @@ def export_prompt(store: Any, prompt_id: str, fmt: str, out: str | os.PathLike) 
         return graph.save(out)
     from circuit_atlas.engine.neuronpedia import write_neuronpedia
 
+    _logit_clerps(graph)
     return write_neuronpedia(graph, out)
+
+
+def _logit_clerps(graph: gf.GraphFile) -> None:
+    """Label logit nodes as circuit-tracer does (``Output " Paris" (p=0.771)``): what viewers show,
+    and how the token text travels through Neuronpedia JSON (the import reads it back)."""
+    n = graph.nodes
+    texts = graph.meta.get("logit_tokens") or {}
+    is_logit = (n["type"] == "logit") & n["label"].isna()
+    labels = [None if str(int(t)) not in texts else f'Output "{texts[str(int(t))]}" (p={float(p):.3f})'
+              for t, p in zip(n.loc[is_logit, "token_id"], n.loc[is_logit, "prob"].fillna(0.0))]
+    n.loc[is_logit, "label"] = pd.Series(labels, index=n.index[is_logit], dtype=object)
