@@ -19,6 +19,7 @@ import json
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -279,6 +280,8 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
     def on_loaded(report: Any) -> None:
         loaded["n"] += len(report.written)
         bar.set_postfix(loaded=loaded["n"], refresh=False)
+        if progress:  # a line per load: what a killed run had finished is visible in its log
+            tqdm.write(f"loaded {len(report.written)} graphs into the store ({loaded['n']} this run)", file=sys.stderr)
 
     loader = _Loader(store, on_loaded)
     attributor = None

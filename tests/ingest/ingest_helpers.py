@@ -80,3 +80,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "circuit_atlas.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+def rounded(obj, digits: int = 5):
+    """Floats to `digits` significant digits, recursively: for states computed with different
+    thread counts (process pools), where float sums may differ in the last bits."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
