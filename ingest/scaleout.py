@@ -155,7 +155,8 @@ class RayPool:
         ray = _import_ray()
         from ray.util import ActorPool
 
-        if not ray.is_initialized():
+        self.started = not ray.is_initialized()
+        if self.started:
             try:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
             except Exception as exc:
@@ -199,6 +200,8 @@ class RayPool:
                 self.ray.kill(a)
             except Exception:
                 pass
+        if self.started:  # a local Ray this run started: stop it (a cluster we joined keeps running)
+            self.ray.shutdown()
 
 
 def make_attributor(
