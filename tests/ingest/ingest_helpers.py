@@ -25,6 +25,8 @@ NODE_QUERIES = {
 
 def _frame(df: pd.DataFrame, by: list[str]) -> list[dict]:
     """Rows as plain dicts in a fixed order (lists stay lists, NaN becomes None)."""
+    if df.empty:  # Bolt gives an empty frame without columns
+        return []
     df = df.sort_values(by, kind="stable").reset_index(drop=True)
     out = []
     for rec in df.to_dict("records"):
