@@ -84,13 +84,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
                           env=full_env, timeout=timeout)
 
 
-def rounded(obj, digits: int = 5):
-    """Floats to `digits` significant digits, recursively: for states computed with different
-    thread counts (process pools), where float sums may differ in the last bits."""
-    if isinstance(obj, float):
-        return float(f"{obj:.{digits}g}")
-    if isinstance(obj, dict):
-        return {k: rounded(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [rounded(v, digits) for v in obj]
-    return obj
+
+def assert_close(a, b, rel: float = 1e-4, abs_: float = 1e-6, path: str = "state") -> None:
+    """Equal structure and non-float values, floats within a tolerance: for states computed with
+    different thread counts (process pools), where float sums differ in the last bits."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, (int, float)) and isinstance(b, (int, float)), f"{path}: {a!r} != {b!r}"
+        assert abs(a - b) <= max(abs_, rel * max(abs(a), abs(b))), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
+        for k in a:
+            assert_close(a[k], b[k], rel, abs_, f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, rel, abs_, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -80,10 +80,11 @@ def test_logit_effects_sum_a_clt_features_decoders(tmp_path, tiny):
     from circuit_atlas.ingest.features import logit_effects
 
     layer, f = 0, 5
-    w_u = lm.model.get_output_embeddings().weight.float()
-    dec = sum(tc.decoder_vectors(layer, t, torch.tensor([f])).float() for t in range(layer, tc.n_layers))[0]
-    logits = w_u @ dec
-    logits = logits - logits.mean()
+    with torch.no_grad():
+        w_u = lm.model.get_output_embeddings().weight.float()
+        dec = sum(tc.decoder_vectors(layer, t, torch.tensor([f])).float() for t in range(layer, tc.n_layers))[0]
+        logits = w_u @ dec
+        logits = logits - logits.mean()
     want = [lm.tokenizer.decode([int(i)]) for i in logits.topk(10).indices]
     got = logit_effects(lm, tc, layer, torch.tensor([f]))[0]
     assert [t for t, _ in got["promoted"]] == want
@@ -113,4 +114,4 @@ def test_features_command(tmp_path, tiny):
     with open_store(url, read_only=True) as s:
         feats = _features(s)
     assert feats and all(1 <= len(json.loads(f.ctx)) <= 3 for f in feats.values())
-    assert f"features stored" in r.stdout
+    assert "features stored" in r.stdout

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_helpers import rounded, store_state
+from ingest_helpers import assert_close, store_state
 
 from circuit_atlas.engine import graph_files as gf
 from circuit_atlas.ingest.jobs import AttributionSettings, expected_graph_id
@@ -191,7 +191,7 @@ def test_local_workers_give_the_same_store(tmp_path, tiny):
                                     progress=False, load_batch=2, **SETTINGS)
         assert summary.succeeded == 6
         states.append(store_state(url))
-    assert rounded(states[0]) == rounded(states[1])
+    assert_close(states[0], states[1])
 
 
 def test_ray_backend(tmp_path, tiny):
@@ -206,4 +206,4 @@ def test_ray_backend(tmp_path, tiny):
                                     workers=2 if backend == "ray" else 1, progress=False, **SETTINGS)
         assert summary.succeeded == 4
         states.append(store_state(url))
-    assert rounded(states[0]) == rounded(states[1])
+    assert_close(states[0], states[1])
