@@ -1,0 +1,175 @@
+"""Store access for the app: one cached read-only connection per store URL, query results
+cached per store version, and short-lived writer connections for user annotations.
+
+Pages never speak a database API: they read through ``run_query`` (the query library) or
+``read`` (a few small statements of their own, read-only), and write only labels and
+supernodes through the store's annotation helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pandas as pd
+import streamlit as st
+
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.store import Store, StoreError, default_url, open_store
+
+EMPTY_HELP = (
+    "Load some attribution graphs first:\n\n"
+    "- `circuit-atlas demo` builds a demo model, transcoders and corpus and serves this app, or\n"
+    "- `circuit-atlas ingest CORPUS` attributes your prompts into the store "
+    "(`circuit-atlas import DIR` loads graph files you already have).\n\n"
+    "Then start the app again, or pick another store with `circuit-atlas app --store URL`."
+)
+
+
+class NoData(Exception):
+    """The store cannot be opened or holds no prompts: the page shows an empty state."""
+
+
+def store_url() -> str:
+    """The store this app serves: CIRCUIT_ATLAS_STORE (set by `circuit-atlas app`) or the default."""
+    return os.environ.get("CIRCUIT_ATLAS_STORE") or default_url()
+
+
+@st.cache_resource(show_spinner=False)
+def _reader(url: str) -> Store:
+    return open_store(url, read_only=True)
+
+
+def get_store(url: str | None = None) -> Store:
+    """The cached read-only store; raises NoData with a message a user can act on."""
+    url = url or store_url()
+    try:
+        return _reader(url)
+    except (CircuitAtlasError, OSError, RuntimeError) as exc:
+        raise NoData(f"Cannot open the store `{url}`: {exc}") from exc
+
+
+def version(store: Store) -> str:
+    """A token that changes on every write, so cached results stay fresh (falls back to counts)."""
+    token = getattr(store, "version_token", None)
+    if token is not None:
+        try:
+            return str(token())
+        except CircuitAtlasError:
+            pass
+    return json.dumps(store.stats(), sort_keys=True, default=str)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_query(url: str, ver: str, name: str, params: dict[str, Any]) -> pd.DataFrame:
+    from circuit_atlas.queries.runner import run_query
+
+    return run_query(_reader(url), name, params)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_read(url: str, ver: str, cypher: str, params: dict[str, Any]) -> pd.DataFrame:
+    return _reader(url).read(cypher, params)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_stats(url: str, ver: str) -> dict[str, Any]:
+    return _reader(url).stats()
+
+
+def query(name: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A library query's result, cached per store URL and version."""
+    store = get_store()
+    return _cached_query(store.url, version(store), name, dict(params or {}))
+
+
+def read(cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A small read-only statement of the app's own, cached like `query`."""
+    store = get_store()
+    return _cached_read(store.url, version(store), cypher, dict(params or {}))
+
+
+def stats() -> dict[str, Any]:
+    store = get_store()
+    return _cached_stats(store.url, version(store))
+
+
+PROMPTS = (
+    "MATCH (p:Prompt) RETURN p.id AS prompt_id, p.text AS text, p.prompt_group AS grp, p.tags AS tags, "
+    "p.corpus AS corpus, p.correct AS correct, p.model AS model, p.scan AS scan, p.tokens AS tokens, "
+    "p.token_ids AS token_ids, p.replacement_score AS replacement_score, "
+    "p.completeness_score AS completeness_score, p.n_nodes AS n_nodes, p.n_edges AS n_edges"
+)
+
+
+def prompts() -> pd.DataFrame:
+    """Every prompt with its metadata, sorted by group then text."""
+    df = read(PROMPTS)
+    if df.empty:
+        return df
+    return df.sort_values(["grp", "text"], na_position="last").reset_index(drop=True)
+
+
+def require_prompts() -> pd.DataFrame:
+    """The prompts table, or NoData when the store is empty."""
+    df = prompts()
+    if df.empty:
+        raise NoData(f"The store `{store_url()}` holds no prompts yet.")
+    return df
+
+
+def prompt_label(row: pd.Series | dict) -> str:
+    text = str(row["text"])
+    text = text if len(text) <= 60 else text[:57] + "..."
+    grp = row.get("grp")
+    return f"{text}  [{grp}]" if isinstance(grp, str) and grp else text
+
+
+def empty_state(exc: NoData) -> None:
+    """What to do when there is nothing to show."""
+    st.warning(str(exc))
+    st.markdown(EMPTY_HELP)
+
+
+@contextmanager
+def writer() -> Iterator[Store]:
+    """A read-write connection for user annotations. The cached reader is closed first (an
+    embedded store allows one writer and no readers at the same time) and reopened later."""
+    url = store_url()
+    try:
+        old = _reader(url)
+        old.close()
+    except Exception:
+        pass
+    _reader.clear()
+    try:
+        with open_store(url) as store:
+            yield store
+    finally:
+        _reader.clear()
+        st.cache_data.clear()
+
+
+def save_label(key: str, label: str) -> None:
+    """Set a feature's label (a user annotation)."""
+    with writer() as store:
+        store.set_feature_labels({key: label})
+
+
+def save_supernode(record: dict[str, Any]) -> None:
+    """Create or replace one user supernode (record as in store.write_supernodes)."""
+    with writer() as store:
+        store.write_supernodes([record])
+
+
+def link(page: str, **params: Any) -> str:
+    """A URL to another page with query parameters (pages read them on load)."""
+    from urllib.parse import urlencode
+
+    return f"./{page}?{urlencode(params)}" if params else f"./{page}"
+
+
+__all__ = ["NoData", "StoreError", "empty_state", "get_store", "link", "prompt_label", "prompts", "query", "read",
+           "require_prompts", "save_label", "save_supernode", "stats", "store_url", "version", "writer"]

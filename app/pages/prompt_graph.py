@@ -1,0 +1,156 @@
+"""Prompt graph: one prompt's attribution graph, laid out like the paper's, with thresholds,
+node inspection (inputs and outputs), pinning, and supernodes saved to the store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from circuit_atlas.app import data, graph_view
+from circuit_atlas.queries.supernodes import supernode_graph
+
+SUPERNODES = (
+    "MATCH (s:Supernode) WHERE s.scan = $scan AND (s.prompt_id IS NULL OR s.prompt_id = $pid) "
+    "OPTIONAL MATCH (s)-[:CONTAINS]->(f:Feature) "
+    "RETURN s.key AS key, s.label AS label, s.method AS method, s.prompt_id AS prompt_id, s.node_ids AS node_ids, "
+    "collect(f.key) AS members"
+)
+
+
+def _pick_prompt(prompts: pd.DataFrame) -> pd.Series:
+    ids = prompts["prompt_id"].tolist()
+    wanted = st.query_params.get("prompt")
+    if wanted in ids and st.session_state.get("_pg_from_url") != wanted:
+        st.session_state["pg_prompt"] = wanted  # a link from another page names the prompt
+        st.session_state["_pg_from_url"] = wanted
+    labels = {r["prompt_id"]: data.prompt_label(r) for _, r in prompts.iterrows()}
+    pid = st.selectbox("Prompt", ids, format_func=lambda i: labels[i], key="pg_prompt")
+    return prompts[prompts["prompt_id"] == pid].iloc[0]
+
+
+def _supernodes(scan: str, pid: str) -> list[dict]:
+    df = data.read(SUPERNODES, {"scan": scan, "pid": pid})
+    out = []
+    for r in df.to_dict("records"):
+        node_ids = [str(x) for x in (r.get("node_ids") if r.get("node_ids") is not None else [])]
+        members = [str(x) for x in (r.get("members") if r.get("members") is not None else [])]
+        out.append({"key": r["key"], "label": r["label"] or r["key"], "method": r["method"],
+                    "node_ids": node_ids or None, "members": members})
+    return out
+
+
+def _collapse(nodes: pd.DataFrame, edges: pd.DataFrame, chosen: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    new_nodes, new_edges = supernode_graph(nodes, edges, chosen)
+    kind = new_nodes["kind"] if "kind" in new_nodes else pd.Series([None] * len(new_nodes))
+    new_nodes["kind"] = kind.fillna(new_nodes.get("type"))
+    new_nodes["layer"] = pd.to_numeric(new_nodes["layer"], errors="coerce").round()
+    return new_nodes, new_edges
+
+
+def _selected_from_event(event) -> list[str]:
+    try:
+        points = event.selection.points  # type: ignore[union-attr]
+    except AttributeError:
+        try:
+            points = event["selection"]["points"]
+        except (KeyError, TypeError):
+            return []
+    out = []
+    for p in points or []:
+        nid = p.get("customdata") if isinstance(p, dict) else None
+        if isinstance(nid, list):
+            nid = nid[0] if nid else None
+        if isinstance(nid, str) and nid not in out:
+            out.append(nid)
+    return out
+
+
+def main() -> None:
+    st.title("Prompt graph")
+    prompts = data.require_prompts()
+    prompt = _pick_prompt(prompts)
+    pid, scan = str(prompt["prompt_id"]), str(prompt["scan"])
+    tokens = [str(t) for t in (prompt["tokens"] if prompt["tokens"] is not None else [])]
+    st.caption(f"`{pid}` · group {prompt['grp']} · model {prompt['model']} · scan {scan} · "
+               f"replacement {prompt['replacement_score']:.3g} · completeness {prompt['completeness_score']:.3g}")
+    nodes, edges = graph_view.split_subgraph(data.query("prompt_subgraph", {"prompt_id": pid}))
+
+    c1, c2, c3 = st.columns(3)
+    node_t = c1.slider("Node threshold (cumulative influence kept)", 0.05, 1.0, 1.0, 0.05, key="pg_node_t")
+    edge_t = c2.slider("Edge threshold (cumulative |weight| kept)", 0.05, 1.0, 1.0, 0.01, key="pg_edge_t")
+    supernodes = _supernodes(scan, pid)
+    chosen_keys = c3.multiselect("Collapse supernodes", [s["key"] for s in supernodes], key="pg_collapse",
+                                 format_func=lambda k: next(s["label"] for s in supernodes if s["key"] == k))
+    kept_nodes, kept_edges = graph_view.prune(nodes, edges, node_t, edge_t)
+    if chosen_keys:
+        kept_nodes, kept_edges = _collapse(kept_nodes, kept_edges, [s for s in supernodes if s["key"] in chosen_keys])
+
+    pins: dict[str, list[str]] = st.session_state.setdefault("pg_pins", {})
+    pinned = [n for n in pins.get(pid, [])]
+    n_layers = int(pd.to_numeric(nodes["layer"], errors="coerce").max() + 1) if nodes["layer"].notna().any() else 1
+    st.caption(f"{len(kept_nodes)} of {len(nodes)} nodes, {len(kept_edges)} of {len(edges)} edges shown. "
+               "Hover a node for its label, activation and influence; click or box-select nodes to inspect them.")
+    fig = graph_view.figure(kept_nodes, kept_edges, tokens, highlight=pinned, n_layers=n_layers)
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"pg_graph_{pid}")
+
+    picked = _selected_from_event(event)
+    if picked and picked != st.session_state.get("_pg_last_pick"):
+        st.session_state["pg_inspect"] = [p for p in picked if p in set(kept_nodes["node_id"])]
+    st.session_state["_pg_last_pick"] = picked
+    options = kept_nodes["node_id"].tolist()
+    if any(n not in options for n in st.session_state.get("pg_inspect", [])):
+        st.session_state["pg_inspect"] = [n for n in st.session_state["pg_inspect"] if n in options]
+    inspect = st.multiselect("Inspect nodes", options, key="pg_inspect")
+
+    if inspect:
+        inputs, outputs = graph_view.neighbours(kept_edges, kept_nodes, inspect)
+        info = kept_nodes[kept_nodes["node_id"].isin(inspect)]
+        st.dataframe(info.drop(columns=[c for c in ("row", "x", "y") if c in info]), hide_index=True)
+        a, b = st.columns(2)
+        a.markdown(f"**Inputs** ({len(inputs)})")
+        a.dataframe(inputs, hide_index=True)
+        b.markdown(f"**Outputs** ({len(outputs)})")
+        b.dataframe(outputs, hide_index=True)
+        keys = [k for k in info.get("feature_key", pd.Series(dtype=object)).dropna() if k]
+        if keys:
+            st.markdown("Feature pages: " + " · ".join(f"[{k}]({data.link('feature', key=k)})" for k in keys[:8]))
+        if st.button("Pin inspected nodes", key="pg_pin"):
+            pins[pid] = list(dict.fromkeys(pinned + inspect))
+            st.rerun()
+
+    st.subheader("Pinned subgraph")
+    if not pinned:
+        st.caption("Nothing pinned yet: inspect nodes above and pin them.")
+        return
+    sub_nodes = nodes[nodes["node_id"].isin(pinned)]
+    sub_edges = edges[edges["source"].isin(pinned) & edges["target"].isin(pinned)]
+    st.plotly_chart(graph_view.figure(sub_nodes, sub_edges, tokens, n_layers=n_layers, height=380), key=f"pg_pinned_{pid}")
+    st.write("Pinned: " + ", ".join(f"`{n}`" for n in pinned))
+    if st.button("Clear pins", key="pg_clear"):
+        pins[pid] = []
+        st.rerun()
+    with st.form("pg_supernode"):
+        name = st.text_input("Supernode name", key="pg_sn_name", placeholder="e.g. say a capital")
+        save = st.form_submit_button("Save pinned nodes as a supernode")
+    if save:
+        if not name.strip():
+            st.error("Name the supernode first.")
+            return
+        members = sorted(set(nodes[nodes["node_id"].isin(pinned)]["feature_key"].dropna()) - {""})
+        digest = hashlib.sha1(("|".join([pid] + sorted(pinned))).encode()).hexdigest()[:12]
+        record = {"key": f"{scan}:user:{digest}", "scan": scan, "label": name.strip(), "method": "user",
+                  "score": None, "prompt_id": pid, "node_ids": sorted(pinned), "members": members}
+        try:
+            data.save_supernode(record)
+        except data.StoreError as exc:
+            st.error(f"Could not save the supernode: {exc}")
+            return
+        st.success(f"Saved supernode '{name.strip()}' ({len(pinned)} nodes, {len(members)} features).")
+
+
+try:
+    main()
+except data.NoData as exc:
+    data.empty_state(exc)
