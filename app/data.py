@@ -168,8 +168,27 @@ def link(page: str, **params: Any) -> str:
     """A URL to another page with query parameters (pages read them on load)."""
     from urllib.parse import urlencode
 
-    return f"./{page}?{urlencode(params)}" if params else f"./{page}"
+    return f"./{page}?{urlencode(params, safe=':')}" if params else f"./{page}"
 
 
-__all__ = ["NoData", "StoreError", "empty_state", "get_store", "link", "prompt_label", "prompts", "query", "read",
+def linkify(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Feature-key columns link to the feature page and prompt ids to the prompt graph; a
+    ``prompt_ids`` list gets a link to its first prompt. Returns the frame and column_config."""
+    out = df.copy()
+    config: dict[str, Any] = {}
+    for col in out.columns:
+        if col == "key" or col.endswith("_key"):
+            out[col] = [link("feature", key=k) if isinstance(k, str) and k else None for k in out[col]]
+            config[col] = st.column_config.LinkColumn(col, display_text=r"key=(.*)$")
+        elif col == "prompt_id":
+            out[col] = [link("prompt_graph", prompt=p) if isinstance(p, str) and p else None for p in out[col]]
+            config[col] = st.column_config.LinkColumn(col, display_text=r"prompt=(.*)$")
+    if "prompt_ids" in out.columns:
+        first = [list(v)[0] if v is not None and not isinstance(v, float) and len(v) else None for v in out["prompt_ids"]]
+        out.insert(0, "example", [link("prompt_graph", prompt=p) if p else None for p in first])
+        config["example"] = st.column_config.LinkColumn("example", display_text="graph")
+    return out, config
+
+
+__all__ = ["NoData", "StoreError", "empty_state", "get_store", "link", "linkify", "prompt_label", "prompts", "query", "read",
            "require_prompts", "save_label", "save_supernode", "stats", "store_url", "version", "writer"]

@@ -186,15 +186,16 @@ def key_layer(key: str) -> int:
 
 
 def result_figure(edges: list[tuple[str, str, float]], labels: dict[str, str] | None = None, height: int = 420) -> go.Figure:
-    """A small graph of a search result: feature keys (and output tokens) as nodes, placed by
-    layer, edges weighted by how many prompts carry them."""
+    """A small graph of a search result: feature keys, input tokens (``in:TEXT``, bottom) and
+    output tokens (``out:TEXT``, top) as nodes, features placed by layer, edges weighted by how
+    many prompts carry them (signed by the mean weight)."""
     labels = labels or {}
     names: list[str] = []
     for s, t, _ in edges:
         for n in (s, t):
             if n not in names:
                 names.append(n)
-    rows = {n: (key_layer(n) + 1 if not n.startswith("token:") else None) for n in names}
+    rows = {n: (0 if n.startswith("in:") else None if n.startswith("out:") else key_layer(n) + 1) for n in names}
     top = max([r for r in rows.values() if r is not None] or [0]) + 1
     rows = {n: (top if r is None else r) for n, r in rows.items()}
     by_row: dict[int, list[str]] = {}
@@ -214,8 +215,8 @@ def result_figure(edges: list[tuple[str, str, float]], labels: dict[str, str] | 
         x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text", showlegend=False,
         text=[labels.get(n) or n.split(":", 1)[-1] for n in names], textposition="top center",
         hovertext=[f"{n}<br>{labels.get(n, '')}" for n in names], hoverinfo="text",
-        marker=dict(size=14, color=["#9467bd" if n.startswith("token:") else "#2ca02c" for n in names]),
+        marker=dict(size=14, color=["#9467bd" if n.startswith(("in:", "out:")) else "#2ca02c" for n in names]),
     ))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",
-                      xaxis=dict(visible=False), yaxis=dict(title="layer (+1); outputs on top", gridcolor="#eee"))
+                      xaxis=dict(visible=False), yaxis=dict(title="inputs (0), layer + 1, outputs (top)", gridcolor="#eee"))
     return fig
