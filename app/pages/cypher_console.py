@@ -1,0 +1,99 @@
+"""Cypher console: ad-hoc read-only Cypher with the saved queries as examples; writes are
+refused (by the same check as `circuit-atlas cypher`, and the store refuses them again);
+results as a table with CSV download."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from circuit_atlas.app import data
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.queries.cli import refuse_writes
+from circuit_atlas.queries.runner import backend_of, list_queries
+from circuit_atlas.store import ReadOnlyViolation
+
+STARTERS = {
+    "Prompts": "MATCH (p:Prompt)\nRETURN p.id AS id, p.text AS text, p.prompt_group AS grp, p.replacement_score AS score\nLIMIT 25",
+    "Most active features": "MATCH (f:Feature)<-[:OF]-(a:Active)\nRETURN f.key AS key, f.label AS label, count(*) AS n\n"
+                            "ORDER BY n DESC\nLIMIT 25",
+    "Strongest edges of a prompt": "MATCH (p:Prompt)-[:HAS]->(s)-[e:EDGE]->(t)\nWHERE p.id = $prompt_id\n"
+                                   "RETURN s.node_id AS source, t.node_id AS target, e.weight AS weight\n"
+                                   "ORDER BY abs(e.weight) DESC\nLIMIT 25",
+}
+REFUSED = "Refused: the console is read-only."
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    """CSV with lists and maps written as JSON (as `circuit-atlas cypher --format csv` does)."""
+    flat = df.copy()
+    for c in flat.columns:
+        if flat[c].dtype == object:
+            flat[c] = flat[c].map(lambda v: json.dumps(v.tolist() if hasattr(v, "tolist") else v, default=str)
+                                  if isinstance(v, (list, tuple, dict)) or hasattr(v, "tolist") else v)
+    return flat.to_csv(index=False).encode()
+
+
+def _examples(backend: str, prompt_id: str) -> dict[str, tuple[str, dict]]:
+    """Example name -> (Cypher, parameters): starters, then each library query's first part
+    with its default parameters."""
+    out = {name: (text, {"prompt_id": prompt_id} if "$prompt_id" in text else {}) for name, text in STARTERS.items()}
+    for q in list_queries():
+        params = {p.name: (p.default if not p.required else "") for p in q.params.values()}
+        if "prompt_id" in params:
+            params["prompt_id"] = prompt_id
+        out[f"library: {q.name}"] = (q.cypher_for(backend), params)
+    return out
+
+
+def _load_example(examples: dict[str, tuple[str, dict]]) -> None:
+    text, params = examples[st.session_state["cc_example"]]
+    st.session_state["cc_text"] = text
+    st.session_state["cc_params"] = json.dumps(params)
+
+
+def main() -> None:
+    st.title("Cypher console")
+    st.caption("Read-only: statements that create, merge, set, delete or change the schema are refused. "
+               "Labels and supernodes are edited on the Feature and Prompt graph pages.")
+    store = data.get_store()
+    prompts = data.prompts()
+    first = str(prompts["prompt_id"].iloc[0]) if len(prompts) else ""
+    examples = _examples(backend_of(store), first)
+    st.selectbox("Example", list(examples), key="cc_example", on_change=_load_example, args=(examples,))
+    if "cc_text" not in st.session_state:
+        _load_example(examples)
+    statement = st.text_area("Cypher", key="cc_text", height=220)
+    params_text = st.text_input("Parameters (JSON object, used as $name)", key="cc_params")
+    if not st.button("Run", key="cc_run", type="primary"):
+        return
+    try:
+        params = json.loads(params_text or "{}")
+        if not isinstance(params, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        st.error(f"Parameters must be a JSON object, e.g. {{\"prompt_id\": \"...\"}} ({exc})")
+        return
+    try:
+        refuse_writes(statement)
+        df = store.read(statement, params)
+    except ReadOnlyViolation as exc:
+        st.error(f"{REFUSED} {exc}")
+        return
+    except CircuitAtlasError as exc:
+        st.error(f"The store rejected the statement: {exc}")
+        return
+    except Exception as exc:  # driver errors (syntax, unknown labels) are the user's to read
+        st.error(f"Query failed: {exc}")
+        return
+    st.markdown(f"**{len(df)} rows**")
+    st.dataframe(df, hide_index=True, key="cc_result")
+    st.download_button("Download CSV", _csv(df), file_name="result.csv", mime="text/csv", key="cc_csv")
+
+
+try:
+    main()
+except data.NoData as exc:
+    data.empty_state(exc)
