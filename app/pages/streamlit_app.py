@@ -1,5 +1,8 @@
 """Entry of the Streamlit app (`circuit-atlas app` runs this file): navigation over the pages
-and a sidebar naming the store being read."""
+and a sidebar naming the store being read.
+
+It lives beside the pages, not above them: Streamlit treats a ``pages/`` folder next to the
+entry script as an old-style multipage app and would ignore ``st.navigation``."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ PAGES = [  # (file, title, url path, icon)
 
 st.set_page_config(page_title="circuit-atlas", page_icon=":material/hub:", layout="wide")
 nav = st.navigation([
-    st.Page(HERE / "pages" / f, title=t, url_path=u, icon=i, default=(k == 0)) for k, (f, t, u, i) in enumerate(PAGES)
+    st.Page(HERE / f, title=t, url_path=u, icon=i, default=(k == 0)) for k, (f, t, u, i) in enumerate(PAGES)
 ])
 with st.sidebar:
     st.caption("circuit-atlas")

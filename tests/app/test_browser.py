@@ -1,0 +1,120 @@
+"""The served app in a real browser: `circuit-atlas app` on a free port over the test store,
+headless Chromium (Debian's package) driven by Playwright; every page renders its key text and
+no exception; screenshots go to tests/app/artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGES = [  # url path, heading, text that proves the page read the store
+    ("", "Overview", "Prompts by group"),  # the default page, at the root
+    ("prompt_graph", "Prompt graph", "nodes,"),
+    ("feature", "Feature", "Prompts where it is active"),
+    ("circuit_search", "Circuit search", "Set the parameters and press Run."),
+    ("compare_groups", "Compare groups", "Enriched in A"),
+    ("cypher_console", "Cypher console", "Read-only"),
+    ("intervene", "Intervene", "Prompt"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_app(store_path):
+    port = _free_port()
+    env = dict(os.environ)
+    env.pop("CIRCUIT_ATLAS_STORE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "circuit_atlas.cli", "app", "--store", f"embedded:{store_path}", "--port", str(port),
+         "--host", "127.0.0.1", "--headless"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the app did not come up on {url}: {out[-2000:]}")
+        time.sleep(0.3)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _settle(page) -> None:
+    """Wait until the script run has finished (the status widget goes away)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def _no_exception(page, name: str) -> None:
+    body = page.inner_text("body")
+    assert "Traceback" not in body, f"{name}: a traceback is shown"
+    assert "Page not found" not in body, f"{name}: no such page"
+    assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: an exception box is shown"
+
+
+@pytest.mark.browser
+def test_every_page_in_chromium(served_app):
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium); browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for path, heading, text in PAGES:
+                page.goto(f"{served_app}/{path}")
+                page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
+                page.get_by_text(text).first.wait_for(timeout=30_000)
+                _settle(page)
+                _no_exception(page, path)
+                if path == "":
+                    assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "15"
+                if path == "prompt_graph":
+                    assert page.locator(".js-plotly-plot").count() >= 1
+                page.screenshot(path=str(ARTIFACTS / f"{path or 'overview'}.png"), full_page=True)
+
+            # The console refuses a write and runs a read, in the browser too.
+            page.goto(f"{served_app}/cypher_console")
+            area = page.locator("textarea").first
+            area.wait_for(timeout=30_000)
+            area.fill("CREATE (n:Prompt {id: 'x'})")
+            page.get_by_role("button", name="Run").click()
+            page.get_by_text("Refused: the console is read-only").first.wait_for(timeout=30_000)
+            area.fill("MATCH (p:Prompt) RETURN p.id AS id")
+            page.get_by_role("button", name="Run").click()
+            page.get_by_text("15 rows").first.wait_for(timeout=30_000)
+            _settle(page)
+            _no_exception(page, "cypher_console (run)")
+            page.screenshot(path=str(ARTIFACTS / "cypher_console_run.png"), full_page=True)
+        finally:
+            browser.close()
