@@ -145,18 +145,19 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
                         line=dict(width=[3 if n in hi else 0.5 for n in sub["node_id"]],
                                   color=["black" if n in hi else "white" for n in sub["node_id"]])),
         ))
-    n_pos = int(pd.to_numeric(pos_nodes["pos"], errors="coerce").max() + 1) if len(pos_nodes) else len(tokens)
-    n_pos = max(n_pos, len(tokens))
+    n_pos = int(pd.to_numeric(pos_nodes["pos"], errors="coerce").max() + 1) if len(pos_nodes) else 0
+    n_pos = max(n_pos, len(tokens), 1)
     ticks = [f"{i}: {tokens[i]!r}" if i < len(tokens) else str(i) for i in range(n_pos)]
     top_row = int(pos_nodes["y"].max()) if len(pos_nodes) else 1
+    top_row = max(top_row, (n_layers + 1) if n_layers is not None else 1)
     yticks = ["emb"] + [f"L{i}" for i in range(top_row - 1)] + ["logit"]
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30, b=10), dragmode="select", clickmode="event+select",
+        height=height, margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=1.05), plot_bgcolor="white",
         xaxis=dict(tickmode="array", tickvals=list(range(n_pos)), ticktext=ticks, title="token position",
-                   showgrid=False, zeroline=False),
+                   showgrid=False, zeroline=False, range=[-0.6, n_pos - 0.4]),
         yaxis=dict(tickmode="array", tickvals=list(range(len(yticks))), ticktext=yticks, title="layer",
-                   gridcolor="#eee", zeroline=False),
+                   gridcolor="#eee", zeroline=False, range=[-0.5, len(yticks) - 0.5]),
     )
     return fig
 

@@ -36,12 +36,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def served_app(store_path):
+def served_app(store_path, tmp_path):
     port = _free_port()
+    db = tmp_path / "db"  # a private copy: the browser saves a supernode
+    shutil.copytree(store_path, db)
     env = dict(os.environ)
     env.pop("CIRCUIT_ATLAS_STORE", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "circuit_atlas.cli", "app", "--store", f"embedded:{store_path}", "--port", str(port),
+        [sys.executable, "-m", "circuit_atlas.cli", "app", "--store", f"embedded:{db}", "--port", str(port),
          "--host", "127.0.0.1", "--headless"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -102,6 +104,28 @@ def test_every_page_in_chromium(served_app):
                 if path == "prompt_graph":
                     assert page.locator(".js-plotly-plot").count() >= 1
                 page.screenshot(path=str(ARTIFACTS / f"{path or 'overview'}.png"), full_page=True)
+
+            # Click a node of the prompt graph: its inputs and outputs show; pin it, save a supernode.
+            page.goto(f"{served_app}/prompt_graph")
+            page.get_by_text("nodes,").first.wait_for(timeout=30_000)
+            _settle(page)
+            point = page.locator(".js-plotly-plot .scatterlayer .trace path.point").last
+            point.wait_for(timeout=30_000)
+            box = point.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+            page.wait_for_timeout(300)
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.get_by_text("Inputs (").first.wait_for(timeout=30_000)
+            _settle(page)
+            page.get_by_role("button", name="Pin inspected nodes").click()
+            page.get_by_text("Pinned: ").first.wait_for(timeout=30_000)
+            _settle(page)
+            page.get_by_label("Supernode name").fill("browser supernode")
+            page.get_by_role("button", name="Save pinned nodes as a supernode").click()
+            page.get_by_text("Saved supernode 'browser supernode'").first.wait_for(timeout=30_000)
+            _settle(page)
+            _no_exception(page, "prompt_graph (pin and save)")
+            page.screenshot(path=str(ARTIFACTS / "prompt_graph_pinned.png"), full_page=True)
 
             # The console refuses a write and runs a read, in the browser too.
             page.goto(f"{served_app}/cypher_console")
