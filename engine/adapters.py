@@ -1,0 +1,261 @@
+"""Per-architecture adapters: where a Hugging Face causal LM keeps what attribution needs.
+
+The engine needs, for every decoder layer, the MLP input (after the pre-MLP norm) and the MLP
+output *as added to the residual stream* (for Gemma 2/3 that is after the post-feedforward norm,
+as in GemmaScope and circuit-tracer), the input embedding, the final norm and the unembedding,
+and the normalisation modules on the residual path, whose denominators the local replacement
+model freezes. Attention patterns are frozen through ``frozen_attention`` below, which every
+supported architecture reaches through transformers' attention interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from circuit_atlas.errors import CircuitAtlasError
+
+ATTN_IMPLEMENTATION = "circuit_atlas"
+
+
+class UnsupportedModelError(CircuitAtlasError, ValueError):
+    """The model's architecture has no adapter."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to reach the parts of one architecture family. ``norm`` names the arithmetic of
+    its residual-path norms: "rms" (weight * x/rms), "rms1p" (Gemma: (1 + weight) * x/rms)
+    or "layer" (LayerNorm with mean and bias)."""
+
+    name: str
+    norm: str
+    layers: Callable[[nn.Module], nn.ModuleList]
+    embed: Callable[[nn.Module], nn.Module]
+    final_norm: Callable[[nn.Module], nn.Module]
+    mlp: Callable[[nn.Module], nn.Module]  # layer -> the module whose input is the MLP input
+    mlp_out: Callable[[nn.Module], nn.Module]  # layer -> the module whose output joins the residual
+    position_embed: Callable[[nn.Module], nn.Module | None] = lambda m: None
+
+    def unembed(self, model: nn.Module) -> Tensor:
+        return model.get_output_embeddings().weight
+
+    def logit_softcap(self, model: nn.Module) -> float | None:
+        return getattr(model.config, "final_logit_softcapping", None) or None
+
+    def norm_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Every normalisation module in the model; freezing the ones inside attention (q/k
+        norms) changes nothing, since no gradient flows through queries and keys."""
+        kinds = (nn.LayerNorm,)
+        return [m for m in model.modules() if isinstance(m, kinds) or type(m).__name__.endswith("RMSNorm")]
+
+
+def _llama_like(name: str, norm: str = "rms") -> Adapter:
+    return Adapter(
+        name=name,
+        norm=norm,
+        layers=lambda m: m.model.layers,
+        embed=lambda m: m.model.embed_tokens,
+        final_norm=lambda m: m.model.norm,
+        mlp=lambda layer: layer.mlp,
+        mlp_out=lambda layer: layer.mlp,
+    )
+
+
+def _gemma_like(name: str) -> Adapter:
+    return Adapter(
+        name=name,
+        norm="rms1p",
+        layers=lambda m: m.model.layers,
+        embed=lambda m: m.model.embed_tokens,
+        final_norm=lambda m: m.model.norm,
+        mlp=lambda layer: layer.mlp,
+        mlp_out=lambda layer: layer.post_feedforward_layernorm,
+    )
+
+
+GPT2 = Adapter(
+    name="gpt2",
+    norm="layer",
+    layers=lambda m: m.transformer.h,
+    embed=lambda m: m.transformer.wte,
+    final_norm=lambda m: m.transformer.ln_f,
+    mlp=lambda block: block.mlp,
+    mlp_out=lambda block: block.mlp,
+    position_embed=lambda m: m.transformer.wpe,
+)
+
+ADAPTERS: dict[str, Adapter] = {
+    "llama": _llama_like("llama"),
+    "mistral": _llama_like("mistral"),
+    "qwen2": _llama_like("qwen2"),
+    "qwen3": _llama_like("qwen3"),
+    "gemma": _llama_like("gemma", norm="rms1p"),
+    "gemma2": _gemma_like("gemma2"),
+    "gemma3_text": _gemma_like("gemma3_text"),
+    "gpt2": GPT2,
+}
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter of ``model``'s architecture, or a clear error naming the supported ones."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ADAPTERS))} "
+            "(Llama, SmolLM2, Mistral, Qwen 2/3, Gemma 1/2/3 text models, GPT-2)"
+        )
+    return ADAPTERS[model_type]
+
+
+# ---- frozen attention and norms -----------------------------------------------------------
+@dataclass
+class Freeze:
+    """What prepared models do with attention patterns and norm denominators in this context.
+
+    ``detach``: compute them as usual but as constants of autograd (the local replacement model).
+    ``record``: compute them as usual and keep them in ``saved`` (keyed by module).
+    ``replay``: use the ones in ``saved`` instead of computing them, so a perturbed forward pass
+    runs with the clean run's patterns and scales: the frozen model's exact response (used to
+    check edges by perturbation, and by interventions with frozen attention)."""
+
+    mode: str
+    saved: dict = field(default_factory=dict)
+
+
+_STATE: contextvars.ContextVar[Freeze | None] = contextvars.ContextVar("circuit_atlas_freeze", default=None)
+
+
+def _attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Eager attention (grouped KV heads, optional logit soft-capping, additive mask) whose
+    pattern is detached, recorded or replayed as the current ``Freeze`` says; with none active,
+    plain eager attention."""
+    state = _STATE.get()
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:
+        value = value.repeat_interleave(n_rep, dim=1)
+    if state is not None and state.mode == "replay":
+        pattern = state.saved[id(module)].to(value.dtype)
+        pattern = pattern.expand(value.shape[0], *pattern.shape[1:])
+    else:
+        if scaling is None:
+            scaling = query.shape[-1] ** -0.5
+        if n_rep > 1:
+            key = key.repeat_interleave(n_rep, dim=1)
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            scores = scores + attention_mask[..., : key.shape[-2]]
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+        if state is not None:
+            pattern = pattern.detach()
+            if state.mode == "record":
+                state.saved[id(module)] = pattern
+    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    return out, pattern
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+    if ATTN_IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+
+
+def prepare_model(model: nn.Module, adapter: Adapter) -> None:
+    """Make the model freezable, once: attention through ``_attention`` (eager arithmetic) and
+    every norm through a forward that obeys the current ``Freeze``. With no Freeze active the
+    model computes exactly what it did before. The switch is a context variable, so other
+    threads using the same model are not affected."""
+    if getattr(model, "_circuit_atlas_prepared", False):
+        return
+    _register_attention()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    for m in adapter.norm_modules(model):
+        m.forward = _switching_forward(m, adapter.norm)  # instance attribute shadows the class method
+    model._circuit_atlas_prepared = True
+
+
+def _switching_forward(module: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
+    plain = type(module).forward.__get__(module)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+
+    def scale_of(x: Tensor) -> Tensor:
+        """1 / denominator, in float32, (..., 1)."""
+        xf = x.float()
+        if kind == "layer":
+            xf = xf - xf.mean(-1, keepdim=True)
+        return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+
+    def apply(x: Tensor, scale: Tensor) -> Tensor:
+        """The module's arithmetic with a given (constant) scale: linear in x."""
+        if kind == "layer":
+            out = ((x.float() - x.float().mean(-1, keepdim=True)) * scale).to(x.dtype)
+            if module.weight is not None:
+                out = out * module.weight
+            if module.bias is not None:
+                out = out + module.bias
+            return out
+        if kind == "rms1p":
+            return ((x.float() * scale) * (1.0 + module.weight.float())).type_as(x)
+        return module.weight * (x.float() * scale).to(x.dtype)
+
+    def forward(x: Tensor) -> Tensor:
+        state = _STATE.get()
+        if state is None:
+            return plain(x)
+        if state.mode == "replay":
+            scale = state.saved[id(module)]
+            return apply(x, scale.expand(*x.shape[:-1], 1))
+        scale = scale_of(x).detach()
+        if state.mode == "record":
+            state.saved[id(module)] = scale
+        lin = apply(x, scale)
+        # the module's own value, bit for bit, with the frozen map's gradient
+        return plain(x).detach() + (lin - lin.detach())
+
+    return forward
+
+
+@contextlib.contextmanager
+def _active(state: Freeze) -> Iterator[Freeze]:
+    token = _STATE.set(state)
+    try:
+        yield state
+    finally:
+        _STATE.reset(token)
+
+
+def frozen() -> contextlib.AbstractContextManager[Freeze]:
+    """Inside (this thread/context only): attention patterns and normalisation denominators of
+    prepared models are constants of autograd, with their usual values."""
+    return _active(Freeze("detach"))
+
+
+def recording() -> contextlib.AbstractContextManager[Freeze]:
+    """Inside: like ``frozen``, and the patterns and scales are kept for ``replaying``."""
+    return _active(Freeze("record"))
+
+
+def replaying(record: Freeze) -> contextlib.AbstractContextManager[Freeze]:
+    """Inside: prepared models use the recorded patterns and scales instead of computing them
+    (one forward pass of the same length as the recorded one; any batch size if it was 1)."""
+    return _active(Freeze("replay", record.saved))

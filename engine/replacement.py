@@ -1,0 +1,203 @@
+"""The local replacement model of one prompt.
+
+One forward pass of the real model with attention patterns and normalisation denominators
+frozen (detached: they keep their values, but no gradient flows through them), in which every
+layer's MLP output at positions >= 1 is rebuilt as
+
+    transcoder reconstruction (constant: decoders times the activations of this prompt)
+    + skip path (linear in the MLP input, when the transcoders have one)
+    + error node (constant: true MLP output minus the two above)
+
+and the BOS position keeps the true MLP output as a constant. The values are exactly the real
+model's (the rebuilt output *is* the true output), and everything is linear in the embeddings,
+feature activations and errors, so edges are exact gradients. The prompt is repeated
+``batch_size`` times along the batch so one backward pass can carry that many targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuit_atlas.engine.adapters import Freeze, frozen, recording, replaying
+
+
+@dataclass
+class ReplacementRun:
+    input_ids: Tensor  # (T,)
+    embeddings: Tensor  # (B, T, d) leaf, requires grad: the embedding nodes' vectors
+    mlp_in: list[Tensor]  # per layer (B, T, d), in the autograd graph
+    mlp_out: list[Tensor]  # per layer (B, T, d), in the autograd graph (what joins the residual)
+    logits: Tensor  # (B, T, V)
+    activations: list[Tensor]  # per layer (T, d_tc), detached; row 0 (BOS) is zero
+    errors: list[Tensor]  # per layer (T, d), detached; row 0 (BOS) is zero
+    record: Freeze | None = None  # patterns and scales, when asked for
+
+
+def _input_embeddings(lm, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(what the embedding nodes are, what to subtract before feeding ``inputs_embeds``).
+
+    For GPT-2 the model adds learned position embeddings itself; the embedding node is the
+    token plus position embedding, so the position part is subtracted from what is fed and the
+    model adds it back: the same values, and the node carries the whole input vector."""
+    model, adapter = lm.model, lm.adapter
+    emb = adapter.embed(model)(ids)
+    pos_module = adapter.position_embed(model)
+    if pos_module is None:
+        return emb, None
+    pos = pos_module(torch.arange(ids.shape[-1], device=ids.device))
+    return emb + pos, pos
+
+
+def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: bool = False) -> ReplacementRun:
+    """The replacement model's forward pass for one prompt (1-D ``input_ids``). With
+    ``record``, the patterns and scales are kept in ``run.record`` for ``replaying``."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=lm.device).reshape(-1)
+    n_layers = lm.n_layers
+    tc.check_fits(n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
+    model, adapter = lm.model, lm.adapter
+    with torch.no_grad():
+        base, pos_part = _input_embeddings(lm, ids)
+    embeddings = base.unsqueeze(0).repeat(batch_size, 1, 1).detach().requires_grad_(True)
+    fed = embeddings if pos_part is None else embeddings - pos_part
+
+    mlp_in: list[Tensor] = [None] * n_layers  # type: ignore[list-item]
+    mlp_out: list[Tensor] = [None] * n_layers  # type: ignore[list-item]
+    acts: list[Tensor] = []
+    errors: list[Tensor] = [None] * n_layers  # type: ignore[list-item]
+    tc_dtype = tc.dtype
+
+    def pre_hook(i: int):
+        def hook(module, args):
+            mlp_in[i] = args[0]
+
+        return hook
+
+    def out_hook(i: int):
+        def hook(module, args, output):
+            true = (output[0] if isinstance(output, tuple) else output).detach()
+            x = mlp_in[i]
+            with torch.no_grad():
+                a = tc.encode(i, x[0].to(tc_dtype))
+                a[0] = 0
+                acts.append(a)
+                recon = tc.decode(acts, i).to(true.dtype)
+            skip = tc.skip(i, x.to(tc_dtype))
+            skip = None if skip is None else skip.to(true.dtype)
+            with torch.no_grad():
+                err = true[0] - recon - (skip[0].detach() if skip is not None else 0)
+                err[0] = 0
+                errors[i] = err
+            # value: exactly the true output; gradient: through the skip path only
+            if skip is None:
+                new = true.clone().requires_grad_(True)
+            else:
+                new = true + (skip - skip.detach())
+                new[:, 0] = true[:, 0]
+            mlp_out[i] = new
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(adapter.layers(model)):
+        handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
+        handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
+    try:
+        with (recording() if record else frozen()) as state, torch.enable_grad():
+            logits = model(inputs_embeds=fed, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return ReplacementRun(
+        input_ids=ids,
+        embeddings=embeddings,
+        mlp_in=mlp_in,
+        mlp_out=mlp_out,
+        logits=logits,
+        activations=acts,
+        errors=errors,
+        record=state if record else None,
+    )
+
+
+# ---- the frozen model as a function of its sources (for checks by perturbation) ------------
+@dataclass
+class FrozenState:
+    """A clean pass's frozen constants: attention patterns and norm scales (``record``), the
+    feature activations, error vectors and BOS MLP outputs, and the embeddings fed."""
+
+    input_ids: Tensor
+    record: Freeze
+    embeddings: Tensor  # (T, d)
+    activations: list[Tensor]  # per layer (T, d_tc)
+    errors: list[Tensor]  # per layer (T, d), row 0 zero
+    bos_out: list[Tensor]  # per layer (d,)
+    logits: Tensor  # (T, V)
+
+
+@torch.no_grad()
+def frozen_state(lm, tc, input_ids: Tensor) -> FrozenState:
+    """One clean pass recording everything the local replacement model holds fixed."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=lm.device).reshape(-1)
+    run = replacement_run(lm, tc, ids, batch_size=1, record=True)
+    bos = [out[0, 0].detach() for out in run.mlp_out]
+    return FrozenState(ids, run.record, run.embeddings[0].detach(), run.activations, run.errors, bos, run.logits[0].detach())
+
+
+@torch.no_grad()
+def frozen_forward(
+    lm,
+    tc,
+    state: FrozenState,
+    *,
+    embeddings: Tensor | None = None,
+    activations: list[Tensor] | None = None,
+    errors: list[Tensor] | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """The local replacement model evaluated at given sources (default: the clean ones) with the
+    clean run's patterns and scales: (logits (T, V), MLP inputs per layer (T, d)). It is linear
+    in the sources, so a source's edge to a target is the target's change when that source is
+    doubled."""
+    emb = state.embeddings if embeddings is None else embeddings
+    acts = state.activations if activations is None else activations
+    errs = state.errors if errors is None else errors
+    model, adapter = lm.model, lm.adapter
+    _, pos_part = _input_embeddings(lm, state.input_ids)
+    fed = (emb if pos_part is None else emb - pos_part).unsqueeze(0)
+    mlp_in: list[Tensor] = [None] * lm.n_layers  # type: ignore[list-item]
+
+    def pre_hook(i: int):
+        def hook(module, args):
+            mlp_in[i] = args[0][0]
+
+        return hook
+
+    def out_hook(i: int):
+        def hook(module, args, output):
+            true = output[0] if isinstance(output, tuple) else output
+            x = mlp_in[i]
+            new = tc.decode(list(acts), i).to(true.dtype) + errs[i].to(true.dtype)
+            skip = tc.skip(i, x.to(tc.dtype))
+            if skip is not None:
+                new = new + skip.to(true.dtype)
+            new = new.clone()
+            new[0] = state.bos_out[i]
+            new = new.unsqueeze(0)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(adapter.layers(model)):
+        handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
+        handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
+    try:
+        with replaying(state.record):
+            logits = model(inputs_embeds=fed, use_cache=False).logits[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, mlp_in
