@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
@@ -29,7 +30,12 @@ EMPTY_HELP = (
 
 
 class NoData(Exception):
-    """The store cannot be opened or holds no prompts: the page shows an empty state."""
+    """The store holds no prompts (an empty state), or cannot be reached (``unreachable``: an
+    error the user must fix, such as a stopped server or wrong credentials)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def store_url() -> str:
@@ -45,10 +51,15 @@ def _reader(url: str) -> Store:
 def get_store(url: str | None = None) -> Store:
     """The cached read-only store; raises NoData with a message a user can act on."""
     url = url or store_url()
+    if url.startswith("embedded:"):
+        from circuit_atlas.store.embedded import DB_FILE
+
+        if not (Path(url[len("embedded:"):]).expanduser() / DB_FILE).exists():
+            raise NoData(f"There is no store at `{url}` yet.")
     try:
         return _reader(url)
     except (CircuitAtlasError, OSError, RuntimeError) as exc:
-        raise NoData(f"Cannot open the store `{url}`: {exc}") from exc
+        raise NoData(f"Cannot open the store `{url}`: {exc}", unreachable=True) from exc
 
 
 def version(store: Store) -> str:
@@ -128,7 +139,13 @@ def prompt_label(row: pd.Series | dict) -> str:
 
 
 def empty_state(exc: NoData) -> None:
-    """What to do when there is nothing to show."""
+    """What to do when there is nothing to show, or the store cannot be reached."""
+    if exc.unreachable:
+        st.error(str(exc))
+        st.markdown("Check that the server is running and the URL is right (credentials come from `NEO4J_USER` / "
+                    "`NEO4J_PASSWORD`), or that no other process is writing to an embedded store; then reload. "
+                    "Choose a store with `circuit-atlas app --store URL`.")
+        return
     st.warning(str(exc))
     st.markdown(EMPTY_HELP)
 

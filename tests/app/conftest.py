@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "queries"))
 
 import planted as planted_mod  # noqa: E402
 
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
 
 
 @pytest.fixture(scope="session")

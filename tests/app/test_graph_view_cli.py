@@ -1,0 +1,69 @@
+"""The graph figure's layout and thinning, and the `app` command."""
+
+from __future__ import annotations
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from circuit_atlas.app import graph_view
+from circuit_atlas.app.cli import ENTRY, streamlit_command
+
+
+def _graph():
+    nodes = pd.DataFrame([
+        ("E_1_0", "embedding", None, 0, None, None, "The"),
+        ("0_5_1", "feature", 0, 1, "s:0:5", 0.6, None),
+        ("0_6_1", "feature", 0, 1, "s:0:6", 0.3, None),
+        ("1_7_1", "feature", 1, 1, "s:1:7", 0.1, None),
+        ("1_-1_1", "error", 1, 1, None, 0.05, None),
+        ("3_9_1", "logit", None, 1, None, None, " Paris"),
+    ], columns=["node_id", "kind", "layer", "pos", "feature_key", "influence", "label"])
+    edges = pd.DataFrame([
+        ("E_1_0", "0_5_1", 1.0), ("0_5_1", "1_7_1", -0.5), ("0_6_1", "3_9_1", 0.25), ("1_7_1", "3_9_1", 0.1),
+        ("1_-1_1", "3_9_1", 0.05),
+    ], columns=["source", "target", "weight"])
+    return nodes, edges
+
+
+def test_rows_put_embeddings_at_the_bottom_and_logits_on_top():
+    nodes, _ = _graph()
+    rows = dict(zip(nodes["node_id"], graph_view.node_rows(nodes, n_layers=2)["row"]))
+    assert rows == {"E_1_0": 0, "0_5_1": 1, "0_6_1": 1, "1_7_1": 2, "1_-1_1": 2, "3_9_1": 3}
+    laid = graph_view.layout(graph_view.node_rows(nodes, n_layers=2)).set_index("node_id")
+    assert laid.loc["0_5_1", "x"] != laid.loc["0_6_1", "x"]  # same cell: spread apart
+
+
+def test_prune_keeps_the_most_influential_nodes_and_strongest_edges():
+    nodes, edges = _graph()
+    kept, kept_edges = graph_view.prune(nodes, edges, node_threshold=0.6, edge_threshold=1.0)
+    assert set(kept["node_id"]) == {"E_1_0", "0_5_1", "0_6_1", "3_9_1"}  # 0.6 + 0.3 of 1.05 reaches 60 %
+    assert set(zip(kept_edges["source"], kept_edges["target"])) == {("E_1_0", "0_5_1"), ("0_6_1", "3_9_1")}
+    _, strongest = graph_view.prune(nodes, edges, 1.0, 0.5)
+    assert list(strongest["source"]) == ["E_1_0"]
+    full_nodes, full_edges = graph_view.prune(nodes, edges, 1.0, 1.0)
+    assert len(full_nodes) == len(nodes) and len(full_edges) == len(edges)
+
+
+def test_figure_names_nodes_and_labels_tokens():
+    nodes, edges = _graph()
+    fig = graph_view.figure(nodes, edges, ["<bos>", " capital"], highlight=["0_5_1"], n_layers=2)
+    ids = [i for t in fig.data if t.customdata is not None for i in t.customdata]
+    assert sorted(ids) == sorted(nodes["node_id"])
+    assert list(fig.layout.xaxis.ticktext) == ["0: '<bos>'", "1: ' capital'"]
+    assert list(fig.layout.yaxis.ticktext) == ["emb", "L0", "L1", "logit"]
+    colors = {t.line.color for t in fig.data if t.mode == "lines"}
+    assert colors == {graph_view.POSITIVE, graph_view.NEGATIVE}
+    inputs, outputs = graph_view.neighbours(edges, nodes, ["1_7_1"])
+    assert list(inputs["source"]) == ["0_5_1"] and list(outputs["target"]) == ["3_9_1"]
+
+
+def test_app_command_and_its_streamlit_command_line():
+    from circuit_atlas.cli import app
+
+    result = CliRunner().invoke(app, ["app", "--help"])
+    assert result.exit_code == 0
+    for option in ("--store", "--port", "--host", "--headless"):
+        assert option in result.output
+    cmd = streamlit_command(port=9999, host="127.0.0.1", headless=True)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(ENTRY) and ENTRY.is_file()
+    assert cmd[cmd.index("--server.port") + 1] == "9999" and cmd[cmd.index("--server.headless") + 1] == "true"

@@ -1,0 +1,200 @@
+"""Every page of the app under Streamlit's AppTest, against a real embedded store holding the
+planted corpus (no mocks): the numbers and rows shown are the ones the corpus was built with."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import planted as P
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP_DIR = Path(__file__).resolve().parents[2] / "app"
+PAGES = ["overview", "prompt_graph", "feature", "circuit_search", "compare_groups", "cypher_console", "intervene"]
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(APP_DIR / "pages" / f"{name}.py"), default_timeout=60)
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def keys_in(column: pd.Series) -> list[str]:
+    """Feature keys out of a linked column (`./feature?key=...`)."""
+    return [re.sub(r"^.*key=", "", v) for v in column.dropna()]
+
+
+def test_entry_runs_the_overview_with_the_store_in_the_sidebar(store_url):
+    at = ok(AppTest.from_file(str(APP_DIR / "pages" / "streamlit_app.py"), default_timeout=60).run())
+    assert at.title[0].value == "Overview"
+    assert any("15 prompts" in c.value for c in at.sidebar.caption)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_empty_store_says_how_to_load_graphs(empty_store_url, name):
+    at = ok(page(name).run())
+    assert any("no store" in w.value for w in at.warning)
+    assert any("circuit-atlas demo" in m.value and "circuit-atlas ingest" in m.value for m in at.markdown)
+
+
+def test_unreachable_store_is_an_error(monkeypatch):
+    monkeypatch.setenv("CIRCUIT_ATLAS_STORE", "bolt://127.0.0.1:1")
+    at = ok(page("overview").run())
+    assert any("Cannot open the store `bolt://127.0.0.1:1`" in e.value for e in at.error)
+
+
+def test_overview_counts_the_corpus(store_url, planted):
+    at = ok(page("overview").run())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Prompts"] == str(len(planted.prompts)) == "15"
+    assert metrics["Groups"] == "3"
+    hubs = at.dataframe[0].value
+    assert P.key("H") in keys_in(hubs["open"])  # the hub is active in every prompt
+    flagged = at.dataframe[-1].value
+    assert "hello world the" in " ".join(flagged["text"])  # untrusted0
+
+
+def test_prompt_graph_draws_inspects_pins_and_saves_a_supernode(writable_store_url, planted):
+    gid = planted.gid("cap0")
+    g = __import__("circuit_atlas.engine.graph_files", fromlist=["GraphFile"]).GraphFile.load(planted.root / "cap0")
+    at = page("prompt_graph")
+    at.query_params["prompt"] = gid
+    ok(at.run())
+    assert at.selectbox(key="pg_prompt").value == gid
+    assert any(f"{len(g.nodes)} of {len(g.nodes)} nodes, {len(g.edges)} of {len(g.edges)} edges" in c.value for c in at.caption)
+    b_node = "1_11_4"  # planted feature B in a capitals prompt: A -> B -> C
+    ok(at.multiselect(key="pg_inspect").select(b_node).run())
+    inputs, outputs = at.dataframe[1].value, at.dataframe[2].value
+    assert "0_10_2" in set(inputs["source"])  # A feeds B
+    assert "2_12_5" in set(outputs["target"])  # B feeds C
+    ok(at.button(key="pg_pin").click().run())
+    ok(at.multiselect(key="pg_inspect").select("0_10_2").run())
+    ok(at.button(key="pg_pin").click().run())
+    assert any("Pinned: `1_11_4`, `0_10_2`" in m.value for m in at.markdown)
+    at.text_input(key="pg_sn_name").input("capital chain start")
+    ok(at.button[-1].click().run())
+    assert any("Saved supernode 'capital chain start' (2 nodes, 2 features)" in s.value for s in at.success)
+    from circuit_atlas.store import open_store
+
+    with open_store(writable_store_url, read_only=True) as store:
+        rows = store.read("MATCH (s:Supernode {label: 'capital chain start'})-[:CONTAINS]->(f:Feature) "
+                          "RETURN s.prompt_id AS pid, f.key AS key")
+    assert set(rows["key"]) == {P.key("A"), P.key("B")} and set(rows["pid"]) == {gid}
+
+
+def test_prompt_graph_thresholds_and_supernode_collapse(store_url, planted):
+    at = page("prompt_graph")
+    at.query_params["prompt"] = planted.gid("cap1")
+    ok(at.run())
+    ok(at.slider(key="pg_node_t").set_value(0.5).run())
+    shown = next(c.value for c in at.caption if " nodes, " in c.value)
+    kept, total = map(int, re.match(r"(\d+) of (\d+) nodes", shown).groups())
+    assert kept < total
+    collapse = at.multiselect(key="pg_collapse")
+    assert f"{P.SCAN}:user:capital-chain" in collapse.options or "capital chain" in collapse.options
+    ok(at.slider(key="pg_node_t").set_value(1.0).run())
+    ok(at.multiselect(key="pg_collapse").select(at.multiselect(key="pg_collapse").options[0]).run())
+    shown = next(c.value for c in at.caption if " nodes, " in c.value)
+    kept2, total2 = map(int, re.match(r"(\d+) of (\d+) nodes", shown).groups())
+    assert kept2 == total2 - 1  # A and B became one supernode
+
+
+def test_feature_page_profiles_and_relabels(writable_store_url, planted):
+    key = P.key("C")
+    at = page("feature")
+    at.query_params["key"] = key
+    ok(at.run())
+    assert at.header[0].value == key
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Prompts where active"] == str(len(planted.capitals)) == "7"
+    occurrences = at.dataframe[-3].value
+    assert len(occurrences) == 7 and set(occurrences["token"]) == {" is"}
+    upstream = at.dataframe[-2].value
+    assert {P.key(n) for n in ("A", "B", "S1", "S2")} <= set(upstream["key"])
+    assert any("<mark" in m.value and "capital of France" in m.value for m in at.markdown)
+    at.text_input(key=f"ft_label_{key}").input("says Paris")
+    ok(at.button[0].click().run())
+    assert any(f"Label of {key} saved: 'says Paris'" in s.value for s in at.success)
+    ok(at.text_input(key="ft_search").input("says Par").run())
+    assert at.header[0].value == key
+
+
+def test_circuit_search_finds_the_planted_circuits(store_url, planted):
+    at = ok(page("circuit_search").run())
+    assert any("press Run" in i.value for i in at.info)
+    at.number_input(key="cs_recurring_edges_min_prompts").set_value(3)
+    ok(at.button[0].click().run())
+    df = at.dataframe[0].value
+    found = set(zip(keys_in(df["source_key"]), keys_in(df["target_key"])))
+    assert found == set(planted.recurring_edges(3))
+    assert len(at.get("plotly_chart")) == 1
+    ok(at.selectbox(key="cs_query").select("prompts_with_circuit").run())
+    at.text_input(key="cs_prompts_with_circuit_keys").input(",".join(P.key(n) for n in "ABC"))
+    at.number_input(key="cs_prompts_with_circuit_min_coverage").set_value(1.0)
+    ok(at.button[0].click().run())
+    df = at.dataframe[0].value
+    assert {re.sub(r"^.*prompt=", "", v) for v in df["prompt_id"]} == planted.ids(planted.capitals)
+
+
+def test_compare_groups_ranks_each_sides_features(store_url):
+    at = ok(page("compare_groups").run())
+    ok(at.selectbox(key="cg_b_group").select("opposites").run())
+    side_a, side_b = at.dataframe[0].value, at.dataframe[1].value
+    assert {P.key(n) for n in ("A", "B", "C")} <= set(keys_in(side_a["source_key"]))
+    assert {P.key(n) for n in ("D", "E")} <= set(keys_in(side_b["source_key"]))
+    assert (side_a["log_odds"] > 0).all() and (side_b["log_odds"] < 0).all()
+    assert P.key("H") not in keys_in(side_a["source_key"])  # in every prompt: no contrast
+
+
+def test_cypher_console_reads_and_refuses_writes(store_url):
+    at = ok(page("cypher_console").run())
+    at.text_area(key="cc_text").input("MATCH (p:Prompt) RETURN p.id AS id, p.prompt_group AS grp")
+    ok(at.button(key="cc_run").click().run())
+    assert any(m.value == "**15 rows**" for m in at.markdown)
+    assert at.dataframe[0].value.shape == (15, 2)
+    assert at.get("download_button")
+    for statement in ("CREATE (n)", "MATCH (p:Prompt) SET p.text = 'x' RETURN p", "MATCH (n) DETACH DELETE n"):
+        at.text_area(key="cc_text").input(statement)
+        ok(at.button(key="cc_run").click().run())
+        assert any(e.value.startswith("Refused: the console is read-only.") for e in at.error), statement
+    at.text_area(key="cc_text").input("MATCH (p:Prompt) RETURN count(p) AS n")
+    ok(at.button(key="cc_run").click().run())
+    assert int(at.dataframe[0].value["n"].iloc[0]) == 15  # nothing was written
+    ok(at.selectbox(key="cc_example").select("library: hubs").run())
+    assert "$min_prompts" in at.text_area(key="cc_text").value
+    ok(at.button(key="cc_run").click().run())
+    assert len(at.dataframe[0].value) > 0
+
+
+def test_intervene_without_engine_or_model_says_what_it_needs(store_url, monkeypatch):
+    monkeypatch.delenv("CIRCUIT_ATLAS_MODEL", raising=False)
+    monkeypatch.delenv("CIRCUIT_ATLAS_TRANSCODERS", raising=False)
+    at = ok(page("intervene").run())
+    assert any(i.value.startswith("Intervene needs the model and transcoders on this machine.") for i in at.info)
+
+
+def test_intervene_runs_on_a_tiny_model(store_url, planted):
+    pytest.importorskip("circuit_atlas.engine.interventions", reason="engine.interventions not in the tree yet")
+    models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
+    from circuit_atlas.engine.transcoders import random_transcoders
+
+    at = page("intervene")
+    at.session_state["intervene_lm"] = models.tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)
+    at.session_state["intervene_tc"] = random_transcoders(2, 32, 64, seed=0)
+    at.query_params["prompt"] = planted.gid("cap0")
+    ok(at.run())
+    at.text_input(key="iv_manual").input("0:2:3, 1:4:5")
+    at.selectbox(key="iv_mode").select("clamp")
+    ok(at.run())
+    at.number_input(key="iv_value_clamp").set_value(25.0)
+    ok(at.button(key="iv_run").click().run())
+    assert not at.error, [e.value for e in at.error]
+    before, after = at.dataframe[0].value, at.dataframe[1].value
+    assert list(before.columns[:4]) == ["token", "token_id", "prob", "logit"] and len(before) == 10
+    assert float(at.metric[0].value) > 0
+    assert not before["prob"].equals(after["prob"])
