@@ -75,8 +75,9 @@ def main() -> None:
             st.caption("No edge recurs in two or more prompts (or LINKS is not built).")
         else:
             edges = edges.sort_values(["prompts", "mean_abs_weight"], ascending=False)
-            st.dataframe(edges[["source_key", "target_key", "prompts", "mean_weight", "sign_consistency"]],
-                         hide_index=True)
+            shown, config = data.linkify(edges[["source_key", "target_key", "prompts", "mean_weight", "sign_consistency"]])
+            st.dataframe(shown, hide_index=True, column_config=config)
+            st.caption("Paths, motifs and more: the Circuit search page.")
 
     st.subheader("Graphs not to trust")
     st.caption("Error nodes carry much of the influence, or the replacement/completeness scores are low.")
