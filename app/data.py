@@ -23,9 +23,11 @@ from circuit_atlas.store import Store, StoreError, default_url, open_store
 EMPTY_HELP = (
     "Load some attribution graphs first:\n\n"
     "- `circuit-atlas demo` builds a demo model, transcoders and corpus and serves this app, or\n"
-    "- `circuit-atlas ingest CORPUS` attributes your prompts into the store "
-    "(`circuit-atlas import DIR` loads graph files you already have).\n\n"
-    "Then start the app again, or pick another store with `circuit-atlas app --store URL`."
+    "- `circuit-atlas ingest CORPUS --model M --transcoders T` attributes your prompts into the store, or\n"
+    "- `circuit-atlas import PATH` loads graphs you already have (graph directories, Neuronpedia JSON, "
+    "circuit-tracer .pt).\n\n"
+    "An embedded store cannot be written while this app reads it: stop the app, load, and start it again "
+    "(or pick another store with `circuit-atlas app --store URL`)."
 )
 
 

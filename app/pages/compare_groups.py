@@ -40,7 +40,7 @@ def main() -> None:
         return
     a = c2.selectbox("Side A", values, key=f"cg_a_{field}")
     rest = [v for v in values if v != a]
-    b_choice = c3.selectbox("Side B", [REST] + rest, index=1 if rest else 0, key=f"cg_b_{field}")
+    b_choice = c3.selectbox("Side B", [REST] + rest, key=f"cg_b_{field}")
     b = "" if b_choice == REST else b_choice
     c4, c5, c6 = st.columns(3)
     min_prompts = int(c4.number_input("Least prompts (both sides)", 1, 10_000, 2, key="cg_min"))
@@ -73,6 +73,8 @@ def main() -> None:
     st.plotly_chart(fig, key="cg_plot")
     left, right = st.columns(2)
     cols = ["kind", "source_key", "target_key", "label", "count_a", "count_b", "freq_a", "freq_b", "log_odds"]
+    if kind == "feature":
+        cols.remove("target_key")
     for col, side, title in ((left, "A", f"Enriched in A ({a})"), (right, "B", f"Enriched in B ({b_choice})")):
         part = ranked[ranked["side"] == side].sort_values("log_odds", ascending=(side == "B"))[cols]
         shown, config = data.linkify(part)
