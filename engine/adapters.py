@@ -42,6 +42,10 @@ class Adapter:
     mlp_out: Callable[[nn.Module], nn.Module]  # layer -> the module whose output joins the residual
     position_embed: Callable[[nn.Module], nn.Module | None] = lambda m: None
 
+    def __reduce__(self):
+        """Pickled by name (its parts are lambdas): worker processes get the same adapter."""
+        return (adapter_named, (self.name,))
+
     def unembed(self, model: nn.Module) -> Tensor:
         return model.get_output_embeddings().weight
 
@@ -100,6 +104,10 @@ ADAPTERS: dict[str, Adapter] = {
     "gemma3_text": _gemma_like("gemma3_text"),
     "gpt2": GPT2,
 }
+
+
+def adapter_named(name: str) -> Adapter:
+    return ADAPTERS[name]
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -185,54 +193,59 @@ def prepare_model(model: nn.Module, adapter: Adapter) -> None:
     every norm through a forward that obeys the current ``Freeze``. With no Freeze active the
     model computes exactly what it did before. The switch is a context variable, so other
     threads using the same model are not affected."""
+    _register_attention()
     if getattr(model, "_circuit_atlas_prepared", False):
         return
-    _register_attention()
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     for m in adapter.norm_modules(model):
-        m.forward = _switching_forward(m, adapter.norm)  # instance attribute shadows the class method
+        m.forward = _SwitchingForward(m, adapter.norm)  # instance attribute shadows the class method
     model._circuit_atlas_prepared = True
 
 
-def _switching_forward(module: nn.Module, kind: str) -> Callable[[Tensor], Tensor]:
-    plain = type(module).forward.__get__(module)
-    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+class _SwitchingForward:
+    """A norm's forward that obeys the current ``Freeze`` (a class, not a closure, so prepared
+    models still pickle for worker processes)."""
 
-    def scale_of(x: Tensor) -> Tensor:
+    def __init__(self, module: nn.Module, kind: str) -> None:
+        self.module = module
+        self.kind = kind
+        self.eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+
+    def scale_of(self, x: Tensor) -> Tensor:
         """1 / denominator, in float32, (..., 1)."""
         xf = x.float()
-        if kind == "layer":
+        if self.kind == "layer":
             xf = xf - xf.mean(-1, keepdim=True)
-        return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
 
-    def apply(x: Tensor, scale: Tensor) -> Tensor:
+    def apply(self, x: Tensor, scale: Tensor) -> Tensor:
         """The module's arithmetic with a given (constant) scale: linear in x."""
-        if kind == "layer":
+        m = self.module
+        if self.kind == "layer":
             out = ((x.float() - x.float().mean(-1, keepdim=True)) * scale).to(x.dtype)
-            if module.weight is not None:
-                out = out * module.weight
-            if module.bias is not None:
-                out = out + module.bias
+            if m.weight is not None:
+                out = out * m.weight
+            if m.bias is not None:
+                out = out + m.bias
             return out
-        if kind == "rms1p":
-            return ((x.float() * scale) * (1.0 + module.weight.float())).type_as(x)
-        return module.weight * (x.float() * scale).to(x.dtype)
+        if self.kind == "rms1p":
+            return ((x.float() * scale) * (1.0 + m.weight.float())).type_as(x)
+        return m.weight * (x.float() * scale).to(x.dtype)
 
-    def forward(x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         state = _STATE.get()
+        plain = type(self.module).forward
         if state is None:
-            return plain(x)
+            return plain(self.module, x)
         if state.mode == "replay":
-            scale = state.saved[id(module)]
-            return apply(x, scale.expand(*x.shape[:-1], 1))
-        scale = scale_of(x).detach()
+            scale = state.saved[id(self.module)]
+            return self.apply(x, scale.expand(*x.shape[:-1], 1))
+        scale = self.scale_of(x).detach()
         if state.mode == "record":
-            state.saved[id(module)] = scale
-        lin = apply(x, scale)
+            state.saved[id(self.module)] = scale
+        lin = self.apply(x, scale)
         # the module's own value, bit for bit, with the frozen map's gradient
-        return plain(x).detach() + (lin - lin.detach())
-
-    return forward
+        return plain(self.module, x).detach() + (lin - lin.detach())
 
 
 @contextlib.contextmanager
@@ -259,3 +272,9 @@ def replaying(record: Freeze) -> contextlib.AbstractContextManager[Freeze]:
     """Inside: prepared models use the recorded patterns and scales instead of computing them
     (one forward pass of the same length as the recorded one; any batch size if it was 1)."""
     return _active(Freeze("replay", record.saved))
+
+
+try:  # registered at import, so a model unpickled in a worker process finds its attention
+    _register_attention()
+except ImportError:  # transformers missing: loading any model will say so
+    pass

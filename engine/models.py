@@ -68,11 +68,14 @@ class LoadedModel:
         return 0
 
     def tokenize(self, prompt: str) -> list[int]:
-        """[BOS] + the prompt's tokens. Raises PromptError for an empty prompt."""
+        """[BOS] + the prompt's tokens. Raises PromptError for an empty prompt or one longer
+        than the model's context."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("empty prompt: nothing to attribute")
-        ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        return [self.bos_token_id, *ids]
+        ids = [self.bos_token_id, *self.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        if len(ids) > self.max_context:
+            raise PromptError(f"prompt has {len(ids)} tokens; the model's context is {self.max_context}")
+        return ids
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         """Each token as text (decoded alone), for labels and the graph files' ``tokens``."""
