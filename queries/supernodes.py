@@ -71,9 +71,9 @@ RETURN a.key AS source, b.key AS target, l.prompts AS prompts, l.mean_weight AS 
 """
 
 _LOGIT_EDGES = """
-MATCH (s:Active)-[e:EDGE]->(t:Logit)
+MATCH (s:Active)-[e:EDGE]->(t:Logit)-[:OF]->(k:Token)
 WHERE s.feature_key STARTS WITH $prefix
-RETURN s.feature_key AS source, t.token AS token, count(*) AS prompts, sum(e.weight) AS total_weight
+RETURN s.feature_key AS source, t.token_id AS token, k.text AS text, count(*) AS prompts, sum(e.weight) AS total_weight
 """
 
 _LOGIT_EFFECTS = """
@@ -275,7 +275,8 @@ def _top_logit_tokens(store: Store, scan: str) -> dict[str, list[str]]:
     df = store.read(_LOGIT_EDGES, {"prefix": f"{scan}:"})
     out: dict[str, list[str]] = {}
     for source, grp in df[df.total_weight > 0].sort_values("total_weight", ascending=False).groupby("source", sort=False):
-        out[source] = list(grp.token.astype(str).head(3))
+        names = grp.text.where(grp.text.notna(), grp.token.astype(str))
+        out[source] = list(names.astype(str).head(3))
     return out
 
 
