@@ -7,7 +7,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
