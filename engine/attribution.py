@@ -455,7 +455,8 @@ def attribute(
     )
     nodes = nodes[node_mask.numpy()].reset_index(drop=True)
 
-    custom = None if logit_targets is None else [int(t) for t in raw.logits.token_ids.tolist()]
+    logit_ids = [int(t) for t in raw.logits.token_ids.tolist()]
+    custom = None if logit_targets is None else logit_ids
     settings = {
         "node_threshold": float(node_threshold),
         "edge_threshold": float(edge_threshold),
@@ -476,6 +477,7 @@ def attribute(
         "model": lm.model_id,
         "scan": tc.scan,
         "n_layers": raw.n_layers,
+        "logit_tokens": dict(zip(map(str, logit_ids), lm.token_strings(logit_ids))),
         "settings": settings,
         "scores": {"replacement_score": replacement, "completeness_score": completeness},
         "prompt_props": dict(prompt_props or {}),
