@@ -158,7 +158,7 @@ def main() -> None:
     ivs = [Intervention(layer=l, pos=p, feature=f, mode=mode, value=float(value)) for l, p, f in triples]
     try:
         result = intervene(lm, tc, token_ids or str(prompt["text"]), ivs, freeze_attention=freeze,
-                           layer_range=tuple(layer_range) if layer_range else None, top_k=top_k)
+                           layer_range=(layer_range[0], layer_range[1] + 1) if layer_range else None, top_k=top_k)
     except Exception as exc:  # the engine's message says what was wrong with the request
         st.error(f"Intervention failed: {exc}")
         return
