@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "circuit_atlas.queries.cli",
     "circuit_atlas.queries.supernodes_cli",
     "circuit_atlas.app.cli",
+    "circuit_atlas.demo",
 )
 
 
