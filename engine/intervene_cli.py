@@ -1,4 +1,4 @@
-"""`circuit-atlas intervene` and `circuit-atlas validate-circuit` (see docs/interventions.md)."""
+"""`circuit-atlas intervene` and `circuit-atlas validate-circuit` (see README.md, "Interventions and circuit validation")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 This is the file circuit-tracer's ``create_graph_files`` writes and neuronpedia.org serves:
 ``metadata``, ``qParams`` (viewer state, incl. ``supernodes``), ``nodes`` and ``links``. See
-docs/formats.md for the field-by-field mapping. The quirks handled here:
+README.md ("Formats") for the field-by-field mapping. The quirks handled here:
 
 - a transcoder feature's ``feature`` field holds a Cantor pairing of (layer, index), so the
   index is read from ``node_id`` (``{layer}_{index}_{pos}``);

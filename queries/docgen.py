@@ -1,22 +1,29 @@
-"""Markdown reference of the query library, generated from the .cypher headers, so
-docs/queries.md never drifts from the files: ``python -m circuit_atlas.queries.docgen``."""
+"""Markdown reference of the query library, generated from the .cypher headers, so the README's
+query reference (between ``<!-- queries:start -->`` and ``<!-- queries:end -->``) never drifts
+from the files: ``python -m circuit_atlas.queries.docgen`` prints it, ``--write README.md``
+replaces that section in place; tests/queries/test_docs.py checks that the README is current."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 from circuit_atlas.queries.runner import column_docs, list_queries
+
+START = "<!-- queries:start -->"
+END = "<!-- queries:end -->"
 
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def reference_markdown() -> str:
+def reference_markdown(level: int = 4) -> str:
     """One section per query: description, LINKS dependence, notes, parameters, columns, examples."""
     out: list[str] = []
     for q in list_queries():
-        out.append(f"### `{q.name}`\n\n{q.description}\n")
+        out.append(f"{'#' * level} `{q.name}`\n\n{q.description}\n")
         if q.uses_links:
             out.append("*Depends on the derived LINKS layer being fresh (rebuilt after every ingest).*\n")
         if q.notes:
@@ -34,5 +41,24 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
+def readme_section(text: str) -> str:
+    """The text between the markers (stripped); ValueError when they are missing."""
+    if START not in text or END not in text:
+        raise ValueError(f"no {START} ... {END} section")
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def replace_section(text: str, reference: str) -> str:
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    return f"{head}{START}\n\n{reference.strip()}\n\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(reference_markdown())
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", type=Path, help="replace the marked section of this file (e.g. README.md)")
+    args = ap.parse_args()
+    if args.write:
+        args.write.write_text(replace_section(args.write.read_text(), reference_markdown()))
+    else:
+        print(reference_markdown())

@@ -5,7 +5,7 @@ hold YAML (name, description, params, columns, post, uses_links); the Cypher fol
 shared by all backends comes first; a line ``// @variant bolt`` (or ``// @variant embedded``)
 starts a replacement text for that backend only, used instead of the shared one there. A line
 ``// @part NAME`` starts another statement of the same query (each runs read-only; the ``post``
-function combines their frames). See docs/queries.md for the format.
+function combines their frames). See README.md, "Queries", for the format.
 
 Queries run through ``Store.read`` (read-only transactions that refuse writes), and user values
 reach Cypher only as parameters. Some statistics (medians, log-odds, weighted Jaccard) are

@@ -41,7 +41,7 @@ RELS = {
 
 
 def export_csv(store: Store, directory: str | Path) -> list[Path]:
-    """Write the CSV files; returns their paths (see docs/store.md for the import command)."""
+    """Write the CSV files; returns their paths (see README.md, "Store", for the import command)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
