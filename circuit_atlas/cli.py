@@ -58,7 +58,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CircuitAtlasError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Abort:
         raise SystemExit(130) from None

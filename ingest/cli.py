@@ -51,7 +51,7 @@ def ingest_command(
     max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", help="Visit at most this many features per prompt, most influential first (default: all)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Attribution targets per backward pass (more is faster, uses more memory)."),
     workers: int = typer.Option(1, "--workers", help="Attribution workers: 1 = in this process; N = N processes (local) or N Ray actors (ray; 0 = one per GPU)."),
-    backend: str = typer.Option("local", "--backend", help="local (this machine) or ray (a Ray cluster; pip install 'circuit-atlas[scale]')."),
+    backend: str = typer.Option("local", "--backend", help="local (this machine) or ray (a Ray cluster; pip install 'circuit-atlas\\[scale]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join ('auto' for the one started with `ray start`); default: a local Ray."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Read at most this many rows of the corpus."),
     tags: list[str] = typer.Option([], "--tags", help="Tags added to every prompt (repeat or comma-separate)."),
