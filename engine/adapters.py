@@ -106,6 +106,41 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+@contextlib.contextmanager
+def mlp_hooks(
+    model: nn.Module,
+    adapter: Adapter,
+    pre: Callable[[int, Tensor], None],
+    post: Callable[[int, Tensor], Tensor | None],
+) -> Iterator[None]:
+    """Inside: every layer calls ``pre(i, mlp_input)`` before its MLP and ``post(i, mlp_output)``
+    on what joins the residual stream; a tensor returned by ``post`` replaces that output.
+    Tensors are (B, T, d). The one place that knows how to hook a layer's MLP."""
+
+    def pre_hook(i: int):
+        return lambda module, args: pre(i, args[0])
+
+    def out_hook(i: int):
+        def hook(module, args, output):
+            true = output[0] if isinstance(output, tuple) else output
+            new = post(i, true)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    handles = []
+    try:
+        for i, layer in enumerate(adapter.layers(model)):
+            handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
+            handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def adapter_named(name: str) -> Adapter:
     return ADAPTERS[name]
 

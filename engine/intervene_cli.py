@@ -32,19 +32,11 @@ def parse_layers(text: Optional[str]) -> tuple[int, int] | None:
 
 
 def _load(model: Optional[str], transcoders: Optional[str], device: str, dtype: str):
-    import torch
-
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.models import load_model_and_transcoders
 
     if not model or not transcoders:
         raise typer.BadParameter("give --model and --transcoders (or set $CIRCUIT_ATLAS_MODEL and $CIRCUIT_ATLAS_TRANSCODERS)")
-    if dtype not in ("float32", "bfloat16"):
-        raise typer.BadParameter(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-    lm = load_model(model, dtype=dtype, device=device)
-    tc = load_transcoders(transcoders, device=device, dtype=getattr(torch, dtype))
-    tc.check_fits(lm.n_layers, lm.d_model, source=transcoders)
-    return lm, tc
+    return load_model_and_transcoders(model, transcoders, dtype=dtype, device=device)
 
 
 def _jsonable(v: Any) -> Any:

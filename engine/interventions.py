@@ -204,34 +204,14 @@ class CleanRun:
 def _hooked_pass(lm, ids: Tensor, pre, post) -> Tensor:
     """One forward pass of the real model with a pre-hook on each layer's MLP (``pre(i, x)``) and
     a hook on its output (``post(i, out) -> new out or None``); returns the logits (T, V)."""
-    model, adapter = lm.model, lm.adapter
+    from circuit_atlas.engine.adapters import mlp_hooks
 
-    def pre_hook(i: int):
-        def hook(module, args):
-            pre(i, args[0][0])
+    def post_one(i: int, output: Tensor) -> Tensor | None:
+        new = post(i, output[0])
+        return None if new is None else new.unsqueeze(0)
 
-        return hook
-
-    def out_hook(i: int):
-        def hook(module, args, output):
-            true = output[0] if isinstance(output, tuple) else output
-            new = post(i, true[0])
-            if new is None:
-                return None
-            new = new.unsqueeze(0)
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return hook
-
-    handles = []
-    for i, layer in enumerate(adapter.layers(model)):
-        handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
-        handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
-    try:
-        return model(input_ids=ids.unsqueeze(0), use_cache=False).logits[0]
-    finally:
-        for h in handles:
-            h.remove()
+    with mlp_hooks(lm.model, lm.adapter, lambda i, x: pre(i, x[0]), post_one):
+        return lm.model(input_ids=ids.unsqueeze(0), use_cache=False).logits[0]
 
 
 @torch.no_grad()

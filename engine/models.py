@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuit_atlas.engine.adapters import Adapter, UnsupportedModelError, adapter_for, prepare_model
+from circuit_atlas.engine.adapters import Adapter, UnsupportedModelError, adapter_for, mlp_hooks, prepare_model
 from circuit_atlas.errors import CircuitAtlasError
 
 __all__ = ["LoadedModel", "ModelLoadError", "PromptError", "UnsupportedModelError", "load_model", "tiny_model"]
@@ -97,43 +97,23 @@ class LoadedModel:
         one forward pass that stops after the last layer's MLP (no unembedding)."""
         ins: list[Tensor] = [None] * self.n_layers  # type: ignore[list-item]
         outs: list[Tensor] = [None] * self.n_layers  # type: ignore[list-item]
-        handles = []
-        layers = self.adapter.layers(self.model)
-        for i, layer in enumerate(layers):
-            handles.append(self.adapter.mlp(layer).register_forward_pre_hook(_store_input(ins, i)))
-            handles.append(self.adapter.mlp_out(layer).register_forward_hook(_store_output(outs, i)))
-        handles.append(layers[-1].register_forward_hook(_stop))
+
+        def keep(i: int, out: Tensor) -> None:
+            outs[i] = out
+            if i == self.n_layers - 1:
+                raise _Stop  # nothing after the last MLP is needed
+
+        base = self.model.base_model if hasattr(self.model, "base_model") else self.model
         try:
-            base = self.model.base_model if hasattr(self.model, "base_model") else self.model
-            base(input_ids=self._as_batch(input_ids), attention_mask=attention_mask, use_cache=False)
+            with mlp_hooks(self.model, self.adapter, ins.__setitem__, keep):
+                base(input_ids=self._as_batch(input_ids), attention_mask=attention_mask, use_cache=False)
         except _Stop:
             pass
-        finally:
-            for h in handles:
-                h.remove()
         return ins, outs
 
 
 class _Stop(Exception):
     pass
-
-
-def _stop(module, args, output):
-    raise _Stop
-
-
-def _store_input(store: list, i: int):
-    def hook(module, args):
-        store[i] = args[0]
-
-    return hook
-
-
-def _store_output(store: list, i: int):
-    def hook(module, args, output):
-        store[i] = output[0] if isinstance(output, tuple) else output
-
-    return hook
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -268,6 +248,19 @@ def load_model(ref: str = DEMO_MODEL, *, device: str | torch.device | None = Non
     if ref.count("/") == 1 and not ref.startswith((".", "/")):
         return _load_dir(ref, ref, dev, dt)
     raise ModelLoadError(f"no model at {ref!r}: give 'demo', a model directory, a .gguf file or a hub id (owner/name)")
+
+
+def load_model_and_transcoders(model: str, transcoders: str, *, dtype: str = "float32", device: str = "cpu"):
+    """(LoadedModel, TranscoderSet) that fit each other, as every command that runs both needs."""
+    from circuit_atlas.engine.transcoders import load_transcoders
+
+    dt = _dtype(dtype)
+    if dt not in (torch.float32, torch.bfloat16):
+        raise ModelLoadError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    lm = load_model(model, dtype=dt, device=device)
+    tc = load_transcoders(transcoders, device=device, dtype=dt)
+    tc.check_fits(lm.n_layers, lm.d_model, source=transcoders)
+    return lm, tc
 
 
 # ---- tiny random models for tests ---------------------------------------------------------

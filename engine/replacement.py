@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuit_atlas.engine.adapters import Freeze, frozen, recording, replaying
+from circuit_atlas.engine.adapters import Freeze, frozen, mlp_hooks, recording, replaying
 
 
 @dataclass
@@ -69,48 +69,34 @@ def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: b
     errors: list[Tensor] = [None] * n_layers  # type: ignore[list-item]
     tc_dtype = tc.dtype
 
-    def pre_hook(i: int):
-        def hook(module, args):
-            mlp_in[i] = args[0]
+    def pre(i: int, x: Tensor) -> None:
+        mlp_in[i] = x
 
-        return hook
+    def post(i: int, output: Tensor) -> Tensor:
+        true = output.detach()
+        x = mlp_in[i]
+        with torch.no_grad():
+            a = tc.encode(i, x[0].to(tc_dtype))
+            a[0] = 0
+            acts.append(a)
+            recon = tc.decode(acts, i).to(true.dtype)
+        skip = tc.skip(i, x.to(tc_dtype))
+        skip = None if skip is None else skip.to(true.dtype)
+        with torch.no_grad():
+            err = true[0] - recon - (skip[0].detach() if skip is not None else 0)
+            err[0] = 0
+            errors[i] = err
+        # value: exactly the true output; gradient: through the skip path only
+        if skip is None:
+            new = true.clone().requires_grad_(True)
+        else:
+            new = true + (skip - skip.detach())
+            new[:, 0] = true[:, 0]
+        mlp_out[i] = new
+        return new
 
-    def out_hook(i: int):
-        def hook(module, args, output):
-            true = (output[0] if isinstance(output, tuple) else output).detach()
-            x = mlp_in[i]
-            with torch.no_grad():
-                a = tc.encode(i, x[0].to(tc_dtype))
-                a[0] = 0
-                acts.append(a)
-                recon = tc.decode(acts, i).to(true.dtype)
-            skip = tc.skip(i, x.to(tc_dtype))
-            skip = None if skip is None else skip.to(true.dtype)
-            with torch.no_grad():
-                err = true[0] - recon - (skip[0].detach() if skip is not None else 0)
-                err[0] = 0
-                errors[i] = err
-            # value: exactly the true output; gradient: through the skip path only
-            if skip is None:
-                new = true.clone().requires_grad_(True)
-            else:
-                new = true + (skip - skip.detach())
-                new[:, 0] = true[:, 0]
-            mlp_out[i] = new
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return hook
-
-    handles = []
-    for i, layer in enumerate(adapter.layers(model)):
-        handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
-        handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
-    try:
-        with (recording() if record else frozen()) as state, torch.enable_grad():
-            logits = model(inputs_embeds=fed, use_cache=False).logits
-    finally:
-        for h in handles:
-            h.remove()
+    with mlp_hooks(model, adapter, pre, post), (recording() if record else frozen()) as state, torch.enable_grad():
+        logits = model(inputs_embeds=fed, use_cache=False).logits
     return ReplacementRun(
         input_ids=ids,
         embeddings=embeddings,
@@ -169,35 +155,18 @@ def frozen_forward(
     fed = (emb if pos_part is None else emb - pos_part).unsqueeze(0)
     mlp_in: list[Tensor] = [None] * lm.n_layers  # type: ignore[list-item]
 
-    def pre_hook(i: int):
-        def hook(module, args):
-            mlp_in[i] = args[0][0]
+    def pre(i: int, x: Tensor) -> None:
+        mlp_in[i] = x[0]
 
-        return hook
+    def post(i: int, output: Tensor) -> Tensor:
+        new = tc.decode(list(acts), i).to(output.dtype) + errs[i].to(output.dtype)
+        skip = tc.skip(i, mlp_in[i].to(tc.dtype))
+        if skip is not None:
+            new = new + skip.to(output.dtype)
+        new = new.clone()
+        new[0] = state.bos_out[i]
+        return new.unsqueeze(0)
 
-    def out_hook(i: int):
-        def hook(module, args, output):
-            true = output[0] if isinstance(output, tuple) else output
-            x = mlp_in[i]
-            new = tc.decode(list(acts), i).to(true.dtype) + errs[i].to(true.dtype)
-            skip = tc.skip(i, x.to(tc.dtype))
-            if skip is not None:
-                new = new + skip.to(true.dtype)
-            new = new.clone()
-            new[0] = state.bos_out[i]
-            new = new.unsqueeze(0)
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return hook
-
-    handles = []
-    for i, layer in enumerate(adapter.layers(model)):
-        handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
-        handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
-    try:
-        with replaying(state.record):
-            logits = model(inputs_embeds=fed, use_cache=False).logits[0]
-    finally:
-        for h in handles:
-            h.remove()
+    with mlp_hooks(model, adapter, pre, post), replaying(state.record):
+        logits = model(inputs_embeds=fed, use_cache=False).logits[0]
     return logits, mlp_in

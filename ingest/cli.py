@@ -15,17 +15,9 @@ TC_HELP = "Transcoders: a directory in circuit-tracer format, GemmaScope .npz, o
 
 
 def _load(model: str, transcoders: str, dtype: str, device: str):
-    import torch
+    from circuit_atlas.engine.models import load_model_and_transcoders
 
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
-
-    if dtype not in ("float32", "bfloat16"):
-        raise typer.BadParameter(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-    lm = load_model(model, dtype=dtype, device=device)
-    tc = load_transcoders(transcoders, device=device, dtype=getattr(torch, dtype))
-    tc.check_fits(lm.n_layers, lm.d_model, source=transcoders)
-    return lm, tc
+    return load_model_and_transcoders(model, transcoders, dtype=dtype, device=device)
 
 
 def _auto(device: str) -> str:
