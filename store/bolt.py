@@ -3,7 +3,10 @@
 One explicit transaction per prompt: global Feature/Token nodes are MERGEd, then ONE statement
 creates the Prompt, its nodes (collected into a list) and its edges by list position, which is
 ~3x faster than matching edge endpoints by id. A transaction is atomic, so a prompt is written
-whole or not at all, and a killed loader leaves nothing behind (the server rolls back).
+whole or not at all, and a killed loader leaves nothing behind (the server rolls back). Graph
+files are read with pyarrow and the next prompts' parameters are prepared in a thread while the
+server writes the current one. Concurrent transactions are not used: prompts share Feature and
+Token nodes, and concurrent MERGEs / OF edges on them conflict (duplicate keys, page conflicts).
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
-from circuit_atlas.engine.graph_files import GraphFile
 from circuit_atlas.store import dialect
 from circuit_atlas.store.base import SCHEMA_VERSION, ReadOnlyViolation, Store, StoreError, WriteReport
+from circuit_atlas.store.embedded import read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
               "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key"}
@@ -144,116 +150,74 @@ class BoltStore(Store):
 
     # -- bulk write ------------------------------------------------------------------------
     def write_graphs(self, graph_dirs: Iterable[str | os.PathLike], progress: bool = False) -> WriteReport:
+        """One transaction per prompt; while the server runs one prompt's transaction, a thread
+        reads and prepares the next graph (file reading, validation, parameter lists)."""
         if self.read_only:
             raise ReadOnlyViolation(f"{self.url}: store opened read-only")
         t0 = time.perf_counter()
         report = WriteReport()
         present = self.prompt_ids()
-        dirs = list(graph_dirs)
-        for d in tqdm(dirs, desc="loading graphs", unit="graph", disable=not progress):
-            g = GraphFile.load(d)
-            if g.graph_id in present:
-                report.skipped.append(g.graph_id)
+        todo: list[tuple[str | os.PathLike, dict]] = []
+        for d in graph_dirs:
+            meta = read_graph_meta(d)
+            if meta["graph_id"] in present:
+                report.skipped.append(meta["graph_id"])
                 continue
-            n_nodes, n_edges = self._write_one(g)
-            present.add(g.graph_id)
-            report.written.append(g.graph_id)
-            report.nodes += n_nodes
-            report.edges += n_edges
+            present.add(meta["graph_id"])  # a graph listed twice is written once
+            todo.append((d, meta))
+        bar = tqdm(total=len(todo) + len(report.skipped), initial=len(report.skipped), desc="loading graphs",
+                   unit="graph", disable=not progress)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bolt-prepare") as pool:
+            ahead = [pool.submit(_prepare, d, meta) for d, meta in todo[:PREFETCH]]
+            for i in range(len(todo)):
+                prepared = ahead.pop(0).result()
+                if i + PREFETCH < len(todo):
+                    ahead.append(pool.submit(_prepare, *todo[i + PREFETCH]))
+                self._write_one(prepared)
+                report.written.append(prepared.graph_id)
+                report.nodes += prepared.n_nodes
+                report.edges += prepared.n_edges
+                bar.update(1)
+            for f in ahead:
+                f.cancel()
+        bar.close()
         if report.written:
             self._touch()
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _load_nodes_edges(self, tx, g: GraphFile) -> tuple[int, int]:
-        """Everything of one prompt inside transaction `tx`."""
-        m = g.meta
-        pid = g.graph_id
-        props = m.get("prompt_props") or {}
-        settings = m.get("settings") or {}
-        scores = m.get("scores") or {}
-        tokens = list(m.get("tokens") or [])
-        logit_tokens = m.get("logit_tokens") or {}
-        nodes = g.nodes_table().to_pandas()
-        edges = g.edges_table().to_pandas()
-        model, scan = m.get("model"), m.get("scan")
-        groups: dict[str, list[dict]] = {t: [] for t in PER_PROMPT}
-        order: dict[str, int] = {}
-        feats: dict[str, dict] = {}
-        toks: dict[str, dict] = {}
-        recs = nodes.to_dict("records")
-        by_type = {"feature": "Active", "embedding": "Embedding", "error": "Error", "logit": "Logit"}
-        for r in recs:
-            groups[by_type[r["type"]]].append(r)
-        ordered = [r for t in PER_PROMPT for r in groups[t]]
-        for i, r in enumerate(ordered):
-            order[r["node_id"]] = i
-        rows: dict[str, list[dict]] = {t: [] for t in PER_PROMPT}
-        for r in groups["Active"]:
-            key = f"{scan}:{int(r['layer'])}:{int(r['feature'])}"
-            feats.setdefault(key, {"key": key, "scan": scan, "layer": int(r["layer"]), "index": int(r["feature"]),
-                                   "label": _nn(r["label"])})
-            rows["Active"].append({"p": {"id": f"{pid}/{r['node_id']}", "prompt_id": pid, "node_id": r["node_id"],
-                                         "layer": int(r["layer"]), "pos": int(r["pos"]), "index": int(r["feature"]),
-                                         "feature_key": key, "activation": _nn(r["activation"]), "influence": _nn(r["influence"])},
-                                   "k": key})
-        for typ in ("Embedding", "Logit"):
-            for r in groups[typ]:
-                tid = int(r["token_id"])
-                pos = int(r["pos"])
-                text = (tokens[pos] if 0 <= pos < len(tokens) else None) if typ == "Embedding" else logit_tokens.get(str(tid))
-                key = f"{model}:{tid}"
-                if key not in toks or toks[key]["text"] is None:
-                    toks[key] = {"key": key, "model": model, "token_id": tid, "text": text}
-                p = {"id": f"{pid}/{r['node_id']}", "prompt_id": pid, "node_id": r["node_id"], "pos": pos,
-                     "token_id": tid, "token": text}
-                if typ == "Logit":
-                    p["prob"] = _nn(r["prob"])
-                rows[typ].append({"p": p, "k": key})
-        for r in groups["Error"]:
-            rows["Error"].append({"p": {"id": f"{pid}/{r['node_id']}", "prompt_id": pid, "node_id": r["node_id"],
-                                        "layer": int(r["layer"]), "pos": int(r["pos"]), "influence": _nn(r["influence"])}})
-        if feats:
+    def _load_nodes_edges(self, tx, g: "PreparedGraph") -> tuple[int, int]:
+        """Everything of one prompt inside transaction `tx`: MERGE its features and tokens, then ONE
+        statement creates the Prompt, its nodes (collected into a list) and its edges by list
+        position (three flat parameter lists: source position, target position, weight)."""
+        if g.feats:
             tx.run("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) "
                    "ON CREATE SET f.scan = r.scan, f.layer = r.layer, f.`index` = r.`index` "
-                   "SET f.label = coalesce(f.label, r.label)", rows=list(feats.values())).consume()
-        if toks:
+                   "SET f.label = coalesce(f.label, r.label)", rows=g.feats).consume()
+        if g.toks:
             tx.run("UNWIND $rows AS r MERGE (t:Token {key: r.key}) "
                    "ON CREATE SET t.model = r.model, t.token_id = r.token_id "
-                   "SET t.text = coalesce(t.text, r.text)", rows=list(toks.values())).consume()
-        prompt = {
-            "id": pid, "text": m.get("prompt"), "tokens": tokens, "token_ids": [int(t) for t in m.get("token_ids") or []],
-            "model": model, "scan": scan, "node_threshold": settings.get("node_threshold"),
-            "edge_threshold": settings.get("edge_threshold"), "replacement_score": scores.get("replacement_score"),
-            "completeness_score": scores.get("completeness_score"), "corpus": props.get("corpus"),
-            "tags": [str(t) for t in props.get("tags") or []], dialect.GROUP_PROPERTY: _s(props.get("group")),
-            "expected": _s(props.get("expected")), "correct": props.get("correct"), "top_token": _s(props.get("top_token")),
-            "external_id": _s(props.get("external_id")), "n_nodes": len(nodes), "n_edges": len(edges),
-            "settings": json.dumps(settings, default=str), "created_at": _s(m.get("created_at")), "complete": True,
-        }
+                   "SET t.text = coalesce(t.text, r.text)", rows=g.toks).consume()
         parts = ["CREATE (p:Prompt) SET p = $prompt WITH p, [] AS nodes"]
-        params: dict[str, Any] = {"prompt": {k: v for k, v in prompt.items() if v is not None}}
+        params: dict[str, Any] = {"prompt": g.prompt}
         for i, t in enumerate(PER_PROMPT):
-            if not rows[t]:
+            if not g.rows[t]:
                 continue
-            params[f"g{i}"] = rows[t]
+            params[f"g{i}"] = g.rows[t]
             of = {"Active": "MATCH (o:Feature {key: r.k}) ", "Embedding": "MATCH (o:Token {key: r.k}) ",
                   "Logit": "MATCH (o:Token {key: r.k}) ", "Error": ""}[t]
             link = "CREATE (n)-[:OF]->(o) " if of else ""
             parts.append(f"UNWIND $g{i} AS r {of}CREATE (p)-[:HAS]->(n:{t}) SET n = r.p {link}"
                          f"WITH p, nodes, collect(n) AS c WITH p, nodes + c AS nodes")
-        if len(edges):
-            src = edges["source"].map(order).to_numpy()
-            dst = edges["target"].map(order).to_numpy()
-            w = edges["weight"].astype(np.float64).to_numpy()
-            params["edges"] = [[int(a), int(b), float(c)] for a, b, c in zip(src, dst, w)]
-            parts.append("UNWIND $edges AS e WITH nodes[e[0]] AS s, nodes[e[1]] AS t, e[2] AS w "
+        if g.n_edges:
+            params.update(es=g.src, et=g.dst, ew=g.weight)
+            parts.append("UNWIND range(0, size($es) - 1) AS i WITH nodes[$es[i]] AS s, nodes[$et[i]] AS t, $ew[i] AS w "
                          "CREATE (s)-[:EDGE {weight: w}]->(t)")
         parts.append("RETURN count(*) AS c")
         tx.run(" ".join(parts), params).consume()
-        return len(nodes), len(edges)
+        return g.n_nodes, g.n_edges
 
-    def _write_one(self, g: GraphFile) -> tuple[int, int]:
+    def _write_one(self, g: "PreparedGraph") -> tuple[int, int]:
         from neo4j import exceptions as nex
 
         try:
@@ -315,6 +279,94 @@ class BoltStore(Store):
         self._run(f"MATCH (s:Supernode) WHERE {where} DETACH DELETE s", params)
         self._touch()
         return int(n)
+
+
+PREFETCH = 2  # graphs read and prepared ahead of the one being written
+
+
+@dataclass
+class PreparedGraph:
+    """The statement parameters of one graph (built off the writing thread)."""
+
+    graph_id: str
+    prompt: dict[str, Any]
+    feats: list[dict]
+    toks: list[dict]
+    rows: dict[str, list[dict]]
+    src: list[int]
+    dst: list[int]
+    weight: list[float]
+    n_nodes: int
+    n_edges: int
+
+
+def _prepare(directory: str | os.PathLike, meta: dict[str, Any]) -> PreparedGraph:
+    """Read one graph directory (pyarrow, validated) into the parameters of `_load_nodes_edges`.
+    Nodes are listed grouped by table in PER_PROMPT order; an edge names its endpoints by their
+    position in that list."""
+    g = read_graph_dir(directory, meta)
+    m, pid = g.meta, g.graph_id
+    props = m.get("prompt_props") or {}
+    settings = m.get("settings") or {}
+    scores = m.get("scores") or {}
+    tokens = list(m.get("tokens") or [])
+    logit_tokens = m.get("logit_tokens") or {}
+    model, scan = m.get("model"), m.get("scan")
+    code = g.nodes.column("code").to_numpy()
+    order = np.argsort(code, kind="stable")  # node rows grouped by table, file order within a table
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    cols = {c: g.nodes.column(c).to_pylist() for c in
+            ("node_id", "layer", "pos", "feature", "token_id", "activation", "influence", "prob", "label")}
+    rows: dict[str, list[dict]] = {t: [] for t in PER_PROMPT}
+    feats: dict[str, dict] = {}
+    toks: dict[str, dict] = {}
+    for r in order.tolist():
+        table = PER_PROMPT[code[r]]
+        nid, pos = cols["node_id"][r], cols["pos"][r]
+        if table == "Active":
+            layer, index = cols["layer"][r], cols["feature"][r]
+            key = f"{scan}:{layer}:{index}"
+            if key not in feats:
+                feats[key] = {"key": key, "scan": scan, "layer": layer, "index": index, "label": cols["label"][r]}
+            rows[table].append({"p": _props({"id": f"{pid}/{nid}", "prompt_id": pid, "node_id": nid, "layer": layer,
+                                             "pos": pos, "index": index, "feature_key": key,
+                                             "activation": cols["activation"][r], "influence": cols["influence"][r]}),
+                                "k": key})
+        elif table == "Error":
+            rows[table].append({"p": _props({"id": f"{pid}/{nid}", "prompt_id": pid, "node_id": nid,
+                                             "layer": cols["layer"][r], "pos": pos, "influence": cols["influence"][r]})})
+        else:
+            tid = cols["token_id"][r]
+            text = (tokens[pos] if 0 <= pos < len(tokens) else None) if table == "Embedding" else logit_tokens.get(str(tid))
+            key = f"{model}:{tid}"
+            if key not in toks or toks[key]["text"] is None:
+                toks[key] = {"key": key, "model": model, "token_id": tid, "text": text}
+            p = {"id": f"{pid}/{nid}", "prompt_id": pid, "node_id": nid, "pos": pos, "token_id": tid, "token": text}
+            if table == "Logit":
+                p["prob"] = cols["prob"][r]
+            rows[table].append({"p": _props(p), "k": key})
+    n_nodes, n_edges = g.nodes.num_rows, g.edges.num_rows
+    prompt = {
+        "id": pid, "text": m.get("prompt"), "tokens": tokens, "token_ids": [int(t) for t in m.get("token_ids") or []],
+        "model": model, "scan": scan, "node_threshold": settings.get("node_threshold"),
+        "edge_threshold": settings.get("edge_threshold"), "replacement_score": scores.get("replacement_score"),
+        "completeness_score": scores.get("completeness_score"), "corpus": props.get("corpus"),
+        "tags": [str(t) for t in props.get("tags") or []], dialect.GROUP_PROPERTY: _s(props.get("group")),
+        "expected": _s(props.get("expected")), "correct": props.get("correct"), "top_token": _s(props.get("top_token")),
+        "external_id": _s(props.get("external_id")), "n_nodes": n_nodes, "n_edges": n_edges,
+        "settings": json.dumps(settings, default=str), "created_at": _s(m.get("created_at")), "complete": True,
+    }
+    src = position[g.src_row.to_numpy(zero_copy_only=False)].tolist() if n_edges else []
+    dst = position[g.dst_row.to_numpy(zero_copy_only=False)].tolist() if n_edges else []
+    weight = g.edges.column("weight").cast(pa.float64()).to_pylist() if n_edges else []
+    return PreparedGraph(pid, _props(prompt), list(feats.values()), list(toks.values()), rows, src, dst, weight,
+                         n_nodes, n_edges)
+
+
+def _props(d: dict[str, Any]) -> dict[str, Any]:
+    """A property map without nulls (SET n = map stores no null properties anyway)."""
+    return {k: v for k, v in d.items() if v is not None}
 
 
 def _nn(v: Any) -> Any:
