@@ -82,14 +82,8 @@ def bench_store(store, prompt_id: str, repeats: int, label: str) -> dict[str, An
 
 
 def _open_embedded(path: Path, dirs: list[Path]):
-    try:
-        from circuit_atlas.store import open_store
-    except ImportError:  # store/ not landed: the tests' LadybugDB loader with the same schema
-        from mini_store import MiniStore
+    from circuit_atlas.store import open_store
 
-        store = MiniStore(path)
-        store.load(dirs)
-        return store, "mini_store"
     store = open_store(f"embedded:{path}")
     store.init_schema()
     store.write_graphs(dirs, progress=True)
@@ -100,16 +94,8 @@ def _open_embedded(path: Path, dirs: list[Path]):
 @contextlib.contextmanager
 def _bolt_store(root: Path, dirs: list[Path]):
     """The ArcadeDB Bolt test server loaded with ``dirs``: (store, loader, load seconds)."""
-    try:
-        from circuit_atlas.store import arcadedb_server, open_store
-    except ImportError:  # store/ not landed: the tests' ArcadeDB loader with the same schema
-        from mini_bolt import arcadedb_store
+    from circuit_atlas.store import arcadedb_server, open_store
 
-        with arcadedb_store(root) as store:
-            t0 = time.perf_counter()
-            store.load(dirs)
-            yield store, "mini_bolt", time.perf_counter() - t0
-        return
     with arcadedb_server.arcadedb_server() as server:
         os.environ.update(NEO4J_USER=server.user, NEO4J_PASSWORD=server.password, NEO4J_DATABASE=server.default_database)
         with open_store(server.url) as store:

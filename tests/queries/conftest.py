@@ -17,14 +17,6 @@ def planted(tmp_path_factory):
     return planted_mod.build_corpus(tmp_path_factory.mktemp("planted") / "graphs")
 
 
-def _real_store_available() -> bool:
-    try:
-        from circuit_atlas.store import open_store  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _load(store, planted) -> None:
     store.init_schema()
     store.write_graphs(planted.graph_dirs)
@@ -34,31 +26,18 @@ def _load(store, planted) -> None:
 @pytest.fixture(scope="session")
 def embedded_store(planted, tmp_path_factory):
     path = tmp_path_factory.mktemp("embedded") / "db"
-    if _real_store_available():
-        from circuit_atlas.store import open_store
+    from circuit_atlas.store import open_store
 
-        store = open_store(f"embedded:{path}")
-        _load(store, planted)
-    else:  # store/ has not landed yet: a real LadybugDB with the same schema
-        from mini_store import MiniStore
-
-        store = MiniStore(path)
-        store.load(planted.graph_dirs)
+    store = open_store(f"embedded:{path}")
+    _load(store, planted)
     yield store
     store.close()
 
 
 @pytest.fixture(scope="session")
 def bolt_store(planted, tmp_path_factory):
-    try:
-        from circuit_atlas.store import arcadedb_server, open_store
-    except ImportError:  # store/ has not landed yet: a real ArcadeDB Bolt server, same schema
-        from mini_bolt import arcadedb_store
+    from circuit_atlas.store import arcadedb_server, open_store
 
-        with arcadedb_store(tmp_path_factory.mktemp("arcadedb")) as store:
-            store.load(planted.graph_dirs)
-            yield store
-        return
     with arcadedb_server.arcadedb_server() as server:
         mp = pytest.MonkeyPatch()
         mp.setenv("NEO4J_USER", server.user)
