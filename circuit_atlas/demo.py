@@ -90,6 +90,11 @@ def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store
         with stage(3, total, f"attribute and ingest the demo corpus ({corpus.name})"):
             report = ingest_corpus(corpus, lm, tc, store, graphs_dir=root / "graphs", progress=True)
             summary["ingest"] = {k: getattr(report, k) for k in ("succeeded", "skipped", "failed") if hasattr(report, k)}
+            if report.succeeded + report.skipped == 0:
+                from circuit_atlas.errors import CircuitAtlasError
+
+                raise CircuitAtlasError(f"no prompt of the demo corpus could be attributed; the reasons are in "
+                                        f"{report.failures_path}")
         done_marker = root / "derived.done"
         if report.succeeded == 0 and done_marker.exists():
             console.print("4/6 derived layer, feature contexts, supernodes: up to date (nothing new ingested)")
