@@ -93,11 +93,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where to write graphs and the store (default: a temp dir)")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     paths = write_synthetic_corpus(work / "graphs", a.prompts, progress=True, n_nodes=a.nodes, n_edges=a.edges,
                                    n_features_vocab=a.features_vocab, n_layers=12, n_pos=24)
     print(f"corpus: {a.prompts} graphs x {a.nodes} nodes x ~{a.edges} edges written in {time.perf_counter() - t:.1f}s", flush=True)
-    result: dict = {"prompts": a.prompts, "nodes_per_prompt": a.nodes, "edges_per_prompt": a.edges}
+    result: dict = {"prompts": a.prompts, "nodes_per_prompt": a.nodes, "edges_per_prompt": a.edges,
+                    "cpu_count": os.cpu_count(), "load_before": load_before}
     emb = bench_backend("embedded", f"embedded:{work / 'store'}", paths, a.naive_edges, a.reps)
     result.update({f"embedded_{k}": v for k, v in emb.items()})
     if not a.skip_bolt:
@@ -107,6 +109,9 @@ def main() -> None:
             os.environ.update(NEO4J_USER=srv.user, NEO4J_PASSWORD=srv.password, NEO4J_DATABASE=srv.default_database)
             bolt = bench_backend("bolt (ArcadeDB)", srv.url, paths[: a.bolt_prompts or a.prompts], a.naive_edges, a.reps)
         result.update({f"bolt_{k}": v for k, v in bolt.items()})
+    result["load_after"] = os.getloadavg()[0]
+    print(f"load average (1 min) before/after: {result['load_before']:.2f} / {result['load_after']:.2f} "
+          f"on {os.cpu_count()} cores", flush=True)
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))
 
 
