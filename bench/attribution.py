@@ -34,8 +34,8 @@ PROMPT = "The capital of the state containing Dallas is Austin, and the capital 
 SIZES = {
     # name: model config, transcoder width, batch size, max_feature_nodes
     "tiny": dict(n_layers=2, d_model=64, vocab_size=300, heads=4, kv_heads=2, d_mlp=128, d_tc=128, batch=64, max_feat=None),
-    "mid": dict(n_layers=6, d_model=256, vocab_size=2000, heads=8, kv_heads=4, d_mlp=768, d_tc=512, batch=64, max_feat=None),
-    "demo": dict(d_tc=1024, batch=64, max_feat=2048),
+    "mid": dict(n_layers=6, d_model=256, vocab_size=2000, heads=8, kv_heads=4, d_mlp=768, d_tc=512, batch=64, max_feat=2048),
+    "demo": dict(d_tc=1024, batch=64, max_feat=1024),
 }
 
 

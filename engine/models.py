@@ -284,8 +284,9 @@ def tiny_tokenizer(vocab_size: int):
 
 
 def tiny_model(arch: str = "llama", *, n_layers: int = 2, d_model: int = 32, vocab_size: int = 97, seed: int = 0,
-               max_context: int = 128) -> LoadedModel:
-    """A randomly initialised model of a real transformers architecture with a char tokenizer."""
+               max_context: int = 128, **config: Any) -> LoadedModel:
+    """A randomly initialised model of a real transformers architecture with a char tokenizer.
+    ``config`` overrides config fields (e.g. num_attention_heads, intermediate_size)."""
     from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config,
                               GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                               Qwen3Config, Qwen3ForCausalLM)
@@ -295,6 +296,7 @@ def tiny_model(arch: str = "llama", *, n_layers: int = 2, d_model: int = 32, voc
     common = dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
                   num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=max_context,
                   bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
+    common.update(config)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
@@ -311,7 +313,7 @@ def tiny_model(arch: str = "llama", *, n_layers: int = 2, d_model: int = 32, voc
     elif arch == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=d_model, n_layer=n_layers, n_head=heads,
                                            n_positions=max_context, bos_token_id=0, eos_token_id=1,
-                                           tie_word_embeddings=False))
+                                           tie_word_embeddings=False, **config))
     else:
         raise UnsupportedModelError(f"no tiny model for {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
     model = model.float()
