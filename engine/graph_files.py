@@ -155,13 +155,7 @@ class GraphFile:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "GraphFile":
         path = Path(directory)
-        for name in ("meta.json", "nodes.parquet", "edges.parquet"):
-            if not (path / name).is_file():
-                raise GraphFileError(f"{path}: missing {name} (not a circuit-atlas graph directory)")
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GraphFileError(f"{path / 'meta.json'}: not valid JSON ({exc})") from exc
+        meta = read_meta(path)
         try:
             nodes = pq.read_table(path / "nodes.parquet").to_pandas()
             edges = pq.read_table(path / "edges.parquet").to_pandas()
@@ -193,3 +187,15 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"cannot write {type(obj).__name__} to meta.json")
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """meta.json of a graph directory, after checking the directory has all three files."""
+    path = Path(directory)
+    for name in ("meta.json", "nodes.parquet", "edges.parquet"):
+        if not (path / name).is_file():
+            raise GraphFileError(f"{path}: missing {name} (not a circuit-atlas graph directory)")
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GraphFileError(f"{path / 'meta.json'}: not valid JSON ({exc})") from exc

@@ -437,14 +437,9 @@ class LoadedGraph:
 
 def read_graph_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """meta.json of a graph directory (enough to know whether the graph is already stored)."""
-    path = Path(directory)
-    for name in ("meta.json", "nodes.parquet", "edges.parquet"):
-        if not (path / name).is_file():
-            raise GraphFileError(f"{path}: missing {name} (not a circuit-atlas graph directory)")
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GraphFileError(f"{path / 'meta.json'}: not valid JSON ({exc})") from exc
+    from circuit_atlas.engine.graph_files import read_meta
+
+    meta = read_meta(directory)
     for key in ("graph_id", "prompt", "tokens", "token_ids", "model", "scan", "n_layers"):
         if key not in meta:
             raise GraphFileError(f"meta.json lacks '{key}'")
@@ -549,7 +544,6 @@ def _prepare_batch(graphs: list[LoadedGraph]) -> tuple[dict[str, pa.Table], list
                 sub = sub.append_column("token_key", pa.array(keys, pa.string()))
             parts[table].append(sub)
         if g.edges.num_rows:
-            node_ids = g.nodes.column("node_id")
             e_from.append(pc.binary_join_element_wise(pid, g.edges.column("source"), "/"))
             e_to.append(pc.binary_join_element_wise(pid, g.edges.column("target"), "/"))
             e_w.append(g.edges.column("weight"))
