@@ -5,6 +5,9 @@
 //   Starts from the derived LINKS layer (pairs already seen in >= min_prompts prompts) and then
 //   reads the per-prompt EDGEs of those pairs, so it needs LINKS to be fresh: run
 //   `circuit-atlas rebuild-links` (store) after ingesting, or pairs added since are missed.
+//   With min_weight 0 a pair's prompt count is its LINKS count, so only the pairs that can make
+//   the top `limit` are expanded (LINKS prompts >= the limit-th largest, found first): exact,
+//   and fast on dense real graphs.
 // params:
 //   min_prompts: {type: int, default: 2, help: "least number of prompts an edge must appear in"}
 //   min_weight: {type: float, default: 0.0, help: "least |weight| of an edge instance to count"}
@@ -25,8 +28,13 @@
 // post: recurring_edges
 // examples:
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
+// @part let_cutoff
+MATCH (f0:Feature)-[l0:LINKS]->(:Feature)
+WHERE l0.prompts >= $min_prompts AND ($scan = '' OR f0.scan = $scan)
+RETURN l0.prompts AS cutoff ORDER BY cutoff DESC LIMIT $limit
+// @part main
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE l.prompts >= $min_prompts
+WHERE l.prompts >= $min_prompts AND ($min_weight > 0 OR l.prompts >= $cutoff)
 WITH fa, fb.key AS kb, fb.label AS lb
 WHERE $scan = '' OR fa.scan = $scan
 MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)

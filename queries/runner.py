@@ -5,7 +5,8 @@ hold YAML (name, description, params, columns, post, uses_links); the Cypher fol
 shared by all backends comes first; a line ``// @variant bolt`` (or ``// @variant embedded``)
 starts a replacement text for that backend only, used instead of the shared one there. A line
 ``// @part NAME`` starts another statement of the same query (each runs read-only; the ``post``
-function combines their frames). See README.md, "Queries", for the format.
+function combines their frames). Parts named ``let_*`` run first and their last row's columns
+become parameters of the other parts. See README.md, "Queries", for the format.
 
 Queries run through ``Store.read`` (read-only transactions that refuse writes), and user values
 reach Cypher only as parameters. Some statistics (medians, log-odds, weighted Jaccard) are
@@ -282,9 +283,25 @@ def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) ->
     values = query.validate(params)
     backend = backend_of(store)
     frames = {}
-    for part in query.parts:
+    # parts named let_* run first; their last row's columns become parameters of the others
+    # (a value computed in its own statement, e.g. a cut-off from ORDER BY ... LIMIT); a let_
+    # part with no rows means the query has none
+    order = sorted(query.parts, key=lambda p: not p.startswith("let_"))
+    empty = False
+    for part in order:
+        if empty:
+            frames[part] = pd.DataFrame()
+            continue
         frame = store.read(query.cypher_for(backend, part), values)
-        frames[part] = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+        frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+        if part.startswith("let_"):
+            if frame.empty:
+                empty = True
+            else:
+                last = frame.iloc[-1]
+                values = {**values, **{k: (v.item() if hasattr(v, "item") else v) for k, v in last.items()}}
+            continue
+        frames[part] = frame
     if query.post:
         from circuit_atlas.queries import post
 

@@ -66,7 +66,13 @@ def test_recurring_edges(store, planted):
     extra = two[~two.apply(lambda r: (r.source_key, r.target_key) in expected, axis=1)]
     pair = planted.ids(["cap0", "cap0dup"])
     assert all(set(ids) == pair for ids in extra["prompt_ids"])
-    assert run_query(store, "recurring_edges", {"min_prompts": MIN, "limit": 2}).shape[0] == 2
+    # a small limit expands only the top pairs (LINKS cut-off): the same rows as the head of the full result
+    full = run_query(store, "recurring_edges", {"min_prompts": MIN, "limit": 10_000})
+    top2 = run_query(store, "recurring_edges", {"min_prompts": MIN, "limit": 2})
+    assert top2[["source_key", "target_key", "prompts"]].values.tolist() == full.head(2)[["source_key", "target_key", "prompts"]].values.tolist()
+    # no pair reaches min_prompts: the cut-off part is empty and so is the result, with every column
+    none = run_query(store, "recurring_edges", {"min_prompts": 10_000})
+    assert none.empty and "prompt_ids" in none.columns
 
 
 def test_recurring_paths(store, planted):
