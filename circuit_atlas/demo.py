@@ -20,6 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.paths import home
+
 console = Console()
 
 DEMO_MAX_FEATURE_NODES = 1024
@@ -30,10 +33,6 @@ EXAMPLE_QUERIES = (
     "circuit-atlas query contrastive --param a=capital --param b=antonym",
     "circuit-atlas app",
 )
-
-
-def home() -> Path:
-    return Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
 
 
 def demo_corpus_path() -> Path:
@@ -96,8 +95,6 @@ def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store
                                    max_feature_nodes=DEMO_MAX_FEATURE_NODES)
             summary["ingest"] = {k: getattr(report, k) for k in ("succeeded", "skipped", "failed") if hasattr(report, k)}
             if report.succeeded + report.skipped == 0:
-                from circuit_atlas.errors import CircuitAtlasError
-
                 raise CircuitAtlasError(f"no prompt of the demo corpus could be attributed; the reasons are in "
                                         f"{report.failures_path}")
         done_marker = root / "derived.done"

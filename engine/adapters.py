@@ -2,7 +2,7 @@
 
 The engine needs, for every decoder layer, the MLP input (after the pre-MLP norm) and the MLP
 output *as added to the residual stream* (for Gemma 2/3 that is after the post-feedforward norm,
-as in GemmaScope and circuit-tracer), the input embedding, the final norm and the unembedding,
+as in GemmaScope and circuit-tracer), the input embedding, the unembedding and logit soft-cap,
 and the normalisation modules on the residual path, whose denominators the local replacement
 model freezes. Attention patterns are frozen through ``frozen_attention`` below, which every
 supported architecture reaches through transformers' attention interface.
@@ -37,7 +37,6 @@ class Adapter:
     norm: str
     layers: Callable[[nn.Module], nn.ModuleList]
     embed: Callable[[nn.Module], nn.Module]
-    final_norm: Callable[[nn.Module], nn.Module]
     mlp: Callable[[nn.Module], nn.Module]  # layer -> the module whose input is the MLP input
     mlp_out: Callable[[nn.Module], nn.Module]  # layer -> the module whose output joins the residual
     position_embed: Callable[[nn.Module], nn.Module | None] = lambda m: None
@@ -50,7 +49,9 @@ class Adapter:
         return model.get_output_embeddings().weight
 
     def logit_softcap(self, model: nn.Module) -> float | None:
-        return getattr(model.config, "final_logit_softcapping", None) or None
+        """Gemma 2's final-logit soft-cap (logits = cap * tanh(z / cap)), or None."""
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None
 
     def norm_modules(self, model: nn.Module) -> list[nn.Module]:
         """Every normalisation module in the model; freezing the ones inside attention (q/k
@@ -59,27 +60,16 @@ class Adapter:
         return [m for m in model.modules() if isinstance(m, kinds) or type(m).__name__.endswith("RMSNorm")]
 
 
-def _llama_like(name: str, norm: str = "rms") -> Adapter:
+def _decoder(name: str, norm: str = "rms", post_mlp_norm: bool = False) -> Adapter:
+    """The HF decoder layout (model.layers, embed_tokens, norm); Gemma 2/3 add a norm after the
+    MLP, and what joins the residual is that norm's output."""
     return Adapter(
         name=name,
         norm=norm,
         layers=lambda m: m.model.layers,
         embed=lambda m: m.model.embed_tokens,
-        final_norm=lambda m: m.model.norm,
         mlp=lambda layer: layer.mlp,
-        mlp_out=lambda layer: layer.mlp,
-    )
-
-
-def _gemma_like(name: str) -> Adapter:
-    return Adapter(
-        name=name,
-        norm="rms1p",
-        layers=lambda m: m.model.layers,
-        embed=lambda m: m.model.embed_tokens,
-        final_norm=lambda m: m.model.norm,
-        mlp=lambda layer: layer.mlp,
-        mlp_out=lambda layer: layer.post_feedforward_layernorm,
+        mlp_out=(lambda layer: layer.post_feedforward_layernorm) if post_mlp_norm else (lambda layer: layer.mlp),
     )
 
 
@@ -88,20 +78,19 @@ GPT2 = Adapter(
     norm="layer",
     layers=lambda m: m.transformer.h,
     embed=lambda m: m.transformer.wte,
-    final_norm=lambda m: m.transformer.ln_f,
     mlp=lambda block: block.mlp,
     mlp_out=lambda block: block.mlp,
     position_embed=lambda m: m.transformer.wpe,
 )
 
 ADAPTERS: dict[str, Adapter] = {
-    "llama": _llama_like("llama"),
-    "mistral": _llama_like("mistral"),
-    "qwen2": _llama_like("qwen2"),
-    "qwen3": _llama_like("qwen3"),
-    "gemma": _llama_like("gemma", norm="rms1p"),
-    "gemma2": _gemma_like("gemma2"),
-    "gemma3_text": _gemma_like("gemma3_text"),
+    "llama": _decoder("llama"),
+    "mistral": _decoder("mistral"),
+    "qwen2": _decoder("qwen2"),
+    "qwen3": _decoder("qwen3"),
+    "gemma": _decoder("gemma", norm="rms1p"),
+    "gemma2": _decoder("gemma2", norm="rms1p", post_mlp_norm=True),
+    "gemma3_text": _decoder("gemma3_text", norm="rms1p", post_mlp_norm=True),
     "gpt2": GPT2,
 }
 

@@ -86,8 +86,7 @@ def _check_prompt(lm: Any, prompt: str | list[int]) -> tuple[str, list[int]]:
 
 
 def _softcap(lm: Any) -> float | None:
-    cap = getattr(getattr(lm.model, "config", None), "final_logit_softcapping", None)
-    return float(cap) if cap else None
+    return lm.adapter.logit_softcap(lm.model)
 
 
 def _logit_targets(

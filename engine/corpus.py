@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.paths import home
 
 __all__ = [
     "CorpusError",
@@ -383,11 +384,6 @@ def _doc_roots() -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in roots if Path(r).exists()))
 
 
-def home_dir() -> Path:
-    """$CIRCUIT_ATLAS_HOME (default ~/.circuit-atlas): where corpora, models and transcoders are cached."""
-    return Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
-
-
 def default_corpus(
     tokens: int,
     *,
@@ -404,7 +400,7 @@ def default_corpus(
     shuffled with the seed. The result is cached as jsonl, keyed by budget and seed.
     """
     budget_chars = int(tokens * chars_per_token)
-    cache_path = home_dir() / "corpora" / f"docs-{tokens}-seed{seed}.jsonl"
+    cache_path = home() / "corpora" / f"docs-{tokens}-seed{seed}.jsonl"
     if cache and roots is None and cache_path.exists():
         texts = [json.loads(line)["text"] for line in cache_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if texts:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuit_atlas.engine.adapters import Adapter, UnsupportedModelError, adapter_for, mlp_hooks, prepare_model
+from circuit_atlas.engine.adapters import ADAPTERS, Adapter, UnsupportedModelError, adapter_for, mlp_hooks, prepare_model
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.paths import home
 
 __all__ = ["LoadedModel", "ModelLoadError", "PromptError", "UnsupportedModelError", "load_model", "tiny_model"]
 
@@ -37,10 +37,6 @@ class PromptError(CircuitAtlasError, ValueError):
 
 class ModelLoadError(CircuitAtlasError, OSError):
     """The model could not be found or read."""
-
-
-def home() -> Path:
-    return Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
 
 
 @dataclass
@@ -208,10 +204,10 @@ def _load_dir(path: Path | str, model_id: str, device: torch.device, dtype: torc
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load a model config from {path}: {exc}") from exc
-    if getattr(config, "model_type", None) not in _supported_types():
+    if getattr(config, "model_type", None) not in ADAPTERS:  # before reading any weights
         raise UnsupportedModelError(
             f"{path}: unsupported architecture {getattr(config, 'model_type', None)!r}; "
-            f"supported: {', '.join(sorted(_supported_types()))}"
+            f"supported: {', '.join(sorted(ADAPTERS))}"
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -219,12 +215,6 @@ def _load_dir(path: Path | str, model_id: str, device: torch.device, dtype: torc
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model from {path}: {exc}") from exc
     return wrap(model.to(device), tok, model_id)
-
-
-def _supported_types() -> set[str]:
-    from circuit_atlas.engine.adapters import ADAPTERS
-
-    return set(ADAPTERS)
 
 
 def load_model(ref: str = DEMO_MODEL, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:

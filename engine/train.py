@@ -31,6 +31,7 @@ import yaml
 from torch import Tensor, nn
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.paths import home
 
 __all__ = [
     "TrainConfig",
@@ -726,10 +727,6 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return out
 
 
-def home_dir() -> Path:
-    return Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
-
-
 def ensure_demo_transcoders(quick: bool = False, *, progress: bool = True) -> Path:
     """The demo model's transcoders, trained once (recipe `demo`, or `demo-quick`) and then reused.
 
@@ -737,7 +734,7 @@ def ensure_demo_transcoders(quick: bool = False, *, progress: bool = True) -> Pa
     interrupted one is resumed from its checkpoint.
     """
     recipe = "demo-quick" if quick else "demo"
-    out = home_dir() / "transcoders" / recipe
+    out = home() / "transcoders" / recipe
     if (out / "config.yaml").exists():
         return out
     settings = load_recipe(recipe)

@@ -33,6 +33,7 @@ from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.ingest.jobs import AttributionJob, AttributionSettings, JobResult, expected_graph_id
 from circuit_atlas.ingest.prompts import FailureLog, PromptRow, RowFailure, iter_prompt_rows, validate_tokens
 from circuit_atlas.ingest.scaleout import ModelSpec, make_attributor
+from circuit_atlas.paths import home
 
 
 class IngestError(CircuitAtlasError, RuntimeError):
@@ -40,8 +41,7 @@ class IngestError(CircuitAtlasError, RuntimeError):
 
 
 def default_graphs_dir() -> Path:
-    home = Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
-    return home / "graphs"
+    return home() / "graphs"
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import abc
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
@@ -20,7 +19,6 @@ import pandas as pd
 from circuit_atlas.errors import CircuitAtlasError
 
 SCHEMA_VERSION = 1
-DEFAULT_STORE_DIR = Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas")) / "store"
 
 
 class StoreError(CircuitAtlasError, RuntimeError):

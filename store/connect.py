@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from circuit_atlas.paths import home
 from circuit_atlas.store.base import Store, StoreError
 
 
@@ -13,8 +13,7 @@ def default_url() -> str:
     env = os.environ.get("CIRCUIT_ATLAS_STORE")
     if env:
         return env
-    home = Path(os.environ.get("CIRCUIT_ATLAS_HOME", Path.home() / ".circuit-atlas"))
-    return f"embedded:{home / 'store'}"
+    return f"embedded:{home() / 'store'}"
 
 
 def open_store(url: str | None = None, *, read_only: bool = False) -> Store:
