@@ -211,7 +211,7 @@ def compute_graph(
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
     tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
     ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
-    run = replacement_run(lm, tc, ids, batch_size=batch_size)
+    run = replacement_run(lm, tc, ids, batch_size=1)
     targets = _logit_targets(lm, run.logits[0, -1].detach(), logit_targets, max_n_logits, desired_logit_prob)
     return graph_from_run(
         run,
@@ -238,13 +238,13 @@ def graph_from_run(
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
 ) -> RawGraph:
-    """The edges of a prepared replacement run (any object with ReplacementRun's fields whose
-    batch holds ``batch_size`` copies) for the given logit targets. Split from compute_graph
-    so the edge bookkeeping can be checked on hand-built frozen networks."""
+    """The edges of a prepared replacement run (any object with ReplacementRun's fields; batch
+    copy 0 is used, so a batch of 1 suffices) for the given logit targets, ``batch_size``
+    targets per backward pass. Split from compute_graph so the edge bookkeeping can be checked
+    on hand-built frozen networks."""
     device = run.embeddings.device
     n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
     d_model = int(run.embeddings.shape[-1])
-    batch_size = int(run.embeddings.shape[0])
 
     # active features, ordered (layer, pos, feature)
     found = [torch.nonzero(run.activations[l]) for l in range(n_layers)]
@@ -268,25 +268,30 @@ def graph_from_run(
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None) -> Tensor:
+        # one vmapped backward pass (is_grads_batched) carries n targets through a forward pass
+        # of batch 1: the forward is not repeated per target, and the saved tensors stay small.
+        # Only batch copy 0 of the run is used.
         outs, grads = [], []
         n = len(enc_layers) if enc_vecs is not None else int(logit_grads.shape[0])  # type: ignore[union-attr]
         if enc_vecs is not None:
             el = torch.tensor(enc_layers, device=device)
             ep = torch.tensor(enc_pos, device=device)
             for layer in torch.unique(el).tolist():
-                g = torch.zeros_like(run.mlp_in[layer])
+                x = run.mlp_in[layer]
+                g = x.new_zeros((n, *x.shape))
                 b = torch.nonzero(el == layer, as_tuple=True)[0]
-                g[b, ep[b]] = enc_vecs[b].to(g.dtype)
-                outs.append(run.mlp_in[layer])
+                g[b, 0, ep[b]] = enc_vecs[b].to(g.dtype)
+                outs.append(x)
                 grads.append(g)
         if logit_grads is not None:
             last = run.logits[:, -1]  # (B, V): a (B, T, V) zero gradient would be large for big vocabularies
-            g = torch.zeros_like(last)
-            g[:n] = logit_grads.to(g.dtype)
+            g = last.new_zeros((n, *last.shape))
+            g[:, 0] = logit_grads.to(g.dtype)
             outs.append(last)
             grads.append(g)
-        got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True)
-        return reader.rows(got[0], list(got[1:]), n).cpu()
+        got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        got = [None if g is None else g[:, 0] for g in got]
+        return reader.rows(got[0], got[1:], n).cpu()
 
     # logit rows first
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
