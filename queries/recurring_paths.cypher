@@ -1,8 +1,12 @@
 // name: recurring_paths
-// uses_links: true
+// uses_links: false
 // notes: >
-//   Candidate feature pairs come from the LINKS layer (pairs in >= min_prompts prompts), then the
-//   paths are counted in the per-prompt graphs, so it needs LINKS to be fresh.
+//   Paths are counted in the per-prompt graphs, backwards from the logits: a path's prompt count
+//   is at most the prompt count of its last feature feeding that token (and of its 2-hop tail),
+//   so only features and tails at or above a cut-off are expanded. Each length first counts
+//   exactly the paths through its `limit` strongest feeders (a let_ part); the limit-th best of
+//   those counts is the cut-off, which no top row can fall below. Exact, does not need LINKS,
+//   and fast on dense real graphs.
 // description: 2- and 3-hop paths feature -> feature (-> feature) -> logit token recurring across prompts.
 // params:
 //   token: {type: str, default: "", help: "only paths ending at this output token text ('' = any)"}
@@ -25,53 +29,92 @@
 // post: recurring_paths
 // examples:
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
-MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)
-WHERE ($hops = 0 OR $hops = 2) AND l1.prompts >= $min_prompts
-WITH f1, f2.key AS k2, f2.label AS lb2
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2
-WITH f1, k2, lb2, b, e1.weight AS w1
-WHERE abs(w1) >= $min_weight
-MATCH (b)-[e2:EDGE]->(t:Logit)
-WITH f1, k2, lb2, w1, e2.weight AS w2, t.token AS token, t.prompt_id AS pid
-WHERE abs(w2) >= $min_weight AND ($token = '' OR token = $token)
-RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, '' AS f3_key, '' AS f3_label,
-       token, count(DISTINCT pid) AS prompts, avg(w1 * w2) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
+// @part let_cut2
+MATCH (d:Active)-[e:EDGE]->(t:Logit)
+WHERE ($hops = 0 OR $hops = 2) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
+WHERE feeds >= $min_prompts
+WITH kl, token, feeds ORDER BY feeds DESC LIMIT $limit
+MATCH (c:Active)-[e3:EDGE]->(t:Logit)
+WHERE c.feature_key = kl AND t.token = token AND abs(e3.weight) >= $min_weight
+WITH c, t, e3.weight AS w3
+MATCH (b:Active)-[e2:EDGE]->(c)
+WHERE abs(e2.weight) >= $min_weight
+WITH b.feature_key AS k1, c.feature_key AS k2, t.token AS token, count(DISTINCT t.prompt_id) AS prompts
+WHERE prompts >= $min_prompts
+WITH prompts ORDER BY prompts DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH count(*) AS k, min(prompts) AS m
+RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut2
+// @part let_cut3
+MATCH (d:Active)-[e:EDGE]->(t:Logit)
+WHERE ($hops = 0 OR $hops = 3) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
+WHERE feeds >= $min_prompts
+WITH kl, token, feeds ORDER BY feeds DESC LIMIT $limit
+MATCH (c:Active)-[e3:EDGE]->(t:Logit)
+WHERE c.feature_key = kl AND t.token = token AND abs(e3.weight) >= $min_weight
+WITH c, t, e3.weight AS w3
+MATCH (b:Active)-[e2:EDGE]->(c)
+WHERE abs(e2.weight) >= $min_weight
+WITH b.feature_key AS k2, c.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2,
+     collect({b: b.id, w: e2.weight * w3, p: t.prompt_id}) AS tails
+WHERE n2 >= $min_prompts
+WITH k2, k3, token, n2, tails ORDER BY n2 DESC LIMIT $limit
+UNWIND tails AS tail
+WITH k2, k3, token, tail.b AS bid, tail.w AS w23, tail.p AS pid
+MATCH (a:Active)-[e1:EDGE]->(b:Active {id: bid})
+WHERE abs(e1.weight) >= $min_weight
+WITH a.feature_key AS k1, k2, k3, token, count(DISTINCT pid) AS prompts
+WHERE prompts >= $min_prompts
+WITH prompts ORDER BY prompts DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH count(*) AS k, min(prompts) AS m
+RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut3
+// @part main
+MATCH (d:Active)-[e:EDGE]->(t:Logit)
+WHERE ($hops = 0 OR $hops = 2) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
+WHERE feeds >= $cut2
+WITH kl, token
+MATCH (c:Active)-[e3:EDGE]->(t:Logit)
+WHERE c.feature_key = kl AND t.token = token AND abs(e3.weight) >= $min_weight
+WITH c, t, e3.weight AS w3
+MATCH (b:Active)-[e2:EDGE]->(c)
+WHERE abs(e2.weight) >= $min_weight
+WITH b.feature_key AS k1, c.feature_key AS k2, t.token AS token, count(DISTINCT t.prompt_id) AS prompts,
+     avg(e2.weight * w3) AS mean_path_weight, collect(DISTINCT t.prompt_id) AS prompt_ids
+WHERE prompts >= $cut2
+MATCH (f1:Feature {key: k1})
+WITH f1, k2, token, prompts, mean_path_weight, prompt_ids
+MATCH (f2:Feature {key: k2})
+RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
+       token, prompts, mean_path_weight, prompt_ids
 // @part three
-MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)-[l2:LINKS]->(f3:Feature)
-WHERE ($hops = 0 OR $hops = 3) AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
-WITH f1, f2.key AS k2, f2.label AS lb2, f3.key AS k3, f3.label AS lb3
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2
-WITH f1, k2, lb2, k3, lb3, b, e1.weight AS w1
-WHERE abs(w1) >= $min_weight
-MATCH (b)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3
-WITH f1, k2, lb2, k3, lb3, c, w1, e2.weight AS w2
-WHERE abs(w2) >= $min_weight
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WITH f1, k2, lb2, k3, lb3, w1, w2, e3.weight AS w3, t.token AS token, t.prompt_id AS pid
-WHERE abs(w3) >= $min_weight AND ($token = '' OR token = $token)
-RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, k3 AS f3_key, lb3 AS f3_label,
-       token, count(DISTINCT pid) AS prompts, avg(w1 * w2 * w3) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
-// @variant bolt
-// ArcadeDB plans the two LINKS hops far better when they are staged through WITH.
-MATCH (f1:Feature)-[l1:LINKS]->(f2:Feature)
-WHERE ($hops = 0 OR $hops = 3) AND l1.prompts >= $min_prompts
-WITH f1, f2
-MATCH (f2)-[l2:LINKS]->(f3:Feature)
-WHERE l2.prompts >= $min_prompts
-WITH f1, f2.key AS k2, f2.label AS lb2, f3.key AS k3, f3.label AS lb3
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2
-WITH f1, k2, lb2, k3, lb3, b, e1.weight AS w1
-WHERE abs(w1) >= $min_weight
-MATCH (b)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3
-WITH f1, k2, lb2, k3, lb3, c, w1, e2.weight AS w2
-WHERE abs(w2) >= $min_weight
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WITH f1, k2, lb2, k3, lb3, w1, w2, e3.weight AS w3, t.token AS token, t.prompt_id AS pid
-WHERE abs(w3) >= $min_weight AND ($token = '' OR token = $token)
-RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, lb2 AS f2_label, k3 AS f3_key, lb3 AS f3_label,
-       token, count(DISTINCT pid) AS prompts, avg(w1 * w2 * w3) AS mean_path_weight, collect(DISTINCT pid) AS prompt_ids
+MATCH (d:Active)-[e:EDGE]->(t:Logit)
+WHERE ($hops = 0 OR $hops = 3) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
+WHERE feeds >= $cut3
+WITH kl, token
+MATCH (c:Active)-[e3:EDGE]->(t:Logit)
+WHERE c.feature_key = kl AND t.token = token AND abs(e3.weight) >= $min_weight
+WITH c, t, e3.weight AS w3
+MATCH (b:Active)-[e2:EDGE]->(c)
+WHERE abs(e2.weight) >= $min_weight
+WITH b.feature_key AS k2, c.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2,
+     collect({b: b.id, w: e2.weight * w3, p: t.prompt_id}) AS tails
+WHERE n2 >= $cut3
+UNWIND tails AS tail
+WITH k2, k3, token, tail.b AS bid, tail.w AS w23, tail.p AS pid
+MATCH (a:Active)-[e1:EDGE]->(b:Active {id: bid})
+WHERE abs(e1.weight) >= $min_weight
+WITH a.feature_key AS k1, k2, k3, token, count(DISTINCT pid) AS prompts, avg(e1.weight * w23) AS mean_path_weight,
+     collect(DISTINCT pid) AS prompt_ids
+WHERE prompts >= $cut3
+MATCH (f1:Feature {key: k1})
+WITH f1, k2, k3, token, prompts, mean_path_weight, prompt_ids
+MATCH (f2:Feature {key: k2})
+WITH f1, f2, k3, token, prompts, mean_path_weight, prompt_ids
+MATCH (f3:Feature {key: k3})
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, k3 AS f3_key, f3.label AS f3_label,
+       token, prompts, mean_path_weight, prompt_ids

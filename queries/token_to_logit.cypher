@@ -19,14 +19,25 @@
 // post: token_to_logit
 // examples:
 //   - circuit-atlas query token_to_logit --param input_token=" capital" --param output_token=" Paris"
-MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(t:Logit), (a)-[:OF]->(f1:Feature)
+MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(t:Logit)
 WHERE x.token = $input_token AND ($output_token = '' OR t.token = $output_token)
-RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, '' AS f2_key, '' AS f2_label, t.token AS output_token,
-       count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight) AS mean_path_weight,
-       collect(DISTINCT t.prompt_id) AS prompt_ids
+WITH a.feature_key AS k1, t.token AS output_token, t.prompt_id AS pid, sum(e1.weight * e2.weight) AS s, count(*) AS n
+WITH k1, output_token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids
+WHERE prompts >= $min_prompts
+WITH k1, output_token, prompts, mean_path_weight, prompt_ids ORDER BY prompts DESC, k1, output_token LIMIT $limit
+MATCH (f1:Feature {key: k1})
+RETURN 2 AS hops, k1 AS f1_key, f1.label AS f1_label, '' AS f2_key, '' AS f2_label, output_token,
+       prompts, mean_path_weight, prompt_ids
 // @part three
-MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(b:Active)-[e3:EDGE]->(t:Logit), (a)-[:OF]->(f1:Feature), (b)-[:OF]->(f2:Feature)
+MATCH (x:Embedding)-[e1:EDGE]->(a:Active)-[e2:EDGE]->(b:Active)-[e3:EDGE]->(t:Logit)
 WHERE x.token = $input_token AND ($output_token = '' OR t.token = $output_token)
-RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, t.token AS output_token,
-       count(DISTINCT t.prompt_id) AS prompts, avg(e1.weight * e2.weight * e3.weight) AS mean_path_weight,
-       collect(DISTINCT t.prompt_id) AS prompt_ids
+WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS output_token, t.prompt_id AS pid,
+     sum(e1.weight * e2.weight * e3.weight) AS s, count(*) AS n
+WITH k1, k2, output_token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids
+WHERE prompts >= $min_prompts
+WITH k1, k2, output_token, prompts, mean_path_weight, prompt_ids ORDER BY prompts DESC, k1, k2, output_token LIMIT $limit
+MATCH (f1:Feature {key: k1})
+WITH f1, k2, output_token, prompts, mean_path_weight, prompt_ids
+MATCH (f2:Feature {key: k2})
+RETURN 3 AS hops, f1.key AS f1_key, f1.label AS f1_label, k2 AS f2_key, f2.label AS f2_label, output_token,
+       prompts, mean_path_weight, prompt_ids

@@ -92,6 +92,27 @@ def test_recurring_paths(store, planted):
     assert len(three) == sum(len(k) == 4 for k in expected)
 
 
+
+TOP_K_CALLS = [
+    ("recurring_edges", {"min_prompts": 2}),
+    ("recurring_paths", {"min_prompts": 2}),
+    ("recurring_paths", {"min_prompts": 2, "hops": 3}),
+    ("token_to_logit", {"input_token": " capital", "min_prompts": 1}),
+    ("motifs", {"min_prompts": 2}),
+    ("contrastive", {"a": "capitals", "min_prompts": 2}),
+]
+
+
+@pytest.mark.parametrize("name,params", TOP_K_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(TOP_K_CALLS)])
+def test_top_limit_rows_are_the_head_of_the_full_result(store, planted, name, params):
+    """Queries that expand only what can make their top `limit` rows (cut-offs found by a first
+    statement, ORDER BY ... LIMIT per part) must return exactly the head of the unlimited result."""
+    full = run_query(store, name, {**params, "limit": 100_000})
+    assert len(full) >= 2, "the planted corpus must give these queries something to cut"
+    for k in sorted({1, 2, 3, 5, len(full) - 1} & set(range(1, len(full)))):
+        top = run_query(store, name, {**params, "limit": k})
+        assert _normal(top) == _normal(full.head(k)), (name, k)
+
 def test_token_to_logit(store, planted):
     df = run_query(store, "token_to_logit", {"input_token": " capital", "output_token": " Paris", "min_prompts": MIN})
     assert [(r.hops, r.f1_key, r.f2_key, r.output_token) for r in df.itertuples()] == [(3, key(A), key(C), " Paris")]
