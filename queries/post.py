@@ -227,7 +227,11 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         parts.append(feats)
     edges = frames["edges"].copy()
     if len(edges):
-        edges = edges.assign(kind="edge", key=edges["source_key"].astype(str) + "->" + edges["target_key"].astype(str))
+        # an edge's label is its source feature's; every such feature passed the same
+        # min_prompts in the features part, so its label is there
+        labels = dict(zip(feats["key"].astype(str), feats["label"])) if len(feats) else {}
+        edges = edges.assign(kind="edge", key=edges["source_key"].astype(str) + "->" + edges["target_key"].astype(str),
+                             label=edges["source_key"].astype(str).map(labels))
         parts.append(edges)
     if not parts:
         return _empty(["kind"])
