@@ -14,13 +14,16 @@ is read from the gradient at the point where the source enters the residual stre
 
 Nodes are laid out as [features, errors (layer-major, positions 1..T-1), embeddings, logits];
 only features and logits have incoming edges, so edges are kept as row-compressed matrices
-(see ``engine.pruning``). Edges accumulate in float32 whatever the model's dtype.
+holding only their non-zero entries (``pruning.SparseRows``: a feature reads only earlier layers
+and positions, so most of a dense row would be zeros). Edges accumulate in float32 whatever the
+model's dtype.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -49,7 +52,7 @@ class LogitTargets:
 class RawGraph:
     """The unpruned graph as computed: row-compressed edges plus what names the nodes."""
 
-    rows: Tensor  # (R, N) float32, R = selected features + logits
+    edges: pruning.SparseRows  # (R, N) float32 non-zero edges, R = selected features + logits
     row_nodes: Tensor  # (R,) node index of each row
     kinds: Tensor  # (N,) pruning.EMBEDDING/FEATURE/ERROR/LOGIT
     feat_layer: Tensor  # (F,) selected features
@@ -60,6 +63,11 @@ class RawGraph:
     n_pos: int
     token_ids: list[int]
     logits: LogitTargets
+
+    @cached_property
+    def rows(self) -> Tensor:
+        """The edges as a dense (R, N) matrix: for checks and small graphs (it can be large)."""
+        return self.edges.to_dense()
 
     @property
     def logit_weights(self) -> Tensor:
@@ -263,11 +271,13 @@ def graph_from_run(
     reader = _SourceReader(run, tc, layers, pos, feats, acts)
     inputs = [run.embeddings, *run.mlp_out]
     # columns: all sources, then the logits (never sources: zero), so row indices and node
-    # indices share one space and influence needs no padded copy
-    rows = torch.zeros(n_logit + budget, n_src + n_logit, dtype=torch.float32)
+    # indices share one space; one SparseRows per backward pass, joined at the end
+    parts: list[pruning.SparseRows] = []
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
-    def backward(enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None) -> Tensor:
+    def backward(
+        enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None
+    ) -> pruning.SparseRows:
         # one vmapped backward pass (is_grads_batched) carries n targets through a forward pass
         # of batch 1: the forward is not repeated per target, and the saved tensors stay small.
         # Only batch copy 0 of the run is used.
@@ -291,13 +301,13 @@ def graph_from_run(
             grads.append(g)
         got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
         got = [None if g is None else g[:, 0] for g in got]
-        return reader.rows(got[0], got[1:], n).cpu()
+        return pruning.SparseRows.from_dense(reader.rows(got[0], got[1:], n).cpu(), n_src + n_logit)
 
     # logit rows first
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
     for start in range(0, n_logit, batch_size):
         stop = min(start + batch_size, n_logit)
-        rows[start:stop, :n_src] = backward([], [], None, targets.grads[start:stop])
+        parts.append(backward([], [], None, targets.grads[start:stop]))
         row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
 
     # feature rows: all in order, or greedily by current influence on the logits
@@ -310,7 +320,7 @@ def graph_from_run(
         if budget == n_feat:
             pending = torch.arange(n_feat)
         else:
-            infl = pruning.influence(pruning.normalize_rows(rows[:filled]), row_nodes[:filled], weights)
+            infl = pruning.node_influence(parts, row_nodes[:filled], weights)
             rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
         for start in range(0, pending.shape[0], batch_size):
@@ -321,7 +331,7 @@ def graph_from_run(
                 m = cl == layer
                 vecs[m] = tc.encoder_vectors(layer, cf[m]).detach().float()
             stop = filled + chunk.shape[0]
-            rows[filled:stop, :n_src] = backward(cl.tolist(), cp.tolist(), vecs, None)
+            parts.append(backward(cl.tolist(), cp.tolist(), vecs, None))
             row_nodes[filled:stop] = chunk
             visited[chunk] = True
             filled, n_done = stop, n_done + chunk.shape[0]
@@ -337,8 +347,9 @@ def graph_from_run(
     new_index[selected] = torch.arange(selected.shape[0])
     n_sel = int(selected.shape[0])
     new_index[n_feat:] = torch.arange(n_sel, n_sel + n_err + n_pos + n_logit)
-    keep_cols = torch.cat([selected, torch.arange(n_feat, n_src + n_logit)])
-    rows = rows[:filled] if n_sel == n_feat else rows[:filled][:, keep_cols]
+    if n_sel < n_feat:  # drop the columns of unvisited features, part by part
+        parts = [p.select_columns(new_index, n_sel + n_err + n_pos + n_logit) for p in parts]
+    edges = pruning.SparseRows.cat(parts)
     row_nodes = new_index[row_nodes[:filled]]
     # rows stay in the order computed (logits first); row_nodes says which node each is
 
@@ -352,7 +363,7 @@ def graph_from_run(
     )
     sel_dev = selected.to(device)
     return RawGraph(
-        rows=rows,
+        edges=edges,
         row_nodes=row_nodes,
         kinds=kinds,
         feat_layer=layers[sel_dev].cpu(),
@@ -439,22 +450,22 @@ def attribute(
         on_batch=on_batch,
     )
     weights = raw.logit_weights
-    replacement, completeness = pruning.graph_scores(raw.rows, raw.row_nodes, raw.kinds, weights)
+    replacement, completeness = pruning.graph_scores(raw.edges, raw.row_nodes, raw.kinds, weights)
     if prune:
-        result = pruning.prune(raw.rows, raw.row_nodes, raw.kinds, weights, node_threshold, edge_threshold)
+        result = pruning.prune(raw.edges, raw.row_nodes, raw.kinds, weights, node_threshold, edge_threshold)
         infl, node_mask, edge_mask = result.node_influence, result.node_mask, result.edge_mask
     else:
-        infl = pruning.node_influence(raw.rows, raw.row_nodes, weights)
+        infl = pruning.node_influence(raw.edges, raw.row_nodes, weights)
         node_mask = torch.ones(raw.kinds.shape[0], dtype=torch.bool)
-        edge_mask = raw.rows != 0
+        edge_mask = raw.edges.val != 0
     nodes = node_table(raw, infl)
-    r, s = torch.nonzero(edge_mask, as_tuple=True)
+    r, s = raw.edges.row_index()[edge_mask].long(), raw.edges.col[edge_mask].long()
     ids = nodes["node_id"].to_numpy()
     edges = pd.DataFrame(
         {
             "source": ids[s.numpy()],
             "target": ids[raw.row_nodes[r].numpy()],
-            "weight": raw.rows[r, s].numpy().astype(np.float32),
+            "weight": raw.edges.val[edge_mask].numpy().astype(np.float32),
         }
     )
     nodes = nodes[node_mask.numpy()].reset_index(drop=True)

@@ -6,7 +6,9 @@ Definitions agree with Anthropic's "Circuit Tracing" (2025) and circuit-tracer:
   have incoming edges, so the engine keeps ``A`` *row-compressed*: ``rows`` (R, N) holds the
   computed rows and ``row_nodes`` (R,) says which node each row belongs to. A square matrix is
   the special case ``row_nodes = arange(N)``. Keeping only computed rows halves the memory of
-  a dense N x N matrix on long prompts.
+  a dense N x N matrix on long prompts. ``SparseRows`` keeps only the non-zero entries of those
+  rows (most are structural zeros: a feature reads only earlier layers and positions); every
+  function below takes either form.
 - Normalise ``|A|`` so each row sums to 1 (a target's inputs as fractions of its total input).
 - Influence ``= w ((I - A_norm)^-1 - I) = w A + w A^2 + ...`` with ``w`` the logit
   probabilities on logit nodes; computed by iteration, which terminates because the graph is
@@ -32,31 +34,134 @@ from torch import Tensor
 EMBEDDING, FEATURE, ERROR, LOGIT = 0, 1, 2, 3
 
 
-def normalize_rows(rows: Tensor, eps: float = 1e-10) -> Tensor:
+@dataclass
+class SparseRows:
+    """Row-compressed ``A`` with only its non-zero entries, CSR-style: row ``r`` holds
+    ``val[ptr[r]:ptr[r + 1]]`` at columns ``col[ptr[r]:ptr[r + 1]]`` (ascending). Eight bytes
+    per edge instead of four per matrix cell, and no cell for structural zeros."""
+
+    ptr: Tensor  # (R + 1,) int64
+    col: Tensor  # (E,) int32
+    val: Tensor  # (E,)
+    n_cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.ptr.shape[0]) - 1, self.n_cols
+
+    @classmethod
+    def from_dense(cls, rows: Tensor, n_cols: int | None = None) -> SparseRows:
+        """The non-zero entries of ``rows`` (R, C); ``n_cols`` >= C widens it with zero columns."""
+        r, c = torch.nonzero(rows, as_tuple=True)
+        ptr = torch.zeros(rows.shape[0] + 1, dtype=torch.long, device=rows.device)
+        torch.cumsum(torch.bincount(r, minlength=rows.shape[0]), 0, out=ptr[1:])
+        return cls(ptr, c.to(torch.int32), rows[r, c], int(rows.shape[1] if n_cols is None else n_cols))
+
+    @classmethod
+    def cat(cls, parts: list[SparseRows]) -> SparseRows:
+        """The rows of ``parts`` one after another (all with the same columns). Empties the
+        list as it goes, so the parts can be freed before the whole is built."""
+        first, n_cols = parts[0], parts[0].n_cols
+        n_entries = sum(int(p.col.shape[0]) for p in parts)
+        col = torch.empty(n_entries, dtype=first.col.dtype, device=first.col.device)
+        val = torch.empty(n_entries, dtype=first.val.dtype, device=first.val.device)
+        ptrs, offset = [first.ptr[:1]], 0
+        while parts:
+            part = parts.pop(0)
+            n = int(part.col.shape[0])
+            col[offset : offset + n] = part.col
+            val[offset : offset + n] = part.val
+            ptrs.append(part.ptr[1:] + offset)
+            offset += n
+        return cls(torch.cat(ptrs), col, val, n_cols)
+
+    def row_index(self) -> Tensor:
+        """(E,) int32: the row of every entry."""
+        rows = torch.arange(self.shape[0], dtype=torch.int32, device=self.ptr.device)
+        return torch.repeat_interleave(rows, self.ptr.diff())
+
+    def with_values(self, val: Tensor) -> SparseRows:
+        return SparseRows(self.ptr, self.col, val, self.n_cols)
+
+    def select_columns(self, new_index: Tensor, n_cols: int) -> SparseRows:
+        """Entries of the columns with ``new_index[col] >= 0``, renumbered to that index (which
+        must keep the columns' order); the rows stay."""
+        new_col = new_index[self.col.long()]
+        keep = new_col >= 0
+        ptr = torch.zeros_like(self.ptr)
+        torch.cumsum(torch.bincount(self.row_index()[keep], minlength=self.shape[0]), 0, out=ptr[1:])
+        return SparseRows(ptr, new_col[keep].to(torch.int32), self.val[keep], n_cols)
+
+    def to_dense(self) -> Tensor:
+        out = torch.zeros(self.shape, dtype=self.val.dtype, device=self.val.device)
+        out[self.row_index().long(), self.col.long()] = self.val
+        return out
+
+
+def _sparse(rows: Tensor | SparseRows) -> SparseRows:
+    return rows if isinstance(rows, SparseRows) else SparseRows.from_dense(rows)
+
+
+def normalize_rows(rows: Tensor | SparseRows, eps: float = 1e-10) -> Tensor | SparseRows:
     """``|A|`` with every row scaled to sum to 1 (rows that are all zero stay zero)."""
+    if isinstance(rows, SparseRows):
+        a = rows.val.abs().to(torch.float32)
+        row = rows.row_index()
+        sums = torch.zeros(rows.shape[0], dtype=a.dtype, device=a.device).index_add_(0, row, a)
+        return rows.with_values(a.div_(sums.clamp_(min=eps)[row]))
     a = rows.abs().to(torch.float32)
     return a / a.sum(dim=1, keepdim=True).clamp(min=eps)
 
 
-def influence(norm_rows: Tensor, row_nodes: Tensor, weights: Tensor, max_iter: int | None = None) -> Tensor:
-    """``w A + w A^2 + ...`` for a row-compressed, normalised ``A``: each node's total
-    (indirect included) influence on the weighted targets.
+def influence(
+    norm_rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, weights: Tensor, max_iter: int | None = None
+) -> Tensor:
+    """``w A + w A^2 + ...`` for a row-compressed, normalised ``A`` (or a list of blocks of its
+    consecutive rows, so a growing matrix need not be joined): each node's total (indirect
+    included) influence on the weighted targets.
+
+    Only the rows' own nodes pass influence on, so the series is iterated on the R x R part of
+    ``A`` among them (``x_{k+1} = x_k A[:, row_nodes]``) and spread to all N nodes once at the
+    end: ``(x_0 + x_1 + ...) A``.
 
     Raises RuntimeError if the series does not die out (the graph has a cycle)."""
-    limit = max_iter if max_iter is not None else norm_rows.shape[0] + 2
-    current = weights.to(norm_rows.dtype)
-    total = torch.zeros(norm_rows.shape[1], dtype=norm_rows.dtype, device=norm_rows.device)
+    blocks = [_sparse(b) for b in (norm_rows if isinstance(norm_rows, list) else [norm_rows])]
+    n_rows, n_cols = sum(b.shape[0] for b in blocks), blocks[0].n_cols
+    dtype, device = blocks[0].val.dtype, blocks[0].val.device
+    as_row = torch.full((n_cols,), -1, dtype=torch.int32, device=device)
+    as_row[row_nodes] = torch.arange(n_rows, dtype=torch.int32, device=device)
+    targets, sources, values, offset = [], [], [], 0
+    for b in blocks:
+        source = as_row[b.col]
+        inner = source >= 0
+        targets.append(b.row_index()[inner] + offset)
+        sources.append(source[inner])
+        values.append(b.val[inner])
+        offset += b.shape[0]
+    target, source, value = torch.cat(targets), torch.cat(sources), torch.cat(values)
+    del targets, sources, values
+
+    limit = max_iter if max_iter is not None else n_rows + 2
+    x = weights.to(dtype=dtype, device=device)[row_nodes]
+    reached = torch.zeros(n_rows, dtype=dtype, device=device)
     for _ in range(limit):
-        current = current[row_nodes] @ norm_rows
-        if not bool(current.any()):
-            return total
-        total = total + current
-    raise RuntimeError(f"influence did not converge in {limit} steps: the graph is not a DAG")
+        if not bool(x.any()):
+            break
+        reached += x
+        x = torch.zeros_like(x).index_add_(0, source, value * x[target])
+    else:
+        raise RuntimeError(f"influence did not converge in {limit} steps: the graph is not a DAG")
+    total, offset = torch.zeros(n_cols, dtype=dtype, device=device), 0
+    for b in blocks:
+        total.index_add_(0, b.col, b.val * reached[offset : offset + b.shape[0]][b.row_index()])
+        offset += b.shape[0]
+    return total
 
 
-def node_influence(rows: Tensor, row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
-    """Influence of every node on the logits, from raw edge rows."""
-    return influence(normalize_rows(rows), row_nodes, logit_weights)
+def node_influence(rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
+    """Influence of every node on the logits, from raw edge rows (or blocks of them, see ``influence``)."""
+    blocks = rows if isinstance(rows, list) else [rows]
+    return influence([normalize_rows(_sparse(b)) for b in blocks], row_nodes, logit_weights)
 
 
 def edge_influence(rows: Tensor, row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
@@ -126,13 +231,13 @@ def _threshold_by_histogram(flat: Tensor, fraction: float) -> Tensor:
 @dataclass
 class PruneResult:
     node_mask: Tensor  # (N,) bool: nodes kept
-    edge_mask: Tensor  # (R, N) bool: edges kept (same layout as the rows)
+    edge_mask: Tensor  # edges kept: (R, N) bool for dense rows, (E,) bool per entry for SparseRows
     node_influence: Tensor  # (N,) influence on the logits of the unpruned graph
     cumulative: Tensor  # (N,) cumulative influence share of each node in descending order
 
 
 def prune(
-    rows: Tensor,
+    rows: Tensor | SparseRows,
     row_nodes: Tensor,
     kinds: Tensor,
     logit_weights: Tensor,
@@ -143,35 +248,34 @@ def prune(
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
-    rows = rows.to(torch.float32)
-    # one working copy of the matrix, reused: normalised |A|, then the node-pruned normalised
-    # |A|, then edge scores in place (dense graphs are large; copies are what costs memory)
-    work = normalize_rows(rows)
-    infl = influence(work, row_nodes, logit_weights)
+    a = _sparse(rows.to(torch.float32) if isinstance(rows, Tensor) else rows)
+    row, col = a.row_index(), a.col
+    infl = influence(normalize_rows(a), row_nodes, logit_weights)
     always = (kinds == EMBEDDING) | (kinds == LOGIT)
     node_mask = (infl >= find_threshold(infl, node_threshold)) | always
 
-    torch.abs(rows, out=work)
-    work.mul_(node_mask[row_nodes][:, None])
-    work.mul_(node_mask[None, :])
-    work.div_(work.sum(dim=1, keepdim=True).clamp(min=1e-10))
-    target_infl = influence(work, row_nodes, logit_weights) + logit_weights.to(work.dtype)
-    work.mul_(target_infl[row_nodes][:, None])
-    edge_mask = work >= find_threshold(work, edge_threshold)
-    del work
-    edge_mask &= rows != 0
-    edge_mask &= node_mask[row_nodes][:, None]
-    edge_mask &= node_mask[None, :]
+    # edge scores: the node-pruned normalised |A| times the influence of each edge's target
+    kept = node_mask[row_nodes][row] & node_mask[col] & (a.val != 0)
+    scores = normalize_rows(a.with_values(a.val * kept))
+    target_infl = influence(scores, row_nodes, logit_weights) + logit_weights.to(scores.val.dtype)
+    edge_score = scores.val.mul_(target_infl[row_nodes][row])
+    del scores
+    edge_mask = (edge_score >= find_threshold(edge_score, edge_threshold)) & kept
+    del edge_score, kept
 
     inner = (kinds == FEATURE) | (kinds == ERROR)
     is_feature_row = kinds[row_nodes] == FEATURE
     while True:
         before = node_mask.clone()
-        edge_mask &= node_mask[row_nodes][:, None] & node_mask[None, :]
+        edge_mask &= node_mask[row_nodes][row] & node_mask[col]
         # features and errors need an outgoing edge; features also an incoming one
-        node_mask &= ~inner | edge_mask.any(dim=0)
+        has_output = torch.zeros_like(node_mask)
+        has_output[col[edge_mask]] = True
+        node_mask &= ~inner | has_output
+        row_has_input = torch.zeros_like(is_feature_row)
+        row_has_input[row[edge_mask]] = True
         has_input = torch.zeros_like(node_mask)
-        has_input[row_nodes[is_feature_row]] = edge_mask[is_feature_row].any(dim=1)
+        has_input[row_nodes[is_feature_row]] = row_has_input[is_feature_row]
         node_mask &= (kinds != FEATURE) | has_input
         if torch.equal(before, node_mask):
             break
@@ -180,12 +284,16 @@ def prune(
     cumulative = torch.zeros_like(infl)
     total = ordered.sum()
     cumulative[order] = torch.cumsum(ordered, dim=0) / (total if total > 0 else 1.0)
+    if not isinstance(rows, SparseRows):
+        dense_mask = torch.zeros(a.shape, dtype=torch.bool, device=edge_mask.device)
+        dense_mask[row.long(), col.long()] = edge_mask
+        edge_mask = dense_mask
     return PruneResult(node_mask, edge_mask, infl, cumulative)
 
 
-def graph_scores(rows: Tensor, row_nodes: Tensor, kinds: Tensor, logit_weights: Tensor) -> tuple[float, float]:
+def graph_scores(rows: Tensor | SparseRows, row_nodes: Tensor, kinds: Tensor, logit_weights: Tensor) -> tuple[float, float]:
     """(replacement score, completeness score) of an unpruned graph."""
-    norm = normalize_rows(rows.to(torch.float32))
+    norm = normalize_rows(_sparse(rows.to(torch.float32) if isinstance(rows, Tensor) else rows))
     infl = influence(norm, row_nodes, logit_weights)
     token_infl = infl[kinds == EMBEDDING].sum()
     error_infl = infl[kinds == ERROR].sum()
@@ -194,8 +302,10 @@ def graph_scores(rows: Tensor, row_nodes: Tensor, kinds: Tensor, logit_weights: 
 
     # rows that were not computed (embeddings, errors) have no inputs: all their input is
     # "non-error" by convention, as in circuit-tracer where such rows are zero.
+    from_errors = norm.val * (kinds == ERROR)[norm.col]
+    error_share = torch.zeros(norm.shape[0], dtype=infl.dtype, device=infl.device).index_add_(0, norm.row_index(), from_errors)
     non_error = torch.ones_like(infl)
-    non_error[row_nodes] = 1.0 - norm[:, kinds == ERROR].sum(dim=1)
+    non_error[row_nodes] = 1.0 - error_share
     output_infl = infl + logit_weights.to(infl.dtype)
     total = output_infl.sum()
     completeness = float((non_error * output_infl).sum() / total) if total > 0 else 0.0
