@@ -2,9 +2,13 @@
 // description: "Recurring small motifs among features counted across prompts: feed-forward loops (A->B->C with A->C), fan-in (A->C, B->C) and fan-out (A->B, A->C)."
 // uses_links: true
 // notes: >
-//   Candidate motifs are assembled from LINKS pairs seen in >= min_prompts prompts, then
-//   counted in the per-prompt graphs (all edges of a motif in the same prompt), so it needs
-//   LINKS to be fresh. Fan-in/fan-out list each unordered pair once (a_key < b_key).
+//   Motifs are counted in the per-prompt graphs (all edges of a motif among the same nodes of
+//   one prompt). A motif's prompt count is at most the LINKS count of each of its feature pairs,
+//   so each kind first counts exactly the motifs that start from the `limit` strongest LINKS
+//   pairs (a let_ part); the limit-th best of those counts is a cut-off no top row can fall
+//   below, and only per-prompt edges of LINKS pairs at or above it start a motif. Exact, and
+//   fast on dense real graphs; needs LINKS to be fresh. Fan-in/fan-out list each unordered pair
+//   once (a_key < b_key for fan-in, b_key < c_key for fan-out).
 // params:
 //   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
 //   min_prompts: {type: int, default: 2, help: "least prompts a motif must appear in"}
@@ -22,52 +26,116 @@
 // post: motifs
 // examples:
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
-MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'feed_forward') AND l1.prompts >= $min_prompts
-WITH fa, fb
-MATCH (fb)-[l2:LINKS]->(fc:Feature)
-WHERE l2.prompts >= $min_prompts
-WITH fa, fb, fc
-MATCH (fa)-[l3:LINKS]->(fc)
-WHERE l3.prompts >= $min_prompts
-WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
-WHERE b.feature_key = kb
-WITH fa, kb, lb, kc, lc, a, b
-MATCH (b)-[:EDGE]->(c:Active)
-WHERE c.feature_key = kc
-WITH fa, kb, lb, kc, lc, a, c
-MATCH (a)-[:EDGE]->(c)
-RETURN 'feed_forward' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
-       fa.label AS a_label, lb AS b_label, lc AS c_label,
-       count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids
+// @part let_cut_feed_forward
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $min_prompts
+WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (y)-[:EDGE]->(z:Active)
+WITH x, y, z
+MATCH (x)-[:EDGE]->(z)
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts
+WHERE prompts >= $min_prompts
+WITH prompts ORDER BY prompts DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH count(*) AS k, min(prompts) AS m
+RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_feed_forward
+// @part let_cut_fan_in
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $min_prompts
+WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (w:Active)-[:EDGE]->(y)
+WHERE w.feature_key > x.feature_key
+WITH DISTINCT x.feature_key AS ka, w.feature_key AS kb, y.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts
+WHERE prompts >= $min_prompts
+WITH prompts ORDER BY prompts DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH count(*) AS k, min(prompts) AS m
+RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_in
+// @part let_cut_fan_out
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $min_prompts
+WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (x)-[:EDGE]->(z:Active)
+WHERE z.feature_key > y.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts
+WHERE prompts >= $min_prompts
+WITH prompts ORDER BY prompts DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH count(*) AS k, min(prompts) AS m
+RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_out
+// @part feed_forward
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $cut_feed_forward
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (y)-[:EDGE]->(z:Active)
+WITH x, y, z
+MATCH (x)-[:EDGE]->(z)
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
+WHERE prompts >= $cut_feed_forward
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+MATCH (fa:Feature {key: ka})
+WITH fa, kb, kc, prompts, prompt_ids
+MATCH (fb:Feature {key: kb})
+WITH fa, fb, kc, prompts, prompt_ids
+MATCH (fc:Feature {key: kc})
+RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
 // @part fan_in
-MATCH (fa:Feature)-[l1:LINKS]->(fc:Feature)
-WHERE ($kind = '' OR $kind = 'fan_in') AND l1.prompts >= $min_prompts
-WITH fa, fc
-MATCH (fb:Feature)-[l2:LINKS]->(fc)
-WHERE l2.prompts >= $min_prompts AND fa.key < fb.key
-WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(c:Active)
-WHERE c.feature_key = kc
-WITH fa, kb, lb, kc, lc, c
-MATCH (b:Active)-[:EDGE]->(c)
-WHERE b.feature_key = kb
-RETURN 'fan_in' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
-       fa.label AS a_label, lb AS b_label, lc AS c_label,
-       count(DISTINCT c.prompt_id) AS prompts, collect(DISTINCT c.prompt_id) AS prompt_ids
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $cut_fan_in
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (w:Active)-[:EDGE]->(y)
+WHERE w.feature_key > x.feature_key
+WITH DISTINCT x.feature_key AS ka, w.feature_key AS kb, y.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
+WHERE prompts >= $cut_fan_in
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+MATCH (fa:Feature {key: ka})
+WITH fa, kb, kc, prompts, prompt_ids
+MATCH (fb:Feature {key: kb})
+WITH fa, fb, kc, prompts, prompt_ids
+MATCH (fc:Feature {key: kc})
+RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
 // @part fan_out
-MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_out') AND l1.prompts >= $min_prompts
-WITH fa, fb
-MATCH (fa)-[l2:LINKS]->(fc:Feature)
-WHERE l2.prompts >= $min_prompts AND fb.key < fc.key
-WITH fa, fb.key AS kb, fb.label AS lb, fc.key AS kc, fc.label AS lc
-MATCH (fa)<-[:OF]-(a:Active)-[:EDGE]->(b:Active)
-WHERE b.feature_key = kb
-WITH fa, kb, lb, kc, lc, a
-MATCH (a)-[:EDGE]->(c:Active)
-WHERE c.feature_key = kc
-RETURN 'fan_out' AS motif, fa.key AS a_key, kb AS b_key, kc AS c_key,
-       fa.label AS a_label, lb AS b_label, lc AS c_label,
-       count(DISTINCT a.prompt_id) AS prompts, collect(DISTINCT a.prompt_id) AS prompt_ids
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $cut_fan_out
+WITH fa.key AS k1, fb.key AS k2
+MATCH (x:Active)-[:EDGE]->(y:Active)
+WHERE x.feature_key = k1 AND y.feature_key = k2
+WITH x, y
+MATCH (x)-[:EDGE]->(z:Active)
+WHERE z.feature_key > y.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
+WHERE prompts >= $cut_fan_out
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+MATCH (fa:Feature {key: ka})
+WITH fa, kb, kc, prompts, prompt_ids
+MATCH (fb:Feature {key: kb})
+WITH fa, fb, kc, prompts, prompt_ids
+MATCH (fc:Feature {key: kc})
+RETURN 'fan_out' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids

@@ -320,33 +320,55 @@ def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 
 
 def supernode_candidates(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
-    pairs = frames["main"]
-    members = frames["members"]
-    if pairs.empty or members.empty:
+    from scipy import sparse
+
+    links, members = frames["main"], frames["members"]
+    if links.empty or members.empty:
         return _empty(["candidate"])
-    prompts = dict(zip(members["key"].astype(str), pd.to_numeric(members["prompts"]).astype(int)))
+    keys = members["key"].astype(str).tolist()
+    index = {k: i for i, k in enumerate(keys)}
+    sets = [set(_ids(v)) for v in members["prompt_ids"]]
+    prompt_index = {p: j for j, p in enumerate(sorted(set().union(*sets)))}
+    # feature x prompt membership as packed bits; feature x target feeding as a sparse 0/1 matrix
+    member = np.zeros((len(keys), len(prompt_index)), dtype=bool)
+    for i, s in enumerate(sets):
+        member[i, [prompt_index[p] for p in s]] = True
+    bits = np.packbits(member, axis=1)
+    sizes = member.sum(axis=1)
+    targets = sorted(set(links["t_key"].astype(str)))
+    target_index = {k: j for j, k in enumerate(targets)}
+    src = links["f_key"].astype(str).map(index)
+    feeds = sparse.csr_matrix((np.ones(len(links)), (src.to_numpy(), links["t_key"].astype(str).map(target_index).to_numpy())),
+                              shape=(len(keys), len(targets)))
+    feeds.data[:] = 1.0
+    shared = sparse.triu(feeds @ feeds.T, k=1).tocoo()  # pairs (f < g by index) with a common target
+    f_idx, g_idx = shared.row, shared.col
+    both = np.zeros(len(f_idx), dtype=np.int64)
+    for s in range(0, len(f_idx), 1 << 20):  # popcount of the AND of the two prompt bitsets
+        both[s:s + (1 << 20)] = np.unpackbits(bits[f_idx[s:s + (1 << 20)]] & bits[g_idx[s:s + (1 << 20)]], axis=1).sum(axis=1)
+    union = sizes[f_idx] + sizes[g_idx] - both
+    jaccard = np.divide(both, union, out=np.zeros(len(both)), where=union > 0)
+    keep = jaccard >= params["min_jaccard"]
+    fed = [set() for _ in keys]
+    for f, t in zip(src, links["t_key"].astype(str)):
+        fed[f].add(t)
     graph = nx.Graph()
-    for f, g, targets, both in zip(pairs["f_key"], pairs["g_key"], pairs["targets"], pairs["both"]):
-        f, g, both = str(f), str(g), int(both)
-        union = prompts.get(f, 0) + prompts.get(g, 0) - both
-        jac = both / union if union else 0.0
-        if jac >= params["min_jaccard"]:
-            graph.add_edge(f, g, jaccard=jac, targets=set(map(str, targets)))
+    for f, g, jac in zip(f_idx[keep], g_idx[keep], jaccard[keep]):
+        graph.add_edge(keys[f], keys[g], jaccard=float(jac), targets=fed[f] & fed[g])
     comps = [sorted(c) for c in nx.connected_components(graph) if len(c) >= params["min_size"]]
     comps.sort(key=lambda c: (-len(c), c[0]))
-    labels = dict(zip(members["key"].astype(str), members["label"]))
-    layers = dict(zip(members["key"].astype(str), members["layer"]))
-    rows = []
+    labels = dict(zip(keys, members["label"]))
+    layers = dict(zip(keys, members["layer"]))
+    out = []
     for i, comp in enumerate(comps[: params["limit"]], start=1):
         for k in comp:
             edges = [graph.edges[k, n] for n in graph.neighbors(k)]
-            targets = sorted(set().union(*(e["targets"] for e in edges)))
-            rows.append({"candidate": i, "size": len(comp), "key": k, "label": labels.get(k), "layer": int(layers.get(k, -1)),
-                         "prompts": prompts.get(k, 0), "shared_targets": targets,
-                         "mean_jaccard": float(np.mean([e["jaccard"] for e in edges]))})
-    if not rows:
+            out.append({"candidate": i, "size": len(comp), "key": k, "label": labels.get(k), "layer": int(layers.get(k, -1)),
+                        "prompts": int(sizes[index[k]]), "shared_targets": sorted(set().union(*(e["targets"] for e in edges))),
+                        "mean_jaccard": float(np.mean([e["jaccard"] for e in edges]))})
+    if not out:
         return _empty(["candidate"])
-    return _str(pd.DataFrame(rows), ["label"])
+    return _str(pd.DataFrame(out), ["label"])
 
 
 def prompt_subgraph(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:

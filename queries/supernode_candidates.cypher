@@ -4,7 +4,9 @@
 // notes: >
 //   Pairs of features that feed a common target feature (both LINKS in >= min_prompts prompts)
 //   and whose prompt sets overlap with Jaccard >= min_jaccard are joined; each connected group
-//   of such pairs is one candidate. Needs LINKS to be fresh. See also `circuit-atlas
+//   of such pairs is one candidate. The Cypher reads the LINKS pairs and each source feature's
+//   prompt set; the pairs and their overlaps are then counted with sparse matrices (a pair
+//   list would be quadratic in a target's sources on dense real graphs). Needs LINKS to be fresh. See also `circuit-atlas
 //   supernodes`, which writes automatic supernodes with a richer similarity.
 // params:
 //   min_prompts: {type: int, default: 2, help: "least prompts for a LINKS edge to a shared target"}
@@ -23,30 +25,12 @@
 // post: supernode_candidates
 // examples:
 //   - circuit-atlas query supernode_candidates --param min_prompts=5 --param min_jaccard=0.6
-MATCH (f:Feature)-[l1:LINKS]->(t:Feature)<-[l2:LINKS]-(g:Feature)
-WHERE f.key < g.key AND l1.prompts >= $min_prompts AND l2.prompts >= $min_prompts
-WITH f, g, collect(DISTINCT t.key) AS targets
-MATCH (f)<-[:OF]-(a:Active), (g)<-[:OF]-(b:Active)
-WHERE a.prompt_id = b.prompt_id
-WITH f, g, targets, count(DISTINCT a.prompt_id) AS both
-RETURN f.key AS f_key, g.key AS g_key, targets, both
-// @variant bolt
-// ArcadeDB plans the two LINKS hops far better when they are staged through WITH.
-MATCH (f:Feature)-[l1:LINKS]->(t:Feature)
-WHERE l1.prompts >= $min_prompts
-WITH f, t
-MATCH (g:Feature)-[l2:LINKS]->(t)
-WHERE l2.prompts >= $min_prompts AND f.key < g.key
-WITH f, g, collect(DISTINCT t.key) AS targets
-MATCH (f)<-[:OF]-(a:Active)
-WITH f, g, targets, a.prompt_id AS pid
-MATCH (g)<-[:OF]-(b:Active)
-WHERE b.prompt_id = pid
-WITH f, g, targets, count(DISTINCT pid) AS both
-RETURN f.key AS f_key, g.key AS g_key, targets, both
-// @part members
 MATCH (f:Feature)-[l:LINKS]->(t:Feature)
+WHERE l.prompts >= $min_prompts
+RETURN f.key AS f_key, t.key AS t_key
+// @part members
+MATCH (f:Feature)-[l:LINKS]->(:Feature)
 WHERE l.prompts >= $min_prompts
 WITH DISTINCT f
 MATCH (f)<-[:OF]-(a:Active)
-RETURN f.key AS key, f.label AS label, f.layer AS layer, count(DISTINCT a.prompt_id) AS prompts
+RETURN f.key AS key, f.label AS label, f.layer AS layer, collect(DISTINCT a.prompt_id) AS prompt_ids
