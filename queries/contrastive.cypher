@@ -1,13 +1,13 @@
 // name: contrastive
 // description: Features and edges enriched in one prompt group versus another (by group, tag, corpus or correctness), with counts, frequencies and a smoothed log-odds score.
-// uses_links: false
+// uses_links: true
 // notes: >
 //   log_odds = ln((a+alpha)/(n_a-a+alpha)) -
 //   ln((b+alpha)/(n_b-b+alpha)), with a, b the prompts with the feature (edge) in each side.
 //   Features are first cut to those with >= min_prompts active instances (a cheap necessary
-//   condition), which keeps one-off noise features out of the per-prompt join. Edge rows are
-//   counted straight from the per-prompt EDGEs of the two sides' prompts (one pass, no LINKS);
-//   an edge row's label is its source feature's.
+//   condition), which keeps one-off noise features out of the per-prompt join. Edge rows come from
+//   the LINKS layer (pairs in >= min_prompts prompts, with the ids of those prompts), so they
+//   need LINKS to be fresh; an edge row's label is its source feature's.
 // params:
 //   field: {type: str, default: group, help: "what splits the prompts: 'group', 'tag', 'corpus' or 'correct' (values 'true'/'false')"}
 //   a: {type: str, help: "the value that selects side A"}
@@ -46,14 +46,22 @@ WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b
-// @part edges
+// @part let_sides
 MATCH (p:Prompt)
 WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
-WHERE in_a OR in_b
-WITH p.id AS pid, in_a, in_b
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.prompt_id = pid
-WITH DISTINCT x.feature_key AS source_key, y.feature_key AS target_key, pid, in_a, in_b
-WITH source_key, target_key, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
+RETURN collect(CASE WHEN in_a THEN p.id END) AS ids_a, collect(CASE WHEN in_b THEN p.id END) AS ids_b
+// @part edges
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts
+WITH fa, fb, l.prompt_ids AS ids, $ids_a AS ids_a, $ids_b AS ids_b
+WITH fa.key AS source_key, fb.key AS target_key, size(list_filter(ids, x -> x IN ids_a)) AS count_a,
+     size(list_filter(ids, x -> x IN ids_b)) AS count_b
+WHERE count_a + count_b >= $min_prompts
+RETURN source_key, target_key, count_a, count_b
+// @variant bolt
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts
+WITH fa.key AS source_key, fb.key AS target_key, size([x IN l.prompt_ids WHERE x IN $ids_a]) AS count_a,
+     size([x IN l.prompt_ids WHERE x IN $ids_b]) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN source_key, target_key, count_a, count_b

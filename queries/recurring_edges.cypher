@@ -4,7 +4,7 @@
 // notes: >
 //   Starts from the derived LINKS layer (pairs already seen in >= min_prompts prompts) and then
 //   reads the per-prompt EDGEs of those pairs, so it needs LINKS to be fresh: run
-//   `circuit-atlas rebuild-links` (store) after ingesting, or pairs added since are missed.
+//   `circuit-atlas store rebuild-links` after ingesting, or pairs added since are missed.
 //   With min_weight 0 a pair's prompt count is its LINKS count, so only the pairs that can make
 //   the top `limit` are expanded (LINKS prompts >= the limit-th largest, found first): exact,
 //   and fast on dense real graphs.

@@ -18,11 +18,22 @@ import pandas as pd
 
 from circuit_atlas.errors import CircuitAtlasError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions a writer upgrades in place: 1 -> 2 added LINKS.prompt_ids (derived: rebuilt from EDGE).
+UPGRADABLE = {1}
 
 
 class StoreError(CircuitAtlasError, RuntimeError):
     """Any store failure a user can act on: unreachable, bad credentials, wrong schema, full."""
+
+
+def version_error(url: str, version: int, read_only: bool) -> StoreError:
+    """The error for a store of another schema version, saying how to go on."""
+    if version in UPGRADABLE and read_only:
+        how = "open it once for writing to upgrade it in place (e.g. `circuit-atlas store rebuild-links`)"
+    else:
+        how = "use a new store or re-ingest"
+    return StoreError(f"{url}: schema version {version}, this circuit-atlas needs {SCHEMA_VERSION}; {how}")
 
 
 class ReadOnlyViolation(StoreError):

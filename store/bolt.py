@@ -25,7 +25,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from circuit_atlas.store import dialect
-from circuit_atlas.store.base import SCHEMA_VERSION, ReadOnlyViolation, Store, StoreError, WriteReport
+from circuit_atlas.store.base import SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
 from circuit_atlas.store.embedded import read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
@@ -59,12 +59,13 @@ class BoltStore(Store):
         except nex.Neo4jError as exc:
             raise StoreError(f"{url}: {exc.message or exc}") from exc
         version = self.schema_version()
-        if version is not None and version != SCHEMA_VERSION:
+        if version is not None and version != SCHEMA_VERSION and (read_only or version not in UPGRADABLE):
             self.close()
-            raise StoreError(f"{url}: schema version {version}, this circuit-atlas needs {SCHEMA_VERSION}; "
-                             "use a new database or re-ingest")
+            raise version_error(url, version, read_only)
         if not read_only:
             self.init_schema()
+            if version is not None and version != SCHEMA_VERSION:
+                self._upgrade(version)
 
     # -- low level -------------------------------------------------------------------------
     def _session(self, write: bool):
@@ -107,6 +108,12 @@ class BoltStore(Store):
             self._run(f"CREATE CONSTRAINT {label.lower()}_{key} IF NOT EXISTS FOR (n:{label}) REQUIRE n.{key} IS UNIQUE")
         self._run("MERGE (m:Meta {key: 'schema'}) ON CREATE SET m.schema_version = $v, m.write_token = $t",
                   {"v": SCHEMA_VERSION, "t": uuid.uuid4().hex})
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
+        if version == 1:  # LINKS gained prompt_ids
+            self.rebuild_links()
+        self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
         rows = self._run("MATCH (m:Meta {key: 'schema'}) RETURN m.schema_version AS v", write=False)
@@ -233,10 +240,10 @@ class BoltStore(Store):
         self._run("MATCH ()-[l:LINKS]->() DELETE l")
         rows = self._run(
             "MATCH (a:Active)-[e:EDGE]->(b:Active) "
-            "WITH a.feature_key AS s, b.feature_key AS t, count(DISTINCT a.prompt_id) AS n, "
-            "avg(toFloat(e.weight)) AS mw, avg(abs(toFloat(e.weight))) AS maw "
+            "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
+            "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, collect(DISTINCT p) AS ps "
             "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
-            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw}]->(fb) RETURN count(*) AS c")
+            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps}]->(fb) RETURN count(*) AS c")
         self._touch()
         return int(rows[0]["c"]) if rows else 0
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
 from circuit_atlas.store import dialect
-from circuit_atlas.store.base import SCHEMA_VERSION, ReadOnlyViolation, Store, StoreError, WriteReport
+from circuit_atlas.store.base import SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
 
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
 DB_FILE = "atlas.lbdb"
@@ -71,7 +71,8 @@ def _schema_statements() -> list[str]:
     out.append("CREATE REL TABLE IF NOT EXISTS OF(FROM Active TO Feature, FROM Embedding TO Token, FROM Logit TO Token)")
     pairs = ", ".join(f"FROM {a} TO {b}" for a in PER_PROMPT for b in PER_PROMPT)
     out.append(f"CREATE REL TABLE IF NOT EXISTS EDGE({pairs}, weight FLOAT)")
-    out.append("CREATE REL TABLE IF NOT EXISTS LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE)")
+    out.append("CREATE REL TABLE IF NOT EXISTS LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, "
+               "mean_abs_weight DOUBLE, prompt_ids STRING[])")
     out.append("CREATE REL TABLE IF NOT EXISTS CONTAINS(FROM Supernode TO Feature)")
     return out
 
@@ -104,11 +105,12 @@ class EmbeddedStore(Store):
         except (RuntimeError, OSError) as exc:
             raise StoreError(f"{self.url}: cannot open the embedded store ({exc}); is another process writing to it?") from exc
         version = self.schema_version()
-        if version is not None and version != SCHEMA_VERSION:
+        if version is not None and version != SCHEMA_VERSION and (read_only or version not in UPGRADABLE):
             self.close()
-            raise StoreError(f"{self.url}: schema version {version}, this circuit-atlas needs {SCHEMA_VERSION}; "
-                             "re-ingest into a new store")
+            raise version_error(self.url, version, read_only)
         if not read_only:
+            if version is not None and version != SCHEMA_VERSION:
+                self._upgrade(version)
             self.init_schema()
             self._cleanup_incomplete()
             shutil.rmtree(self.path / "staging", ignore_errors=True)  # left by a killed load (recovered above)
@@ -143,6 +145,15 @@ class EmbeddedStore(Store):
             self._exec(stmt)
         self._exec("MERGE (m:Meta {key: 'schema'}) ON CREATE SET m.schema_version = $v, m.write_token = $t",
                    {"v": SCHEMA_VERSION, "t": uuid.uuid4().hex})
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
+        if version == 1:  # LINKS gained prompt_ids: drop the derived table, recreate and refill it
+            self._exec("DROP TABLE IF EXISTS LINKS")
+            for stmt in _schema_statements():
+                self._exec(stmt)
+            self.rebuild_links()
+        self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
         try:
@@ -349,10 +360,10 @@ class EmbeddedStore(Store):
             "MATCH (a:Active)-[e:EDGE]->(b:Active) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w "
             "RETURN s, t, count(DISTINCT p) AS prompts, avg(CAST(w AS DOUBLE)) AS mean_weight, "
-            "avg(abs(CAST(w AS DOUBLE))) AS mean_abs_weight")
-        df = df[df["s"] != df["t"]] if False else df
+            "avg(abs(CAST(w AS DOUBLE))) AS mean_abs_weight, list_sort(collect(DISTINCT p)) AS prompt_ids")
         self._copy("LINKS", df.rename(columns={"s": "from", "t": "to"}),
-                   [("from", "STRING"), ("to", "STRING"), ("prompts", "INT64"), ("mean_weight", "DOUBLE"), ("mean_abs_weight", "DOUBLE")])
+                   [("from", "STRING"), ("to", "STRING"), ("prompts", "INT64"), ("mean_weight", "DOUBLE"),
+                    ("mean_abs_weight", "DOUBLE"), ("prompt_ids", "STRING[]")])
         self._touch()
         return len(df)
 

@@ -35,8 +35,9 @@ RELS = {
     "OF_TOKEN": ("MATCH (a)-[r:OF]->(b:Token) RETURN a.id AS s, b.key AS t", "Node", "Token", {}),
     "EDGE": ("MATCH (a)-[r:EDGE]->(b) RETURN a.id AS s, b.id AS t, r.weight AS weight", "Node", "Node", {"weight": "float"}),
     "LINKS": ("MATCH (a:Feature)-[r:LINKS]->(b:Feature) RETURN a.key AS s, b.key AS t, r.prompts AS prompts, "
-              "r.mean_weight AS mean_weight, r.mean_abs_weight AS mean_abs_weight", "Feature", "Feature",
-              {"prompts": "long", "mean_weight": "double", "mean_abs_weight": "double"}),
+              "r.mean_weight AS mean_weight, r.mean_abs_weight AS mean_abs_weight, r.prompt_ids AS prompt_ids",
+              "Feature", "Feature",
+              {"prompts": "long", "mean_weight": "double", "mean_abs_weight": "double", "prompt_ids": "string[]"}),
 }
 
 
@@ -56,6 +57,9 @@ def export_csv(store: Store, directory: str | Path) -> list[Path]:
     for name, (cypher, sspace, tspace, props) in RELS.items():
         df = store.read(cypher)
         df = df if not df.empty else pd.DataFrame(columns=["s", "t", *props])
+        for p, kind in props.items():  # arrays: neo4j-admin's default delimiter (prompt ids never hold it)
+            if kind.endswith("[]"):
+                df[p] = df[p].map(lambda v: ";".join(map(str, v)) if v is not None and not isinstance(v, float) else "")
         df.columns = [f":START_ID({sspace})", f":END_ID({tspace})", *[f"{p}:{t}" for p, t in props.items()]]
         path = out / f"{name}.csv"
         df.to_csv(path, index=False)

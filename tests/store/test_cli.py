@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from circuit_atlas.store.synthetic import write_synthetic_corpus
+from circuit_atlas.store import SCHEMA_VERSION
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -21,7 +22,7 @@ def test_load_stats_doctor_export(tmp_path):
     st = json.loads(cli("store", "stats", "--store", url, "--json").stdout)
     assert st["Prompt"] == 2
     r = cli("doctor", "--store", url)
-    assert r.returncode == 0 and "schema version 1" in r.stdout
+    assert r.returncode == 0 and f"schema version {SCHEMA_VERSION}" in r.stdout
     r = cli("store", "export-csv", str(tmp_path / "csv"), "--store", url)
     assert r.returncode == 0, r.stderr
     edges = (tmp_path / "csv" / "EDGE.csv").read_text().splitlines()

@@ -159,11 +159,12 @@ def test_delete_prompt_and_links(store_url, corpus):
         s.write_graphs(corpus)
         n_links = s.rebuild_links()
         assert n_links > 0 and s.stats()["LINKS"] == n_links
-        top = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.prompts AS n "
-                     "ORDER BY n DESC LIMIT 1").iloc[0]
+        top = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.prompts AS n, "
+                     "l.prompt_ids AS ids ORDER BY n DESC LIMIT 1").iloc[0]
         direct = s.read("MATCH (x:Active)-[:EDGE]->(y:Active) WHERE x.feature_key = $a AND y.feature_key = $b "
-                        "RETURN count(DISTINCT x.prompt_id) AS n", {"a": top["a"], "b": top["b"]})["n"].iloc[0]
-        assert top["n"] == direct
+                        "RETURN DISTINCT x.prompt_id AS p", {"a": top["a"], "b": top["b"]})["p"]
+        assert top["n"] == len(direct) > 1
+        assert sorted(top["ids"]) == sorted(direct)
         pid = sorted(s.prompt_ids())[0]
         assert s.delete_prompt(pid) is True
         assert s.delete_prompt(pid) is False
@@ -200,6 +201,26 @@ def test_wrong_schema_version(store_url):
         s._set_schema_version(SCHEMA_VERSION + 98)
     with pytest.raises(StoreError, match="schema version"):
         open_store(store_url)
+
+
+def test_upgrade_from_schema_1(store_url, corpus):
+    """A version-1 store (LINKS without prompt_ids) is refused read-only with the way out, and a
+    writer upgrades it in place: LINKS rebuilt with prompt ids, nothing else lost."""
+    with open_store(store_url) as s:
+        s.write_graphs(corpus[:3])
+        before = s.stats()
+        if s.backend == "embedded":
+            s._exec("DROP TABLE LINKS")
+            s._exec("CREATE REL TABLE LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE)")
+        s._set_schema_version(1)
+    with pytest.raises(StoreError, match="schema version 1.*open it once for writing"):
+        open_store(store_url, read_only=True)
+    with open_store(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        after = s.stats()
+        assert after["LINKS"] > 0 and {k: v for k, v in after.items() if k != "LINKS"} == {k: v for k, v in before.items() if k != "LINKS"}
+        ids = s.read("MATCH (:Feature)-[l:LINKS]->(:Feature) RETURN l.prompts AS n, l.prompt_ids AS ids")
+        assert all(len(set(i)) == n for n, i in zip(ids["n"], ids["ids"]))
 
 
 def test_embedded_missing_store_read_only(tmp_path):
