@@ -356,16 +356,14 @@ class EmbeddedStore(Store):
     def rebuild_links(self) -> int:
         self._require_writer()
         self._exec("MATCH ()-[l:LINKS]->() DELETE l")
-        df = self._df(
-            "MATCH (a:Active)-[e:EDGE]->(b:Active) "
+        # COPY from a subquery: the aggregate goes straight into the rel table, never through Python
+        self._exec(
+            "COPY LINKS FROM (MATCH (a:Active)-[e:EDGE]->(b:Active) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w "
-            "RETURN s, t, count(DISTINCT p) AS prompts, avg(CAST(w AS DOUBLE)) AS mean_weight, "
-            "avg(abs(CAST(w AS DOUBLE))) AS mean_abs_weight, list_sort(collect(DISTINCT p)) AS prompt_ids")
-        self._copy("LINKS", df.rename(columns={"s": "from", "t": "to"}),
-                   [("from", "STRING"), ("to", "STRING"), ("prompts", "INT64"), ("mean_weight", "DOUBLE"),
-                    ("mean_abs_weight", "DOUBLE"), ("prompt_ids", "STRING[]")])
+            "RETURN s, t, count(DISTINCT p), avg(CAST(w AS DOUBLE)), avg(abs(CAST(w AS DOUBLE))), "
+            "list_sort(collect(DISTINCT p)))")
         self._touch()
-        return len(df)
+        return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 
     def set_feature_labels(self, labels: dict[str, str]) -> None:
         """Set Feature.label by key (the app's editable labels, imported clerps)."""
