@@ -1,14 +1,14 @@
 """Benchmark of the query library: p50/p95 of every query on the embedded store and on Bolt.
 
 Builds a synthetic corpus with the planted circuits of tests/queries/planted.py repeated over
-many prompts plus per-prompt noise (``--prompts`` x ``--edges`` in total), loads it into the
+many prompts plus per-prompt noise (``--prompts`` x ``--edges`` per prompt), loads it into the
 embedded store (LadybugDB) and, unless ``--no-bolt``, a smaller one (``--bolt-prompts``,
 ``--bolt-edges``) into the ArcadeDB Bolt test server, then times every library query.
 Baseline: a trivial ``count(*)`` over prompts, timed in the same run; each query's p50 is also
 printed as a multiple of it. The last line is JSON with every figure.
 
-    python bench/queries.py                      # 1,000 prompts x 50,000 edges embedded
-    python bench/queries.py --prompts 200 --edges 10000 --repeats 5   # quick run
+    python bench/queries.py                      # 1,000 prompts x 50,000 edges each, embedded
+    python bench/queries.py --prompts 200 --edges 2000 --repeats 5    # quick run
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ def _bolt_store(root: Path, dirs: list[Path]):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=1000, help="prompts in the embedded corpus")
-    ap.add_argument("--edges", type=int, default=50_000, help="noise edges in the embedded corpus, in total")
+    ap.add_argument("--edges", type=int, default=50_000, help="edges per prompt in the embedded corpus")
     ap.add_argument("--bolt-prompts", type=int, default=150, help="prompts in the Bolt corpus")
-    ap.add_argument("--bolt-edges", type=int, default=7_500, help="noise edges in the Bolt corpus, in total")
+    ap.add_argument("--bolt-edges", type=int, default=500, help="edges per prompt in the Bolt corpus")
     ap.add_argument("--repeats", type=int, default=9, help="timed runs per query (after one warm-up)")
     ap.add_argument("--no-bolt", action="store_true", help="skip the Bolt backend")
     args = ap.parse_args()
@@ -120,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-queries-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        dirs = planted.build_scaled_corpus(tmp / "graphs", args.prompts, max(1, args.edges // args.prompts))
+        dirs = planted.build_scaled_corpus(tmp / "graphs", args.prompts, args.edges)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         store, kind = _open_embedded(tmp / "db", dirs)
@@ -132,7 +132,7 @@ def main() -> None:
         store.close()
         result["query_p50_ms"]["embedded"], result["query_p95_ms"]["embedded"], result["baseline_ms"]["embedded"] = r["p50"], r["p95"], r["baseline_ms"]
         if not args.no_bolt:
-            bdirs = planted.build_scaled_corpus(tmp / "bgraphs", args.bolt_prompts, max(1, args.bolt_edges // args.bolt_prompts), seed=1)
+            bdirs = planted.build_scaled_corpus(tmp / "bgraphs", args.bolt_prompts, args.bolt_edges, seed=1)
             with _bolt_store(tmp / "arcadedb", bdirs) as (bstore, bkind, bload):
                 bpid = bstore.read("MATCH (p:Prompt) RETURN p.id AS id ORDER BY id LIMIT 1")["id"].iloc[0]
                 bn = int(bstore.read("MATCH ()-[e:EDGE]->() RETURN count(*) AS n")["n"].iloc[0])

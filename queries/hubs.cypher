@@ -1,7 +1,10 @@
 // name: hubs
 // description: Features ranked by total influence, number of prompts, or number of recurring partners.
 // uses_links: true
-// notes: the `partners` column counts LINKS neighbours (fresh after `rebuild_links`).
+// notes: >
+//   The `partners` column counts LINKS neighbours (fresh after `rebuild_links`). Features are
+//   counted from their active instances, ranked and cut to `limit` in the store (by influence or
+//   prompts) before labels and partners are looked up; ranking by partners counts them for all.
 // params:
 //   by: {type: str, default: influence, help: "rank by 'influence' (total), 'prompts' or 'partners'"}
 //   min_prompts: {type: int, default: 2, help: "least prompts a feature must be active in"}
@@ -19,14 +22,17 @@
 // post: hubs
 // examples:
 //   - circuit-atlas query hubs --param by=prompts --param limit=20
-MATCH (f:Feature)<-[:OF]-(a:Active)
-WHERE $scan = '' OR f.scan = $scan
-WITH f, count(*) AS occurrences
-WHERE occurrences >= $min_prompts
-MATCH (f)<-[:OF]-(a:Active)
-WITH f, occurrences, count(DISTINCT a.prompt_id) AS prompts, sum(a.influence) AS total_influence,
-     avg(a.activation) AS mean_activation
+// @part let_cap
+RETURN CASE WHEN $by = 'partners' THEN 1000000000 ELSE $limit END AS cap
+// @part main
+MATCH (a:Active)
+WHERE $scan = '' OR a.feature_key STARTS WITH ($scan + ':')
+WITH a.feature_key AS key, count(*) AS occurrences, count(DISTINCT a.prompt_id) AS prompts,
+     sum(a.influence) AS total_influence, avg(a.activation) AS mean_activation
 WHERE prompts >= $min_prompts
+WITH key, occurrences, prompts, total_influence, mean_activation
+ORDER BY CASE WHEN $by = 'prompts' THEN prompts * 1.0 ELSE total_influence END DESC, prompts DESC, key LIMIT $cap
+MATCH (f:Feature {key: key})
 OPTIONAL MATCH (f)-[:LINKS]-(g:Feature)
 RETURN f.key AS key, f.label AS label, f.layer AS layer, prompts, occurrences, total_influence, mean_activation,
        count(DISTINCT g.key) AS partners

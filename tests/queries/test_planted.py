@@ -100,6 +100,8 @@ TOP_K_CALLS = [
     ("token_to_logit", {"input_token": " capital", "min_prompts": 1}),
     ("motifs", {"min_prompts": 2}),
     ("contrastive", {"a": "capitals", "min_prompts": 2}),
+    ("hubs", {"min_prompts": 1}),
+    ("hubs", {"min_prompts": 1, "by": "prompts"}),
 ]
 
 
