@@ -109,6 +109,8 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
     tokens = list(tokens)
     pos_nodes = layout(node_rows(nodes, n_layers))
     xy = dict(zip(pos_nodes["node_id"], zip(pos_nodes["x"], pos_nodes["y"])))
+    px_ = dict(zip(pos_nodes["node_id"], pos_nodes["x"]))
+    py_ = dict(zip(pos_nodes["node_id"], pos_nodes["y"]))
     fig = go.Figure()
     if len(edges):
         e = edges[edges["source"].isin(xy) & edges["target"].isin(xy)]
@@ -122,12 +124,12 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
                 sub = e[side & (bins == b)]
                 if sub.empty:
                     continue
-                xs: list[float | None] = []
-                ys: list[float | None] = []
-                for s, t in zip(sub["source"], sub["target"]):
-                    (x0, y0), (x1, y1) = xy[s], xy[t]
-                    xs += [x0, x1, None]
-                    ys += [y0, y1, None]
+                # segments as numpy arrays (x0, x1, NaN) per edge: NaN breaks the line, and
+                # plotly validates and serialises arrays far faster than lists of floats
+                xs = np.column_stack([sub["source"].map(px_).to_numpy(float), sub["target"].map(px_).to_numpy(float),
+                                      np.full(len(sub), np.nan)]).ravel()
+                ys = np.column_stack([sub["source"].map(py_).to_numpy(float), sub["target"].map(py_).to_numpy(float),
+                                      np.full(len(sub), np.nan)]).ravel()
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                          line=dict(color=color, width=0.5 + 1.5 * b), opacity=0.25 + 0.15 * b,
                                          name="+ edges" if positive else "- edges"))

@@ -277,31 +277,37 @@ def backend_of(store: Any) -> str:
     return "embedded" if ("ladybug" in cls or "embedded" in cls or "kuzu" in cls) else "bolt"
 
 
+def let_values(store: Any, query: Query, values: dict[str, Any]) -> dict[str, Any] | None:
+    """``values`` plus what the query's ``let_*`` parts compute, or None when one has no rows.
+
+    Parts named let_* run first, in file order; their last row's columns become parameters of
+    the later parts (a value computed in its own statement, e.g. a cut-off from ORDER BY ...
+    LIMIT). A let_ part with no rows means the query has none."""
+    backend = backend_of(store)
+    for part in (p for p in query.parts if p.startswith("let_")):
+        frame = store.read(query.cypher_for(backend, part), values)
+        frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+        if frame.empty:
+            return None
+        last = frame.iloc[-1]
+        values = {**values, **{k: (v.item() if hasattr(v, "item") else v) for k, v in last.items()}}
+    return values
+
+
 def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Run library query ``name`` on ``store`` read-only and return its result as a DataFrame."""
     query = load_query(name)
-    values = query.validate(params)
     backend = backend_of(store)
+    declared = query.validate(params)
+    values = let_values(store, query, declared)
     frames = {}
-    # parts named let_* run first; their last row's columns become parameters of the others
-    # (a value computed in its own statement, e.g. a cut-off from ORDER BY ... LIMIT); a let_
-    # part with no rows means the query has none
-    order = sorted(query.parts, key=lambda p: not p.startswith("let_"))
-    empty = False
-    for part in order:
-        if empty:
+    for part in (p for p in query.parts if not p.startswith("let_")):
+        if values is None:
             frames[part] = pd.DataFrame()
             continue
         frame = store.read(query.cypher_for(backend, part), values)
-        frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-        if part.startswith("let_"):
-            if frame.empty:
-                empty = True
-            else:
-                last = frame.iloc[-1]
-                values = {**values, **{k: (v.item() if hasattr(v, "item") else v) for k, v in last.items()}}
-            continue
-        frames[part] = frame
+        frames[part] = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    values = values if values is not None else declared
     if query.post:
         from circuit_atlas.queries import post
 

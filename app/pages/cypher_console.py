@@ -12,7 +12,7 @@ import streamlit as st
 from circuit_atlas.app import data
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.queries.cli import refuse_writes
-from circuit_atlas.queries.runner import backend_of, list_queries
+from circuit_atlas.queries.runner import backend_of, let_values, list_queries, load_query
 from circuit_atlas.store import ReadOnlyViolation
 
 STARTERS = {
@@ -49,9 +49,19 @@ def _examples(backend: str, prompt_id: str) -> dict[str, tuple[str, dict]]:
 
 
 def _load_example(examples: dict[str, tuple[str, dict]]) -> None:
-    text, params = examples[st.session_state["cc_example"]]
+    name = st.session_state["cc_example"]
+    text, params = examples[name]
+    if name.startswith("library: "):
+        # a library query's main part may use values its let_ parts compute (cut-offs): run
+        # those now, so the example runs as shown
+        query = load_query(name.removeprefix("library: "))
+        if any(p.startswith("let_") for p in query.parts):
+            try:
+                params = let_values(data.get_store(), query, dict(params)) or params
+            except CircuitAtlasError:  # an example that cannot be prepared still loads
+                pass
     st.session_state["cc_text"] = text
-    st.session_state["cc_params"] = json.dumps(params)
+    st.session_state["cc_params"] = json.dumps(params, default=str)
 
 
 def main() -> None:

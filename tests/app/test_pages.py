@@ -165,10 +165,12 @@ def test_cypher_console_reads_and_refuses_writes(store_url):
     at.text_area(key="cc_text").input("MATCH (p:Prompt) RETURN count(p) AS n")
     ok(at.button(key="cc_run").click().run())
     assert int(at.dataframe[0].value["n"].iloc[0]) == 15  # nothing was written
-    ok(at.selectbox(key="cc_example").select("library: hubs").run())
-    assert "$min_prompts" in at.text_area(key="cc_text").value
-    ok(at.button(key="cc_run").click().run())
-    assert len(at.dataframe[0].value) > 0
+    for name in ("hubs", "recurring_edges", "recurring_paths", "motifs"):  # examples run as shown, let_ values included
+        ok(at.selectbox(key="cc_example").select(f"library: {name}").run())
+        assert "MATCH" in at.text_area(key="cc_text").value and "min_prompts" in at.text_input(key="cc_params").value
+        ok(at.button(key="cc_run").click().run())
+        assert not at.error, (name, [e.value for e in at.error])
+        assert len(at.dataframe[0].value) > 0, name
 
 
 def test_intervene_without_engine_or_model_says_what_it_needs(store_url, monkeypatch):
