@@ -26,7 +26,7 @@
 // post: motifs
 // examples:
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
-// @part let_cut_feed_forward
+// @part let_cut_feed_forward when kind in ,feed_forward
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $min_prompts
 WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
@@ -44,7 +44,7 @@ WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_feed_forward
-// @part let_cut_fan_in
+// @part let_cut_fan_in when kind in ,fan_in
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $min_prompts
 WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
@@ -61,7 +61,7 @@ WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_in
-// @part let_cut_fan_out
+// @part let_cut_fan_out when kind in ,fan_out
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $min_prompts
 WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
@@ -78,7 +78,7 @@ WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_out
-// @part feed_forward
+// @part feed_forward when kind in ,feed_forward
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $cut_feed_forward
 WITH fa.key AS k1, fb.key AS k2
@@ -99,7 +99,7 @@ WITH fa, fb, kc, prompts, prompt_ids
 MATCH (fc:Feature {key: kc})
 RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
        fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
-// @part fan_in
+// @part fan_in when kind in ,fan_in
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $cut_fan_in
 WITH fa.key AS k1, fb.key AS k2
@@ -119,7 +119,7 @@ WITH fa, fb, kc, prompts, prompt_ids
 MATCH (fc:Feature {key: kc})
 RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
        fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
-// @part fan_out
+// @part fan_out when kind in ,fan_out
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $cut_fan_out
 WITH fa.key AS k1, fb.key AS k2

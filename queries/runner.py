@@ -6,7 +6,9 @@ shared by all backends comes first; a line ``// @variant bolt`` (or ``// @varian
 starts a replacement text for that backend only, used instead of the shared one there. A line
 ``// @part NAME`` starts another statement of the same query (each runs read-only; the ``post``
 function combines their frames). Parts named ``let_*`` run first and their last row's columns
-become parameters of the other parts. See README.md, "Queries", for the format.
+become parameters of the other parts. ``// @part NAME when PARAM in V1,V2`` runs that part only
+when the parameter has one of those values (an empty frame otherwise). See README.md,
+"Queries", for the format.
 
 Queries run through ``Store.read`` (read-only transactions that refuse writes), and user values
 reach Cypher only as parameters. Some statistics (medians, log-odds, weighted Jaccard) are
@@ -34,7 +36,7 @@ QUERY_DIR = Path(__file__).resolve().parent
 BACKENDS = ("embedded", "bolt")
 PARAM_TYPES = ("int", "float", "str", "bool", "list[str]")
 _VARIANT = re.compile(r"^\s*//\s*@variant\s+(\S+)\s*$")
-_PART = re.compile(r"^\s*//\s*@part\s+([a-z][a-z0-9_]*)\s*$")
+_PART = re.compile(r"^\s*//\s*@part\s+([a-z][a-z0-9_]*)(?:\s+when\s+([a-z][a-z0-9_]*)\s+in\s+(\S+))?\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
@@ -118,6 +120,7 @@ class Query:
     params: dict[str, Param]
     columns: list[str]
     parts: dict[str, dict[str, str]]
+    when: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     post: str | None = None
     uses_links: bool = False
     notes: str = ""
@@ -128,6 +131,13 @@ class Query:
         """The text of a part on a backend: its variant if the file has one, else the shared text."""
         texts = self.parts[part or next(iter(self.parts))]
         return texts.get(backend, texts[""])
+
+    def runs(self, part: str, values: Mapping[str, Any]) -> bool:
+        """False when the part's ``when PARAM in V1,V2`` condition does not hold for ``values``."""
+        if part not in self.when:
+            return True
+        name, allowed = self.when[part]
+        return str(values.get(name)) in allowed
 
     @property
     def text(self) -> str:
@@ -184,11 +194,16 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         params[str(pname)] = Param(str(pname), spec["type"], default, required, param.help)
     # parts[part][backend or ""] -> lines; the first part is "main" unless named.
     parts: dict[str, dict[str, list[str]]] = {"main": {"": []}}
+    when: dict[str, tuple[str, frozenset[str]]] = {}
     part, backend = "main", ""
     for line in lines[i:]:
         m = _PART.match(line)
         if m:
             part, backend = m.group(1), ""
+            if m.group(2):
+                if m.group(2) not in params:
+                    raise QueryError(f"{where}: part '{part}' runs when '{m.group(2)}' ..., which is not a parameter")
+                when[part] = (m.group(2), frozenset(m.group(3).split(",")))
             if part in parts and any(parts[part][""]):
                 raise QueryError(f"{where}: part '{part}' appears twice")
             parts[part] = {"": []}
@@ -218,6 +233,7 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         params=params,
         columns=[str(c) for c in columns],
         parts=texts,
+        when=when,
         post=meta.get("post"),
         uses_links=bool(meta.get("uses_links", False)),
         notes=str(meta.get("notes", "") or "").strip(),
@@ -284,7 +300,7 @@ def let_values(store: Any, query: Query, values: dict[str, Any]) -> dict[str, An
     the later parts (a value computed in its own statement, e.g. a cut-off from ORDER BY ...
     LIMIT). A let_ part with no rows means the query has none."""
     backend = backend_of(store)
-    for part in (p for p in query.parts if p.startswith("let_")):
+    for part in (p for p in query.parts if p.startswith("let_") and query.runs(p, values)):
         frame = store.read(query.cypher_for(backend, part), values)
         frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
         if frame.empty:
@@ -302,7 +318,7 @@ def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) ->
     values = let_values(store, query, declared)
     frames = {}
     for part in (p for p in query.parts if not p.startswith("let_")):
-        if values is None:
+        if values is None or not query.runs(part, values):
             frames[part] = pd.DataFrame()
             continue
         frame = store.read(query.cypher_for(backend, part), values)

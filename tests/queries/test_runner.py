@@ -56,6 +56,17 @@ def test_parse_header_parts_and_variants():
     assert q.params["s"].required and not q.params["n"].required
 
 
+def test_parts_that_run_only_for_some_parameter_values():
+    q = parse_query(HEADER + "RETURN 1 AS a\n// @part two when s in x,\nRETURN 2 AS a\n")
+    assert q.runs("main", {"s": "anything"})
+    assert q.runs("two", {"s": "x"}) and q.runs("two", {"s": ""}) and not q.runs("two", {"s": "y"})
+    # the library uses it: hops=2 never runs the 3-hop parts
+    paths = load_query("recurring_paths")
+    assert not paths.runs("three", {"hops": 2}) and not paths.runs("let_cut3", {"hops": 2}) and paths.runs("main", {"hops": 2})
+    with pytest.raises(QueryError, match="not a parameter"):
+        parse_query(HEADER + "RETURN 1 AS a\n// @part two when nope in 1\nRETURN 2 AS a\n")
+
+
 @pytest.mark.parametrize(
     "text,match",
     [
