@@ -4,10 +4,11 @@
 // notes: >
 //   Motifs are counted in the per-prompt graphs (all edges of a motif among the same nodes of
 //   one prompt). A motif's prompt count is at most the LINKS count of each of its feature pairs,
-//   so each kind first counts exactly the motifs that start from the `limit` strongest LINKS
-//   pairs (a let_ part); the limit-th best of those counts is a cut-off no top row can fall
-//   below, and only per-prompt edges of LINKS pairs at or above it start a motif. Exact, and
-//   fast on dense real graphs; needs LINKS to be fresh. Fan-in/fan-out list each unordered pair
+//   so each kind first counts exactly the motifs of its `limit` strongest LINKS candidates (a
+//   let_ part); the limit-th best of those counts is a cut-off no top row can fall below, and
+//   only candidates whose LINKS pairs all reach it are followed in the per-prompt graphs,
+//   forward from their first feature. Exact, and fast on dense real graphs and on large sparse
+//   corpora alike; needs LINKS to be fresh. Fan-in/fan-out list each unordered pair
 //   once (a_key < b_key for fan-in, b_key < c_key for fan-out).
 // params:
 //   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
@@ -29,15 +30,24 @@
 // @part let_cut_feed_forward when kind in ,feed_forward
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
+WITH fa, fb, l.prompts AS bound
+ORDER BY bound DESC LIMIT $limit
+MATCH (fb)-[l:LINKS]->(fc:Feature)
+WHERE l.prompts >= $min_prompts
+WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+MATCH (fa)-[l:LINKS]->(fc)
+WHERE l.prompts >= $min_prompts
+WITH fa, fb, fc, CASE WHEN l.prompts < bound2 THEN l.prompts ELSE bound2 END AS bound3
+ORDER BY bound3 DESC LIMIT $limit
+WITH fa, fb.key AS kb, fc.key AS kc
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kb
+WITH fa, kb, kc, x, y
 MATCH (y)-[:EDGE]->(z:Active)
-WITH x, y, z
+WHERE z.feature_key = kc
+WITH fa, kb, kc, x, z
 MATCH (x)-[:EDGE]->(z)
-WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
@@ -47,14 +57,17 @@ RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_feed_forward
 // @part let_cut_fan_in when kind in ,fan_in
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
-MATCH (w:Active)-[:EDGE]->(y)
-WHERE w.feature_key > x.feature_key
-WITH DISTINCT x.feature_key AS ka, w.feature_key AS kb, y.feature_key AS kc, x.prompt_id AS pid
+WITH fa, fb, l.prompts AS bound
+ORDER BY bound DESC LIMIT $limit
+MATCH (fo:Feature)-[l:LINKS]->(g:Feature {key: fb.key})
+WHERE l.prompts >= $min_prompts AND fo.key > fa.key
+WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+ORDER BY bound2 DESC LIMIT $limit
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kc
+WITH fa, fo, kc, y
+MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y)
+WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
@@ -64,14 +77,19 @@ RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_in
 // @part let_cut_fan_out when kind in ,fan_out
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS n ORDER BY n DESC LIMIT $limit
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
+WITH fa, fb, l.prompts AS bound
+ORDER BY bound DESC LIMIT $limit
+MATCH (fa)-[l:LINKS]->(fc:Feature)
+WHERE l.prompts >= $min_prompts AND fc.key > fb.key
+WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+ORDER BY bound2 DESC LIMIT $limit
+WITH fa, fb.key AS kb, fc.key AS kc
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kb
+WITH fa, kb, kc, x
 MATCH (x)-[:EDGE]->(z:Active)
-WHERE z.feature_key > y.feature_key
-WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WHERE z.feature_key = kc
+WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
@@ -81,14 +99,21 @@ RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_out
 // @part feed_forward when kind in ,feed_forward
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $cut_feed_forward
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
+WITH fa, fb, l.prompts AS bound
+MATCH (fb)-[l:LINKS]->(fc:Feature)
+WHERE l.prompts >= $cut_feed_forward
+WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+MATCH (fa)-[l:LINKS]->(fc)
+WHERE l.prompts >= $cut_feed_forward
+WITH fa, fb.key AS kb, fc.key AS kc
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kb
+WITH fa, kb, kc, x, y
 MATCH (y)-[:EDGE]->(z:Active)
-WITH x, y, z
+WHERE z.feature_key = kc
+WITH fa, kb, kc, x, z
 MATCH (x)-[:EDGE]->(z)
-WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_feed_forward
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
@@ -102,13 +127,15 @@ RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_ke
 // @part fan_in when kind in ,fan_in
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $cut_fan_in
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
-MATCH (w:Active)-[:EDGE]->(y)
-WHERE w.feature_key > x.feature_key
-WITH DISTINCT x.feature_key AS ka, w.feature_key AS kb, y.feature_key AS kc, x.prompt_id AS pid
+WITH fa, fb, l.prompts AS bound
+MATCH (fo:Feature)-[l:LINKS]->(g:Feature {key: fb.key})
+WHERE l.prompts >= $cut_fan_in AND fo.key > fa.key
+WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kc
+WITH fa, fo, kc, y
+MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y)
+WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_in
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
@@ -122,13 +149,17 @@ RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
 // @part fan_out when kind in ,fan_out
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $cut_fan_out
-WITH fa.key AS k1, fb.key AS k2
-MATCH (x:Active)-[:EDGE]->(y:Active)
-WHERE x.feature_key = k1 AND y.feature_key = k2
-WITH x, y
+WITH fa, fb, l.prompts AS bound
+MATCH (fa)-[l:LINKS]->(fc:Feature)
+WHERE l.prompts >= $cut_fan_out AND fc.key > fb.key
+WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
+WITH fa, fb.key AS kb, fc.key AS kc
+MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
+WHERE y.feature_key = kb
+WITH fa, kb, kc, x
 MATCH (x)-[:EDGE]->(z:Active)
-WHERE z.feature_key > y.feature_key
-WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
+WHERE z.feature_key = kc
+WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_out
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
