@@ -8,6 +8,14 @@
 - `index` is a keyword in LadybugDB: write the property as `` n.`index` `` (backquotes work on
   every backend).
 - `group` is a keyword in some dialects, so the Prompt property is named `prompt_group`.
+- Counting list members: LadybugDB `size(list_filter(xs, x -> x IN ys))` (bind a parameter to a
+  variable with `WITH $p AS ys` first: a parameter inside a lambda fails there), Neo4j
+  `size([x IN xs WHERE x IN $p])`. The one query that needs it (`contrastive`, edge rows) carries a
+  `// @variant bolt` text.
+- LadybugDB planner traits the queries are written around: after `WITH`, an `EDGE` pattern that
+  starts at a bound node and walks backwards is planned as a scan of all edges (walk forwards);
+  an `ORDER BY ... LIMIT` in a `WITH` that feeds an aggregation directly is dropped (put
+  `UNWIND [1] AS keep_order` in between); a `WITH` that redefines a name orders by its old value.
 """
 
 from __future__ import annotations
