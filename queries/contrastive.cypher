@@ -14,6 +14,7 @@
 //   b: {type: str, default: "", help: "the value that selects side B ('' = every prompt not in A)"}
 //   min_prompts: {type: int, default: 2, help: "least prompts (both sides together) for a row"}
 //   alpha: {type: float, default: 0.5, help: "additive smoothing of the log-odds"}
+//   kind: {type: str, default: "", help: "'feature' or 'edge' rows only ('' = both; 'feature' skips the edge statement)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   kind: feature | edge
@@ -46,11 +47,11 @@ WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b
-// @part let_sides
+// @part let_sides when kind in ,edge
 MATCH (p:Prompt)
 WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 RETURN collect(CASE WHEN in_a THEN p.id END) AS ids_a, collect(CASE WHEN in_b THEN p.id END) AS ids_b
-// @part edges
+// @part edges when kind in ,edge
 MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
 WHERE l.prompts >= $min_prompts
 WITH fa, fb, l.prompt_ids AS ids, $ids_a AS ids_a, $ids_b AS ids_b

@@ -215,6 +215,8 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError(f"query 'contrastive': parameter 'field' must be group, tag, corpus or correct, not {params['field']!r}")
     if params["alpha"] <= 0:
         raise QueryError("query 'contrastive': parameter 'alpha' must be positive")
+    if params["kind"] not in ("", "feature", "edge"):
+        raise QueryError(f"query 'contrastive': parameter 'kind' must be feature or edge ('' = both), not {params['kind']!r}")
     totals = frames["main"]
     n_a = int(pd.to_numeric(totals["n_a"]).fillna(0).iloc[0]) if len(totals) else 0
     n_b = int(pd.to_numeric(totals["n_b"]).fillna(0).iloc[0]) if len(totals) else 0
@@ -236,6 +238,8 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     if not parts:
         return _empty(["kind"])
     df = pd.concat(parts, ignore_index=True)
+    if params["kind"]:  # feature rows are always read (edge rows take their labels from them)
+        df = df[df["kind"] == params["kind"]]
     df = _num(df, ["count_a", "count_b"], "int")
     df = df[df["count_a"] + df["count_b"] >= params["min_prompts"]].copy()
     df["n_a"], df["n_b"] = n_a, n_b

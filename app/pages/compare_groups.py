@@ -25,8 +25,9 @@ def _values(prompts: pd.DataFrame, field: str) -> list[str]:
     return sorted(vals.unique().tolist())
 
 
-def _run(field: str, a: str, b: str, min_prompts: int, limit: int) -> pd.DataFrame:
-    return data.query("contrastive", {"field": field, "a": a, "b": b, "min_prompts": min_prompts, "limit": limit})
+def _run(field: str, a: str, b: str, min_prompts: int, limit: int, kind: str) -> pd.DataFrame:
+    rows = "" if kind == "both" else kind  # only the rows shown: edge rows cost most of the query
+    return data.query("contrastive", {"field": field, "a": a, "b": b, "min_prompts": min_prompts, "limit": limit, "kind": rows})
 
 
 def main() -> None:
@@ -47,8 +48,8 @@ def main() -> None:
     limit = int(c5.number_input("Rows per side", 5, 1000, 30, key="cg_limit"))
     kind = c6.radio("Show", ["feature", "edge", "both"], horizontal=True, key="cg_kind")
     try:
-        ab = _run(field, a, b, min_prompts, limit)
-        ba = _run(field, b, a, min_prompts, limit) if b else pd.DataFrame(columns=ab.columns)
+        ab = _run(field, a, b, min_prompts, limit, kind)
+        ba = _run(field, b, a, min_prompts, limit, kind) if b else pd.DataFrame(columns=ab.columns)
     except QueryError as exc:
         st.error(str(exc))
         return

@@ -177,6 +177,19 @@ def test_contrastive(store, planted):
         run_query(store, "contrastive", {"a": "no-such-group"})
 
 
+
+def test_contrastive_kind_keeps_one_kind_of_row(store, planted):
+    both = run_query(store, "contrastive", {"a": "capitals", "min_prompts": 2, "limit": 10_000})
+    for kind in ("feature", "edge"):
+        only = run_query(store, "contrastive", {"a": "capitals", "min_prompts": 2, "limit": 10_000, "kind": kind})
+        assert set(only["kind"]) == {kind}
+        assert _normal(only) == _normal(both[both["kind"] == kind])
+    labels = dict(zip(both[both["kind"] == "feature"]["key"], both[both["kind"] == "feature"]["label"]))
+    edges = both[both["kind"] == "edge"]
+    assert len(edges) and all(lab == labels[s] for s, lab in zip(edges["source_key"], edges["label"]))  # source's label
+    with pytest.raises(QueryError, match="kind"):
+        run_query(store, "contrastive", {"a": "capitals", "kind": "motif"})
+
 def test_hubs(store, planted):
     df = run_query(store, "hubs", {"limit": 1})
     assert df["key"].tolist() == [key(H)] and df["prompts"].tolist() == [15]
