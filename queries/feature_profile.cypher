@@ -3,7 +3,9 @@
 // uses_links: true
 // notes: >
 //   Upstream and downstream partners come from the LINKS layer (fresh after
-//   `rebuild_links`); occurrences and logits are read from the per-prompt graphs.
+//   `rebuild_links`), which keeps pairs seen in two or more prompts, so a partner is listed from
+//   2 prompts up whatever min_prompts says; occurrences and logits are read from the per-prompt
+//   graphs.
 //   One frame with a `section` column: 'summary' (one row), 'occurrence' (one row per active
 //   instance), 'upstream' / 'downstream' (partner features), 'logit' (output tokens it feeds).
 // params:

@@ -2,7 +2,8 @@
 // description: Features ranked by total influence, number of prompts, or number of recurring partners.
 // uses_links: true
 // notes: >
-//   The `partners` column counts LINKS neighbours (fresh after `rebuild_links`). Features are
+//   The `partners` column counts LINKS neighbours, i.e. features it shares an edge with in two or
+//   more prompts (fresh after `rebuild_links`). Features are
 //   counted from their active instances, ranked and cut to `limit` in the store (by influence or
 //   prompts) before labels and partners are looked up; ranking by partners counts them for all.
 // params:

@@ -45,8 +45,9 @@ WHERE y.feature_key = kb
 WITH fa, kb, kc, x, y
 MATCH (y)-[:EDGE]->(z:Active)
 WHERE z.feature_key = kc
-WITH fa, kb, kc, x, z
-MATCH (x)-[:EDGE]->(z)
+WITH fa, kb, kc, x, z.id AS zid
+MATCH (x)-[:EDGE]->(z2:Active)
+WHERE z2.id = zid  // walk forward from x: an edge between two bound nodes is planned as a scan of all edges
 WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
@@ -65,9 +66,10 @@ WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound
 ORDER BY bound2 DESC LIMIT $limit
 MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
 WHERE y.feature_key = kc
-WITH fa, fo, kc, y
-MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y)
-WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y.prompt_id AS pid
+WITH fa, fo, kc, y.id AS yid
+MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y2:Active)
+WHERE y2.id = yid  // forward from fo's instances: walking into a bound node scans all edges
+WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y2.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
@@ -111,8 +113,9 @@ WHERE y.feature_key = kb
 WITH fa, kb, kc, x, y
 MATCH (y)-[:EDGE]->(z:Active)
 WHERE z.feature_key = kc
-WITH fa, kb, kc, x, z
-MATCH (x)-[:EDGE]->(z)
+WITH fa, kb, kc, x, z.id AS zid
+MATCH (x)-[:EDGE]->(z2:Active)
+WHERE z2.id = zid  // walk forward from x: an edge between two bound nodes is planned as a scan of all edges
 WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_feed_forward
@@ -133,9 +136,10 @@ WHERE l.prompts >= $cut_fan_in AND fo.key > fa.key
 WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
 MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
 WHERE y.feature_key = kc
-WITH fa, fo, kc, y
-MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y)
-WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y.prompt_id AS pid
+WITH fa, fo, kc, y.id AS yid
+MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y2:Active)
+WHERE y2.id = yid  // forward from fo's instances: walking into a bound node scans all edges
+WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y2.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_in
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit

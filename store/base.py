@@ -19,6 +19,10 @@ import pandas as pd
 from circuit_atlas.errors import CircuitAtlasError
 
 SCHEMA_VERSION = 2
+# LINKS holds the feature pairs that recur: seen in at least this many prompts. A pair seen in one
+# prompt only stays in that prompt's EDGEs; on large corpora such pairs are almost every pair
+# (one-off features), and keeping them would make every LINKS scan pay for them.
+LINKS_MIN_PROMPTS = 2
 # Versions a writer upgrades in place: 1 -> 2 added LINKS.prompt_ids (derived: rebuilt from EDGE).
 UPGRADABLE = {1}
 
@@ -79,7 +83,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def rebuild_links(self) -> int:
-        """Recompute the derived Feature-[:LINKS]->Feature layer; returns the number of links."""
+        """Recompute the derived Feature-[:LINKS]->Feature layer (pairs in >= LINKS_MIN_PROMPTS
+        prompts); returns the number of links."""
 
     @abc.abstractmethod
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from circuit_atlas.store import dialect
-from circuit_atlas.store.base import SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
+from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
 from circuit_atlas.store.embedded import read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
@@ -242,8 +242,10 @@ class BoltStore(Store):
             "MATCH (a:Active)-[e:EDGE]->(b:Active) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
             "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, collect(DISTINCT p) AS ps "
+            "WHERE n >= $m "
             "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
-            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps}]->(fb) RETURN count(*) AS c")
+            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps}]->(fb) RETURN count(*) AS c",
+            {"m": LINKS_MIN_PROMPTS})
         self._touch()
         return int(rows[0]["c"]) if rows else 0
 

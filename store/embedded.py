@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
 from circuit_atlas.store import dialect
-from circuit_atlas.store.base import SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
+from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
 
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
 DB_FILE = "atlas.lbdb"
@@ -360,8 +360,9 @@ class EmbeddedStore(Store):
         self._exec(
             "COPY LINKS FROM (MATCH (a:Active)-[e:EDGE]->(b:Active) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w "
-            "RETURN s, t, count(DISTINCT p), avg(CAST(w AS DOUBLE)), avg(abs(CAST(w AS DOUBLE))), "
-            "list_sort(collect(DISTINCT p)))")
+            "WITH s, t, count(DISTINCT p) AS n, avg(CAST(w AS DOUBLE)) AS mw, avg(abs(CAST(w AS DOUBLE))) AS maw, "
+            "list_sort(collect(DISTINCT p)) AS ps "
+            f"WHERE n >= {LINKS_MIN_PROMPTS} RETURN s, t, n, mw, maw, ps)")
         self._touch()
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 

@@ -112,10 +112,12 @@ def test_feature_page_profiles_and_relabels(writable_store_url, planted):
     assert at.header[0].value == key
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Prompts where active"] == str(len(planted.capitals)) == "7"
-    occurrences = at.dataframe[-3].value
+    frames = [d.value for d in at.dataframe]
+    at_occ = next(i for i, f in enumerate(frames) if "pos" in f.columns)
+    occurrences, upstream = frames[at_occ], frames[at_occ + 1]  # upstream partners: the table after it
     assert len(occurrences) == 7 and set(occurrences["token"]) == {" is"}
-    upstream = at.dataframe[-2].value
     assert {P.key(n) for n in ("A", "B", "S1", "S2")} <= set(upstream["key"])
+    assert any(c.value.startswith("None") for c in at.caption)  # C feeds no feature downstream
     assert any("<mark" in m.value and "capital of France" in m.value for m in at.markdown)
     at.text_input(key=f"ft_label_{key}").input("says Paris")
     ok(at.button[0].click().run())
