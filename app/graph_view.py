@@ -108,12 +108,10 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
     event names the nodes picked."""
     tokens = list(tokens)
     pos_nodes = layout(node_rows(nodes, n_layers))
-    xy = dict(zip(pos_nodes["node_id"], zip(pos_nodes["x"], pos_nodes["y"])))
-    px_ = dict(zip(pos_nodes["node_id"], pos_nodes["x"]))
-    py_ = dict(zip(pos_nodes["node_id"], pos_nodes["y"]))
+    at = pos_nodes.set_index("node_id")[["x", "y"]]
     fig = go.Figure()
     if len(edges):
-        e = edges[edges["source"].isin(xy) & edges["target"].isin(xy)]
+        e = edges[edges["source"].isin(at.index) & edges["target"].isin(at.index)]
         wmax = float(e["weight"].abs().max()) if len(e) else 1.0
         wmax = wmax if wmax > 0 else 1.0
         # One trace per (sign, width bin): thousands of edges stay one handful of traces.
@@ -126,10 +124,9 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
                     continue
                 # segments as numpy arrays (x0, x1, NaN) per edge: NaN breaks the line, and
                 # plotly validates and serialises arrays far faster than lists of floats
-                xs = np.column_stack([sub["source"].map(px_).to_numpy(float), sub["target"].map(px_).to_numpy(float),
-                                      np.full(len(sub), np.nan)]).ravel()
-                ys = np.column_stack([sub["source"].map(py_).to_numpy(float), sub["target"].map(py_).to_numpy(float),
-                                      np.full(len(sub), np.nan)]).ravel()
+                gap = np.full(len(sub), np.nan)
+                xs, ys = (np.column_stack([sub["source"].map(at[c]).to_numpy(float), sub["target"].map(at[c]).to_numpy(float),
+                                           gap]).ravel() for c in ("x", "y"))
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                          line=dict(color=color, width=0.5 + 1.5 * b), opacity=0.25 + 0.15 * b,
                                          name="+ edges" if positive else "- edges"))

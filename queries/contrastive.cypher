@@ -33,10 +33,6 @@
 // examples:
 //   - circuit-atlas query contrastive --param a=capitals
 //   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
-MATCH (p:Prompt)
-WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
-WITH in_a, in_b
-RETURN sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS n_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS n_b
 // @part features
 MATCH (f:Feature)<-[:OF]-(x:Active)
 WITH f, count(*) AS occurrences
@@ -47,7 +43,7 @@ WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b
-// @part let_sides when kind in ,edge
+// @part let_sides
 MATCH (p:Prompt)
 WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 RETURN collect(CASE WHEN in_a THEN p.id END) AS ids_a, collect(CASE WHEN in_b THEN p.id END) AS ids_b

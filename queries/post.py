@@ -217,9 +217,7 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError("query 'contrastive': parameter 'alpha' must be positive")
     if params["kind"] not in ("", "feature", "edge"):
         raise QueryError(f"query 'contrastive': parameter 'kind' must be feature or edge ('' = both), not {params['kind']!r}")
-    totals = frames["main"]
-    n_a = int(pd.to_numeric(totals["n_a"]).fillna(0).iloc[0]) if len(totals) else 0
-    n_b = int(pd.to_numeric(totals["n_b"]).fillna(0).iloc[0]) if len(totals) else 0
+    n_a, n_b = len(params.get("ids_a") or []), len(params.get("ids_b") or [])  # the sides, from let_sides
     if n_a == 0:
         raise QueryError(f"query 'contrastive': no prompt has {params['field']} = {params['a']!r}")
     parts = []
@@ -339,23 +337,24 @@ def supernode_candidates(frames: Frames, params: dict[str, Any]) -> pd.DataFrame
         member[i, [prompt_index[p] for p in s]] = True
     bits = np.packbits(member, axis=1)
     sizes = member.sum(axis=1)
-    targets = sorted(set(links["t_key"].astype(str)))
+    src = links["f_key"].astype(str).map(index).to_numpy()
+    tgt = links["t_key"].astype(str)
+    fed = [set() for _ in keys]  # feature -> the targets it feeds
+    for f, t in zip(src, tgt):
+        fed[f].add(t)
+    targets = sorted(set(tgt))
     target_index = {k: j for j, k in enumerate(targets)}
-    src = links["f_key"].astype(str).map(index)
-    feeds = sparse.csr_matrix((np.ones(len(links)), (src.to_numpy(), links["t_key"].astype(str).map(target_index).to_numpy())),
-                              shape=(len(keys), len(targets)))
+    feeds = sparse.csr_matrix((np.ones(len(links)), (src, tgt.map(target_index).to_numpy())), shape=(len(keys), len(targets)))
     feeds.data[:] = 1.0
     shared = sparse.triu(feeds @ feeds.T, k=1).tocoo()  # pairs (f < g by index) with a common target
     f_idx, g_idx = shared.row, shared.col
     both = np.zeros(len(f_idx), dtype=np.int64)
-    for s in range(0, len(f_idx), 1 << 20):  # popcount of the AND of the two prompt bitsets
-        both[s:s + (1 << 20)] = np.unpackbits(bits[f_idx[s:s + (1 << 20)]] & bits[g_idx[s:s + (1 << 20)]], axis=1).sum(axis=1)
+    step = 1 << 20  # pairs per chunk: bounds the memory of the AND below
+    for s in range(0, len(f_idx), step):  # popcount of the AND of the two prompt bitsets
+        both[s:s + step] = np.unpackbits(bits[f_idx[s:s + step]] & bits[g_idx[s:s + step]], axis=1).sum(axis=1)
     union = sizes[f_idx] + sizes[g_idx] - both
     jaccard = np.divide(both, union, out=np.zeros(len(both)), where=union > 0)
     keep = jaccard >= params["min_jaccard"]
-    fed = [set() for _ in keys]
-    for f, t in zip(src, links["t_key"].astype(str)):
-        fed[f].add(t)
     graph = nx.Graph()
     for f, g, jac in zip(f_idx[keep], g_idx[keep], jaccard[keep]):
         graph.add_edge(keys[f], keys[g], jaccard=float(jac), targets=fed[f] & fed[g])

@@ -54,12 +54,10 @@ def _load_example(examples: dict[str, tuple[str, dict]]) -> None:
     if name.startswith("library: "):
         # a library query's main part may use values its let_ parts compute (cut-offs): run
         # those now, so the example runs as shown
-        query = load_query(name.removeprefix("library: "))
-        if any(p.startswith("let_") for p in query.parts):
-            try:
-                params = let_values(data.get_store(), query, dict(params)) or params
-            except CircuitAtlasError:  # an example that cannot be prepared still loads
-                pass
+        try:
+            params = let_values(data.get_store(), load_query(name.removeprefix("library: ")), dict(params)) or params
+        except CircuitAtlasError:  # an example that cannot be prepared still loads
+            pass
     st.session_state["cc_text"] = text
     st.session_state["cc_params"] = json.dumps(params, default=str)
 
