@@ -120,6 +120,10 @@ def _paths(frames: Frames, params: dict[str, Any], keys: list[str]) -> pd.DataFr
 
 
 def recurring_paths(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    if params["hops"] not in (0, 2, 3):
+        from circuit_atlas.queries.runner import QueryError
+
+        raise QueryError(f"query 'recurring_paths': parameter 'hops' must be 2, 3 or 0 (both), not {params['hops']}")
     return _paths(frames, params, ["f1_key", "f2_key", "f3_key", "token", "f1_label", "f2_label", "f3_label"])
 
 

@@ -87,6 +87,8 @@ def test_recurring_paths(store, planted):
     assert (key(A), key(B), key(C), " Paris") in got  # the planted 3-hop chain
     cold = run_query(store, "recurring_paths", {"min_prompts": MIN, "token": " cold"})
     assert [(r.f1_key, r.f2_key) for r in cold.itertuples()] == [(key(D), key(E))]
+    with pytest.raises(QueryError, match="'hops' must be 2, 3 or 0"):
+        run_query(store, "recurring_paths", {"hops": 4})
     three = run_query(store, "recurring_paths", {"min_prompts": MIN, "hops": 3})
     assert set(three["hops"]) == {3}
     assert len(three) == sum(len(k) == 4 for k in expected)
