@@ -4,10 +4,10 @@
 // notes: >
 //   log_odds = ln((a+alpha)/(n_a-a+alpha)) -
 //   ln((b+alpha)/(n_b-b+alpha)), with a, b the prompts with the feature (edge) in each side.
-//   Features are first cut to those with >= min_prompts active instances (a cheap necessary
-//   condition), which keeps one-off noise features out of the per-prompt join. Edge rows come from
-//   the LINKS layer (pairs in >= min_prompts prompts, with the ids of those prompts), so they
-//   need LINKS to be fresh; an edge row's label is its source feature's.
+//   Both kinds of row come from the derived layer, never from the per-prompt graphs: feature rows
+//   from each recurring Feature's prompt ids, edge rows from LINKS (pairs in >= 2 prompts, with
+//   the ids of those prompts); so rows need >= 2 prompts, and the derived layer must be fresh
+//   (rebuild-links). An edge row's label is its source feature's.
 // params:
 //   field: {type: str, default: group, help: "what splits the prompts: 'group', 'tag', 'corpus' or 'correct' (values 'true'/'false')"}
 //   a: {type: str, help: "the value that selects side A"}
@@ -34,12 +34,10 @@
 //   - circuit-atlas query contrastive --param a=capitals
 //   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
 // @part features
-MATCH (f:Feature)<-[:OF]-(x:Active)
-WITH f, count(*) AS occurrences
-WHERE occurrences >= $min_prompts
-MATCH (f)<-[:OF]-(x:Active)<-[:HAS]-(p:Prompt)
-WITH DISTINCT f, p
-WITH f, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
+MATCH (f:Feature)
+WHERE f.prompts >= $min_prompts
+UNWIND f.prompt_ids AS pid
+WITH f, pid IN $ids_a AS in_a, pid IN $ids_b AS in_b
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN f.key AS key, f.label AS label, count_a, count_b
@@ -48,17 +46,11 @@ MATCH (p:Prompt)
 WITH p, CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END AS in_a, CASE WHEN $b = '' THEN NOT (CASE WHEN $field = 'tag' THEN $a IN p.tags WHEN $field = 'corpus' THEN p.corpus = $a WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $a ELSE p.prompt_group = $a END) WHEN $field = 'tag' THEN $b IN p.tags WHEN $field = 'corpus' THEN p.corpus = $b WHEN $field = 'correct' THEN (CASE WHEN p.correct THEN 'true' ELSE 'false' END) = $b ELSE p.prompt_group = $b END AS in_b
 RETURN collect(CASE WHEN in_a THEN p.id END) AS ids_a, collect(CASE WHEN in_b THEN p.id END) AS ids_b
 // @part edges when kind in ,edge
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+MATCH ()-[l:LINKS]->()
 WHERE l.prompts >= $min_prompts
-WITH fa, fb, l.prompt_ids AS ids, $ids_a AS ids_a, $ids_b AS ids_b
-WITH fa.key AS source_key, fb.key AS target_key, size(list_filter(ids, x -> x IN ids_a)) AS count_a,
-     size(list_filter(ids, x -> x IN ids_b)) AS count_b
-WHERE count_a + count_b >= $min_prompts
-RETURN source_key, target_key, count_a, count_b
-// @variant bolt
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE l.prompts >= $min_prompts
-WITH fa.key AS source_key, fb.key AS target_key, size([x IN l.prompt_ids WHERE x IN $ids_a]) AS count_a,
-     size([x IN l.prompt_ids WHERE x IN $ids_b]) AS count_b
+UNWIND l.prompt_ids AS pid
+WITH l, pid IN $ids_a AS in_a, pid IN $ids_b AS in_b
+WITH l.source_key AS source_key, l.target_key AS target_key, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a,
+     sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b
 WHERE count_a + count_b >= $min_prompts
 RETURN source_key, target_key, count_a, count_b

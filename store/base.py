@@ -18,13 +18,15 @@ import pandas as pd
 
 from circuit_atlas.errors import CircuitAtlasError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # LINKS holds the feature pairs that recur: seen in at least this many prompts. A pair seen in one
 # prompt only stays in that prompt's EDGEs; on large corpora such pairs are almost every pair
 # (one-off features), and keeping them would make every LINKS scan pay for them.
 LINKS_MIN_PROMPTS = 2
-# Versions a writer upgrades in place: 1 -> 2 added LINKS.prompt_ids (derived: rebuilt from EDGE).
-UPGRADABLE = {1}
+# Versions a writer upgrades in place, since only derived data changed (rebuilt from EDGE and OF):
+# 1 -> 2 added LINKS.prompt_ids; 2 -> 3 added LINKS.source_key/target_key and the recurrence of
+# each feature (Feature.prompts, Feature.prompt_ids).
+UPGRADABLE = {1, 2}
 
 
 class StoreError(CircuitAtlasError, RuntimeError):
@@ -83,8 +85,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def rebuild_links(self) -> int:
-        """Recompute the derived Feature-[:LINKS]->Feature layer (pairs in >= LINKS_MIN_PROMPTS
-        prompts); returns the number of links."""
+        """Recompute the derived layer from the per-prompt graphs: Feature-[:LINKS]->Feature (pairs
+        in >= LINKS_MIN_PROMPTS prompts, with their endpoints' keys, so a scan of LINKS reads no
+        Feature node) and, on each Feature active in >= LINKS_MIN_PROMPTS prompts, `prompts` and
+        `prompt_ids` (NULL on the others). Returns the number of links."""
 
     @abc.abstractmethod
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -111,8 +111,7 @@ class BoltStore(Store):
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
-        if version == 1:  # LINKS gained prompt_ids
-            self.rebuild_links()
+        self.rebuild_links()  # 1 -> 2: LINKS.prompt_ids; 2 -> 3: LINKS keys, Feature.prompts/prompt_ids
         self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
@@ -244,8 +243,14 @@ class BoltStore(Store):
             "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, collect(DISTINCT p) AS ps "
             "WHERE n >= $m "
             "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
-            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps}]->(fb) RETURN count(*) AS c",
+            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, source_key: s, target_key: t}]->(fb) "
+            "RETURN count(*) AS c",
             {"m": LINKS_MIN_PROMPTS})
+        # each feature's recurrence: only the features in >= LINKS_MIN_PROMPTS prompts carry it
+        self._run("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = null, f.prompt_ids = null")
+        self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
+                  "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
+                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", {"m": LINKS_MIN_PROMPTS})
         self._touch()
         return int(rows[0]["c"]) if rows else 0
 

@@ -8,14 +8,17 @@
 - `index` is a keyword in LadybugDB: write the property as `` n.`index` `` (backquotes work on
   every backend).
 - `group` is a keyword in some dialects, so the Prompt property is named `prompt_group`.
-- Counting list members: LadybugDB `size(list_filter(xs, x -> x IN ys))` (bind a parameter to a
-  variable with `WITH $p AS ys` first: a parameter inside a lambda fails there), Neo4j
-  `size([x IN xs WHERE x IN $p])`. The one query that needs it (`contrastive`, edge rows) carries a
-  `// @variant bolt` text.
+- Counting list members: `UNWIND xs AS x` then `sum(CASE WHEN x IN $ys THEN 1 ELSE 0 END)`, on
+  both backends. Not LadybugDB's `size(list_filter(xs, x -> x IN ys))`: in 0.22 it returns NULL
+  for some rows when the scan feeding it is filtered (seen on Feature, WHERE f.prompts >= $m).
 - LadybugDB planner traits the queries are written around: after `WITH`, an `EDGE` pattern that
   starts at a bound node and walks backwards is planned as a scan of all edges (walk forwards);
   an `ORDER BY ... LIMIT` in a `WITH` that feeds an aggregation directly is dropped (put
   `UNWIND [1] AS keep_order` in between); a `WITH` that redefines a name orders by its old value.
+  A property of a node reached through a relationship is read by a scan of the node's whole table
+  (with a mask), so LINKS repeats its endpoints' keys (`source_key`, `target_key`) and queries
+  read those instead of `Feature.key`; a list parameter filters (`x IN $list`) where the same list
+  bound by `WITH` would change the plan for the worse.
 """
 
 from __future__ import annotations

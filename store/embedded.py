@@ -37,7 +37,8 @@ DB_FILE = "atlas.lbdb"
 NODE_TABLES: dict[str, list[tuple[str, str]]] = {
     "Meta": [("key", "STRING"), ("schema_version", "INT64"), ("write_token", "STRING")],
     "Feature": [("key", "STRING"), ("scan", "STRING"), ("layer", "INT64"), ("index", "INT64"), ("label", "STRING"),
-                ("frequency", "DOUBLE"), ("max_activation", "DOUBLE"), ("contexts", "STRING"), ("logit_effects", "STRING")],
+                ("frequency", "DOUBLE"), ("max_activation", "DOUBLE"), ("contexts", "STRING"), ("logit_effects", "STRING"),
+                ("prompts", "INT64"), ("prompt_ids", "STRING[]")],  # the last two: derived (rebuild_links)
     "Token": [("key", "STRING"), ("model", "STRING"), ("token_id", "INT64"), ("text", "STRING")],
     "Prompt": [("id", "STRING"), ("text", "STRING"), ("tokens", "STRING[]"), ("token_ids", "INT64[]"), ("model", "STRING"),
                ("scan", "STRING"), ("node_threshold", "DOUBLE"), ("edge_threshold", "DOUBLE"),
@@ -58,6 +59,10 @@ NODE_TABLES: dict[str, list[tuple[str, str]]] = {
 }
 _ARROW = {"STRING": pa.string(), "INT64": pa.int64(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(),
           "STRING[]": pa.list_(pa.string()), "INT64[]": pa.list_(pa.int64()), "FLOAT": pa.float32()}
+# source_key/target_key repeat the endpoints' keys: LadybugDB reads a property of a node reached
+# through a relationship by scanning its whole table, and Feature holds every one-off feature.
+LINKS_COLUMNS = ("FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE, prompt_ids STRING[], "
+                 "source_key STRING, target_key STRING")
 TYPE_TABLE = {"feature": "Active", "embedding": "Embedding", "error": "Error", "logit": "Logit"}
 
 
@@ -71,8 +76,7 @@ def _schema_statements() -> list[str]:
     out.append("CREATE REL TABLE IF NOT EXISTS OF(FROM Active TO Feature, FROM Embedding TO Token, FROM Logit TO Token)")
     pairs = ", ".join(f"FROM {a} TO {b}" for a in PER_PROMPT for b in PER_PROMPT)
     out.append(f"CREATE REL TABLE IF NOT EXISTS EDGE({pairs}, weight FLOAT)")
-    out.append("CREATE REL TABLE IF NOT EXISTS LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, "
-               "mean_abs_weight DOUBLE, prompt_ids STRING[])")
+    out.append(f"CREATE REL TABLE IF NOT EXISTS LINKS({LINKS_COLUMNS})")
     out.append("CREATE REL TABLE IF NOT EXISTS CONTAINS(FROM Supernode TO Feature)")
     return out
 
@@ -148,8 +152,10 @@ class EmbeddedStore(Store):
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
-        if version == 1:  # LINKS gained prompt_ids: rebuilding drops and recreates the derived table
-            self.rebuild_links()
+        if version < 3:  # Feature gained the derived prompts/prompt_ids columns
+            for col, typ in NODE_TABLES["Feature"][-2:]:
+                self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {typ}")
+        self.rebuild_links()  # drops and recreates LINKS with the current columns
         self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
@@ -318,7 +324,8 @@ class EmbeddedStore(Store):
         self._copy("Feature", pa.table({"key": first.column("feature_key"), "scan": first.column("scan"),
                                         "layer": first.column("layer"), "index": first.column("index"),
                                         "label": first.column("label"), "frequency": nulls_d, "max_activation": nulls_d,
-                                        "contexts": nulls_s, "logit_effects": nulls_s}), NODE_TABLES["Feature"])
+                                        "contexts": nulls_s, "logit_effects": nulls_s, "prompts": pa.nulls(n, pa.int64()),
+                                        "prompt_ids": pa.nulls(n, pa.list_(pa.string()))}), NODE_TABLES["Feature"])
         toks = nodes["Token"]
         existing_t = self._existing("Token", toks.column("key"))
         if existing_t:
@@ -362,7 +369,12 @@ class EmbeddedStore(Store):
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w "
             "WITH s, t, count(DISTINCT p) AS n, avg(CAST(w AS DOUBLE)) AS mw, avg(abs(CAST(w AS DOUBLE))) AS maw, "
             "list_sort(collect(DISTINCT p)) AS ps "
-            f"WHERE n >= {LINKS_MIN_PROMPTS} RETURN s, t, n, mw, maw, ps)")
+            f"WHERE n >= {LINKS_MIN_PROMPTS} RETURN s, t, n, mw, maw, ps, s AS sk, t AS tk)")
+        # each feature's recurrence: only the features in >= LINKS_MIN_PROMPTS prompts carry it
+        self._exec("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = NULL, f.prompt_ids = NULL")
+        self._exec("MATCH (a:Active) WITH a.feature_key AS k, list_sort(collect(DISTINCT a.prompt_id)) AS ps "
+                   f"WHERE size(ps) >= {LINKS_MIN_PROMPTS} MATCH (f:Feature {{key: k}}) "
+                   "SET f.prompts = size(ps), f.prompt_ids = ps")
         self._touch()
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 

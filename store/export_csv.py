@@ -15,7 +15,8 @@ from circuit_atlas.store.base import Store
 # label -> (id property, id space, other properties with neo4j-admin types)
 NODES = {
     "Feature": ("key", "Feature", {"scan": "string", "layer": "long", "index": "long", "label": "string",
-                                   "frequency": "double", "max_activation": "double", "contexts": "string", "logit_effects": "string"}),
+                                   "frequency": "double", "max_activation": "double", "contexts": "string", "logit_effects": "string",
+                                   "prompts": "long", "prompt_ids": "string[]"}),
     "Token": ("key", "Token", {"model": "string", "token_id": "long", "text": "string"}),
     "Prompt": ("id", "Prompt", {"text": "string", "model": "string", "scan": "string", "corpus": "string",
                                 "prompt_group": "string", "expected": "string", "correct": "boolean", "top_token": "string",
@@ -35,9 +36,10 @@ RELS = {
     "OF_TOKEN": ("MATCH (a)-[r:OF]->(b:Token) RETURN a.id AS s, b.key AS t", "Node", "Token", {}),
     "EDGE": ("MATCH (a)-[r:EDGE]->(b) RETURN a.id AS s, b.id AS t, r.weight AS weight", "Node", "Node", {"weight": "float"}),
     "LINKS": ("MATCH (a:Feature)-[r:LINKS]->(b:Feature) RETURN a.key AS s, b.key AS t, r.prompts AS prompts, "
-              "r.mean_weight AS mean_weight, r.mean_abs_weight AS mean_abs_weight, r.prompt_ids AS prompt_ids",
-              "Feature", "Feature",
-              {"prompts": "long", "mean_weight": "double", "mean_abs_weight": "double", "prompt_ids": "string[]"}),
+              "r.mean_weight AS mean_weight, r.mean_abs_weight AS mean_abs_weight, r.prompt_ids AS prompt_ids, "
+              "r.source_key AS source_key, r.target_key AS target_key", "Feature", "Feature",
+              {"prompts": "long", "mean_weight": "double", "mean_abs_weight": "double", "prompt_ids": "string[]",
+               "source_key": "string", "target_key": "string"}),
 }
 
 
@@ -49,19 +51,28 @@ def export_csv(store: Store, directory: str | Path) -> list[Path]:
     for label, (key, space, props) in NODES.items():
         cols = ", ".join(f"n.`{p}` AS `{p}`" for p in props)
         df = store.read(f"MATCH (n:{label}) RETURN n.`{key}` AS `{key}`, {cols}")
-        df = df if not df.empty else pd.DataFrame(columns=[key, *props])
+        df = _typed(df if not df.empty else pd.DataFrame(columns=[key, *props]), props)
         df.columns = [f"{key}:ID({space})", *[f"{p}:{t}" for p, t in props.items()]]
         path = out / f"{label}.csv"
         df.to_csv(path, index=False)
         written.append(path)
     for name, (cypher, sspace, tspace, props) in RELS.items():
         df = store.read(cypher)
-        df = df if not df.empty else pd.DataFrame(columns=["s", "t", *props])
-        for p, kind in props.items():  # arrays: neo4j-admin's default delimiter (prompt ids never hold it)
-            if kind.endswith("[]"):
-                df[p] = df[p].map(lambda v: ";".join(map(str, v)) if v is not None and not isinstance(v, float) else "")
+        df = _typed(df if not df.empty else pd.DataFrame(columns=["s", "t", *props]), props)
         df.columns = [f":START_ID({sspace})", f":END_ID({tspace})", *[f"{p}:{t}" for p, t in props.items()]]
         path = out / f"{name}.csv"
         df.to_csv(path, index=False)
         written.append(path)
     return written
+
+
+def _typed(df: pd.DataFrame, props: dict[str, str]) -> pd.DataFrame:
+    """Columns as neo4j-admin reads them: arrays joined by its default delimiter (prompt ids never
+    hold it), longs without the '.0' pandas gives an integer column with nulls."""
+    df = df.copy()
+    for p, kind in props.items():
+        if kind.endswith("[]"):
+            df[p] = df[p].map(lambda v: ";".join(map(str, v)) if v is not None and not isinstance(v, float) else "")
+        elif kind == "long":
+            df[p] = pd.to_numeric(df[p]).astype("Int64")
+    return df

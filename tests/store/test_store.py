@@ -165,6 +165,16 @@ def test_delete_prompt_and_links(store_url, corpus):
                         "RETURN DISTINCT x.prompt_id AS p", {"a": top["a"], "b": top["b"]})["p"]
         assert top["n"] == len(direct) > 1
         assert sorted(top["ids"]) == sorted(direct)
+        keys = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.source_key AS s, l.target_key AS t")
+        assert (keys["a"] == keys["s"]).all() and (keys["b"] == keys["t"]).all()
+        # each feature's recurrence, set on the features in >= 2 prompts only
+        occ = s.read("MATCH (x:Active) RETURN x.feature_key AS k, x.prompt_id AS p").groupby("k")["p"].agg(lambda v: sorted(set(v)))
+        got = s.read("MATCH (f:Feature) RETURN f.key AS k, f.prompts AS n, f.prompt_ids AS ids").set_index("k")
+        recurring = occ[occ.map(len) >= 2]
+        assert len(recurring) > 0
+        assert set(got.index[got["n"].notna()]) == set(recurring.index)
+        for k, ids in recurring.items():
+            assert int(got.loc[k, "n"]) == len(ids) and sorted(got.loc[k, "ids"]) == ids
         pid = sorted(s.prompt_ids())[0]
         assert s.delete_prompt(pid) is True
         assert s.delete_prompt(pid) is False
@@ -203,24 +213,32 @@ def test_wrong_schema_version(store_url):
         open_store(store_url)
 
 
-def test_upgrade_from_schema_1(store_url, corpus):
-    """A version-1 store (LINKS without prompt_ids) is refused read-only with the way out, and a
-    writer upgrades it in place: LINKS rebuilt with prompt ids, nothing else lost."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_upgrade_from_older_schema(store_url, corpus, version):
+    """An older store (1: LINKS without prompt_ids; 2: without the endpoint keys, and Feature
+    without its recurrence) is refused read-only with the way out, and a writer upgrades it in
+    place: the derived layer rebuilt, nothing else lost."""
     with open_store(store_url) as s:
         s.write_graphs(corpus[:3])
         before = s.stats()
         if s.backend == "embedded":
             s._exec("DROP TABLE LINKS")
-            s._exec("CREATE REL TABLE LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE)")
-        s._set_schema_version(1)
-    with pytest.raises(StoreError, match="schema version 1.*open it once for writing"):
+            s._exec("CREATE REL TABLE LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE"
+                    + (", prompt_ids STRING[])" if version == 2 else ")"))
+            s._exec("ALTER TABLE Feature DROP prompts")
+            s._exec("ALTER TABLE Feature DROP prompt_ids")
+        s._set_schema_version(version)
+    with pytest.raises(StoreError, match=f"schema version {version}.*open it once for writing"):
         open_store(store_url, read_only=True)
     with open_store(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         after = s.stats()
         assert after["LINKS"] > 0 and {k: v for k, v in after.items() if k != "LINKS"} == {k: v for k, v in before.items() if k != "LINKS"}
-        ids = s.read("MATCH (:Feature)-[l:LINKS]->(:Feature) RETURN l.prompts AS n, l.prompt_ids AS ids")
-        assert all(len(set(i)) == n for n, i in zip(ids["n"], ids["ids"]))
+        ids = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN l.prompts AS n, l.prompt_ids AS ids, "
+                     "a.key = l.source_key AND b.key = l.target_key AS keyed")
+        assert all(len(set(i)) == n for n, i in zip(ids["n"], ids["ids"])) and ids["keyed"].all()
+        rec = s.read("MATCH (f:Feature) WHERE f.prompts >= 2 RETURN f.prompts AS n, f.prompt_ids AS ids")
+        assert len(rec) > 0 and all(len(set(i)) == n for n, i in zip(rec["n"], rec["ids"]))
 
 
 def test_embedded_missing_store_read_only(tmp_path):
