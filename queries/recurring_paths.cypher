@@ -3,11 +3,11 @@
 // notes: >
 //   Paths are counted in the per-prompt graphs. A path's prompt count is at most the number of
 //   prompts where its last feature feeds that token, and at most the LINKS count of each of its
-//   feature pairs, so only candidates at or above a cut-off on all of these are followed, forward
-//   from their first feature. Each length first counts exactly the paths of its `limit` most
-//   promising candidates (a let_ part); the limit-th best of those counts is the cut-off, which
-//   no top row can fall below. Exact; needs LINKS to be fresh; fast on dense real graphs and
-//   on large sparse corpora alike.
+//   feature pairs (for 3 hops: of its first pair and the exact count of its 2-hop tail). Each
+//   length first counts exactly the paths of its `limit` most promising candidates; the limit-th
+//   best of those counts is a cut-off no top row can fall below, and only the features and tokens
+//   of candidates at or above it are matched, as list parameters, in one pattern that walks back
+//   from the logits. Exact; needs LINKS to be fresh.
 // description: 2- and 3-hop paths feature -> feature (-> feature) -> logit token recurring across prompts.
 // params:
 //   token: {type: str, default: "", help: "only paths ending at this output token text ('' = any)"}
@@ -30,81 +30,104 @@
 // post: recurring_paths
 // examples:
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
-// @part let_cut2 when hops in 0,2
+// @part let_c2 when hops in 0,2
 MATCH (d:Active)-[e:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 2) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
 WITH kl, token, feeds ORDER BY feeds DESC LIMIT $limit
-MATCH (f1:Feature)-[l:LINKS]->(g:Feature {key: kl})
-WHERE l.prompts >= $min_prompts
-WITH f1, kl AS k2, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
-ORDER BY bound DESC LIMIT $limit
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2 AND abs(e1.weight) >= $min_weight
-WITH f1, k2, token, b, e1.weight AS w1
-MATCH (b)-[e2:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e2.weight) >= $min_weight
-WITH f1.key AS k1, k2, token, t.prompt_id AS pid, sum(w1 * e2.weight) AS s, count(*) AS n
-WITH k1, k2, token, count(*) AS prompts
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = kl AND l.prompts >= $min_prompts
+WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
+WITH kf, kl, token, bound ORDER BY bound DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT kf) AS c2_k1, collect(DISTINCT kl) AS c2_k2, collect(DISTINCT token) AS c2_tok
+RETURN CASE WHEN size(c2_k1) = 0 THEN [''] ELSE c2_k1 END AS c2_k1, CASE WHEN size(c2_k2) = 0 THEN [''] ELSE c2_k2 END AS c2_k2, CASE WHEN size(c2_tok) = 0 THEN [''] ELSE c2_tok END AS c2_tok
+// @part let_cut2 when hops in 0,2
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+WHERE t.token IN $c2_tok AND b.feature_key IN $c2_k2 AND a.feature_key IN $c2_k1
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
+WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS token, count(DISTINCT t.prompt_id) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut2
+// @part let_m2 when hops in 0,2
+MATCH (d:Active)-[e:EDGE]->(t:Logit)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
+WHERE feeds >= $cut2
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = kl AND l.prompts >= $cut2
+WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
+WITH collect(DISTINCT kf) AS m2_k1, collect(DISTINCT kl) AS m2_k2, collect(DISTINCT token) AS m2_tok
+RETURN CASE WHEN size(m2_k1) = 0 THEN [''] ELSE m2_k1 END AS m2_k1, CASE WHEN size(m2_k2) = 0 THEN [''] ELSE m2_k2 END AS m2_k2, CASE WHEN size(m2_tok) = 0 THEN [''] ELSE m2_tok END AS m2_tok
 // @part let_probe when hops in 0,3
 RETURN $limit * 10 AS probe
-// @part let_cut3 when hops in 0,3
+// @part let_t3 when hops in 0,3
 MATCH (d:Active)-[e:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 3) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
 WITH kl, token, feeds ORDER BY feeds DESC LIMIT $probe
-MATCH (f2:Feature)-[l:LINKS]->(g:Feature {key: kl})
-WHERE l.prompts >= $min_prompts
-WITH f2, kl AS k3, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
-ORDER BY bound DESC LIMIT $probe
-MATCH (f2)<-[:OF]-(b:Active)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3 AND abs(e2.weight) >= $min_weight
-WITH f2, k3, token, c
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e3.weight) >= $min_weight
-WITH f2, k3, token, count(DISTINCT t.prompt_id) AS n2
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = kl AND l.prompts >= $min_prompts
+WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
+WITH kf, kl, token, bound ORDER BY bound DESC LIMIT $probe
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT kf) AS t3_k2, collect(DISTINCT kl) AS t3_k3, collect(DISTINCT token) AS t3_tok
+RETURN CASE WHEN size(t3_k2) = 0 THEN [''] ELSE t3_k2 END AS t3_k2, CASE WHEN size(t3_k3) = 0 THEN [''] ELSE t3_k3 END AS t3_k3, CASE WHEN size(t3_tok) = 0 THEN [''] ELSE t3_tok END AS t3_tok
+// @part let_h3 when hops in 0,3
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+WHERE t.token IN $t3_tok AND b.feature_key IN $t3_k3 AND a.feature_key IN $t3_k2
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
+WITH a.feature_key AS k2, b.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2
 WHERE n2 >= $min_prompts
-WITH f2, k3, token, n2 ORDER BY n2 DESC LIMIT $probe
-MATCH (f1:Feature)-[l:LINKS]->(f2)
-WHERE l.prompts >= $min_prompts
-WITH f1, f2.key AS k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts ELSE n2 END AS bound
-ORDER BY bound DESC LIMIT $probe
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2 AND abs(e1.weight) >= $min_weight
-WITH f1, k2, k3, token, b, e1.weight AS w1
-MATCH (b)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3 AND abs(e2.weight) >= $min_weight
-WITH f1, k2, k3, token, c, w1 * e2.weight AS w12
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e3.weight) >= $min_weight
-WITH f1.key AS k1, k2, k3, token, t.prompt_id AS pid, sum(w12 * e3.weight) AS s, count(*) AS n
-WITH k1, k2, k3, token, count(*) AS prompts
+WITH k2, k3, token, n2 ORDER BY n2 DESC LIMIT $probe
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = k2 AND l.prompts >= $min_prompts
+WITH l.source_key AS k1, k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts ELSE n2 END AS bound
+WITH k1, k2, k3, token, bound ORDER BY bound DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT k1) AS h3_k1, collect(DISTINCT k2) AS h3_k2, collect(DISTINCT k3) AS h3_k3, collect(DISTINCT token) AS h3_tok
+RETURN CASE WHEN size(h3_k1) = 0 THEN [''] ELSE h3_k1 END AS h3_k1, CASE WHEN size(h3_k2) = 0 THEN [''] ELSE h3_k2 END AS h3_k2, CASE WHEN size(h3_k3) = 0 THEN [''] ELSE h3_k3 END AS h3_k3, CASE WHEN size(h3_tok) = 0 THEN [''] ELSE h3_tok END AS h3_tok
+// @part let_cut3 when hops in 0,3
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
+WHERE t.token IN $h3_tok AND c.feature_key IN $h3_k3 AND b.feature_key IN $h3_k2 AND a.feature_key IN $h3_k1
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
+WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut3
-// @part main when hops in 0,2
+// @part let_m3 when hops in 0,3
 MATCH (d:Active)-[e:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 2) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
-WHERE feeds >= $cut2
-MATCH (f1:Feature)-[l:LINKS]->(g:Feature {key: kl})
-WHERE l.prompts >= $cut2
-WITH f1, kl AS k2, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2 AND abs(e1.weight) >= $min_weight
-WITH f1, k2, token, b, e1.weight AS w1
-MATCH (b)-[e2:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e2.weight) >= $min_weight
-WITH f1.key AS k1, k2, token, t.prompt_id AS pid, sum(w1 * e2.weight) AS s, count(*) AS n
+WHERE feeds >= $cut3
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = kl AND l.prompts >= $cut3
+WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
+WITH collect(DISTINCT kf) AS m3_k2, collect(DISTINCT kl) AS m3_k3, collect(DISTINCT token) AS m3_tok
+RETURN CASE WHEN size(m3_k2) = 0 THEN [''] ELSE m3_k2 END AS m3_k2, CASE WHEN size(m3_k3) = 0 THEN [''] ELSE m3_k3 END AS m3_k3, CASE WHEN size(m3_tok) = 0 THEN [''] ELSE m3_tok END AS m3_tok
+// @part let_mh3 when hops in 0,3
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+WHERE t.token IN $m3_tok AND b.feature_key IN $m3_k3 AND a.feature_key IN $m3_k2
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
+WITH a.feature_key AS k2, b.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2
+WHERE n2 >= $cut3
+MATCH ()-[l:LINKS]->()
+WHERE l.target_key = k2 AND l.prompts >= $cut3
+WITH l.source_key AS k1, k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts ELSE n2 END AS bound
+WITH collect(DISTINCT k1) AS mh3_k1, collect(DISTINCT k2) AS mh3_k2, collect(DISTINCT k3) AS mh3_k3, collect(DISTINCT token) AS mh3_tok
+RETURN CASE WHEN size(mh3_k1) = 0 THEN [''] ELSE mh3_k1 END AS mh3_k1, CASE WHEN size(mh3_k2) = 0 THEN [''] ELSE mh3_k2 END AS mh3_k2, CASE WHEN size(mh3_k3) = 0 THEN [''] ELSE mh3_k3 END AS mh3_k3, CASE WHEN size(mh3_tok) = 0 THEN [''] ELSE mh3_tok END AS mh3_tok
+// @part main when hops in 0,2
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+WHERE t.token IN $m2_tok AND b.feature_key IN $m2_k2 AND a.feature_key IN $m2_k1
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
+WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS token, t.prompt_id AS pid, sum(e1.weight * e2.weight) AS s, count(*) AS n
 WITH k1, k2, token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids
 WHERE prompts >= $cut2
 WITH k1, k2, token, prompts, mean_path_weight, prompt_ids ORDER BY prompts DESC, k1, k2, token LIMIT $limit
@@ -114,32 +137,11 @@ MATCH (f2:Feature {key: k2})
 RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
        token, prompts, mean_path_weight, prompt_ids
 // @part three when hops in 0,3
-MATCH (d:Active)-[e:EDGE]->(t:Logit)
-WHERE ($hops = 0 OR $hops = 3) AND abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
-WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
-WHERE feeds >= $cut3
-MATCH (f2:Feature)-[l:LINKS]->(g:Feature {key: kl})
-WHERE l.prompts >= $cut3
-WITH f2, kl AS k3, token
-MATCH (f2)<-[:OF]-(b:Active)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3 AND abs(e2.weight) >= $min_weight
-WITH f2, k3, token, c
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e3.weight) >= $min_weight
-WITH f2, k3, token, count(DISTINCT t.prompt_id) AS n2
-WHERE n2 >= $cut3
-MATCH (f1:Feature)-[l:LINKS]->(f2)
-WHERE l.prompts >= $cut3
-WITH f1, f2.key AS k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts ELSE n2 END AS bound
-MATCH (f1)<-[:OF]-(a:Active)-[e1:EDGE]->(b:Active)
-WHERE b.feature_key = k2 AND abs(e1.weight) >= $min_weight
-WITH f1, k2, k3, token, b, e1.weight AS w1
-MATCH (b)-[e2:EDGE]->(c:Active)
-WHERE c.feature_key = k3 AND abs(e2.weight) >= $min_weight
-WITH f1, k2, k3, token, c, w1 * e2.weight AS w12
-MATCH (c)-[e3:EDGE]->(t:Logit)
-WHERE t.token = token AND abs(e3.weight) >= $min_weight
-WITH f1.key AS k1, k2, k3, token, t.prompt_id AS pid, sum(w12 * e3.weight) AS s, count(*) AS n
+MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
+WHERE t.token IN $mh3_tok AND c.feature_key IN $mh3_k3 AND b.feature_key IN $mh3_k2 AND a.feature_key IN $mh3_k1
+  AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
+WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, t.token AS token, t.prompt_id AS pid,
+     sum(e1.weight * e2.weight * e3.weight) AS s, count(*) AS n
 WITH k1, k2, k3, token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids
 WHERE prompts >= $cut3
 WITH k1, k2, k3, token, prompts, mean_path_weight, prompt_ids ORDER BY prompts DESC, k1, k2, k3, token LIMIT $limit
