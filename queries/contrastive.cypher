@@ -35,7 +35,7 @@
 //   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
 // @part features
 MATCH (f:Feature)
-WHERE f.prompts >= $min_prompts
+WHERE f.prompts >= 2 AND f.prompts >= $min_prompts  // the literal lets LadybugDB skip the chunks of one-off features
 UNWIND f.prompt_ids AS pid
 WITH f, pid IN $ids_a AS in_a, pid IN $ids_b AS in_b
 WITH f, sum(CASE WHEN in_a THEN 1 ELSE 0 END) AS count_a, sum(CASE WHEN in_b THEN 1 ELSE 0 END) AS count_b

@@ -18,7 +18,9 @@
   A property of a node reached through a relationship is read by a scan of the node's whole table
   (with a mask), so LINKS repeats its endpoints' keys (`source_key`, `target_key`) and queries
   read those instead of `Feature.key`; a list parameter filters (`x IN $list`) where the same list
-  bound by `WITH` would change the plan for the worse.
+  bound by `WITH` would change the plan for the worse. A comparison with a literal lets a scan skip
+  whole column chunks (zone maps), one with a parameter does not: `f.prompts >= 2 AND f.prompts
+  >= $min_prompts` reads the recurring features only (150 ms -> 10 ms at 1.25M features).
 """
 
 from __future__ import annotations
