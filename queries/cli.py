@@ -105,7 +105,8 @@ def list_text() -> str:
         lines.append(f"{q.name}{'  [uses LINKS]' if q.uses_links else ''}\n  {q.description}")
         for p in q.params.values():
             default = "required" if p.required else f"default {json.dumps(p.default)}"
-            lines.append(f"    --param {p.name}=<{p.type}>  ({default}) {p.help}")
+            least = "" if p.min is None else f", at least {p.min:g}"
+            lines.append(f"    --param {p.name}=<{p.type}>  ({default}{least}) {p.help}")
         lines.append(f"  columns: {', '.join(q.columns)}")
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@
 //   field: {type: str, default: group, help: "what splits the prompts: 'group', 'tag', 'corpus' or 'correct' (values 'true'/'false')"}
 //   a: {type: str, help: "the value that selects side A"}
 //   b: {type: str, default: "", help: "the value that selects side B ('' = every prompt not in A)"}
-//   min_prompts: {type: int, default: 2, help: "least prompts (both sides together) for a row"}
+//   min_prompts: {type: int, default: 2, min: 2, help: "least prompts (both sides together) for a row"}
 //   alpha: {type: float, default: 0.5, help: "additive smoothing of the log-odds"}
 //   kind: {type: str, default: "", help: "'feature' or 'edge' rows only ('' = both; 'feature' skips the edge statement)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}

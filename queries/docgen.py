@@ -25,13 +25,14 @@ def reference_markdown(level: int = 4) -> str:
     for q in list_queries():
         out.append(f"{'#' * level} `{q.name}`\n\n{q.description}\n")
         if q.uses_links:
-            out.append("*Depends on the derived LINKS layer being fresh (rebuilt after every ingest).*\n")
+            out.append("*Depends on the derived layer (LINKS, the recurring features and subgraph) being fresh (rebuilt after every ingest).*\n")
         if q.notes:
             out.append(q.notes + "\n")
         out.append("| parameter | type | default | meaning |\n|---|---|---|---|")
         for p in q.params.values():
             default = "*required*" if p.required else f"`{json.dumps(p.default)}`"
-            out.append(f"| `{p.name}` | {p.type} | {default} | {_cell(p.help)} |")
+            least = "" if p.min is None else f" (at least {p.min:g})"
+            out.append(f"| `{p.name}` | {p.type} | {default} | {_cell(p.help + least)} |")
         out.append("\n| column | meaning |\n|---|---|")
         for col, doc in column_docs(q).items():
             out.append(f"| `{col}` | {_cell(doc)} |")

@@ -7,11 +7,14 @@
 //   length first counts exactly the paths of its `limit` most promising candidates; the limit-th
 //   best of those counts is a cut-off no top row can fall below, and only the features and tokens
 //   of candidates at or above it are matched, as list parameters, in one pattern that walks back
-//   from the logits. Exact; needs LINKS to be fresh.
+//   from the logits. Paths are matched in the recurring subgraph (RActive, REDGE: the instances of
+//   features active in >= 2 prompts, and their edges), which holds every path seen in two or more
+//   prompts and, on a large corpus of mostly one-off features, a small part of the graph. Exact;
+//   needs the derived layer (LINKS, RActive, REDGE) to be fresh.
 // description: 2- and 3-hop paths feature -> feature (-> feature) -> logit token recurring across prompts.
 // params:
 //   token: {type: str, default: "", help: "only paths ending at this output token text ('' = any)"}
-//   min_prompts: {type: int, default: 2, help: "least number of prompts a path must appear in"}
+//   min_prompts: {type: int, default: 2, min: 2, help: "least number of prompts a path must appear in"}
 //   min_weight: {type: float, default: 0.0, help: "least |weight| of every edge on the path"}
 //   hops: {type: int, default: 0, help: "2 or 3 edges only (0 = both)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
@@ -31,7 +34,7 @@
 // examples:
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
 // @part let_c2 when hops in 0,2
-MATCH (d:Active)-[e:EDGE]->(t:Logit)
+MATCH (d:RActive)-[e:REDGE]->(t:Logit)
 WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
@@ -44,7 +47,7 @@ UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that fee
 WITH collect(DISTINCT kf) AS c2_k1, collect(DISTINCT kl) AS c2_k2, collect(DISTINCT token) AS c2_tok
 RETURN CASE WHEN size(c2_k1) = 0 THEN [''] ELSE c2_k1 END AS c2_k1, CASE WHEN size(c2_k2) = 0 THEN [''] ELSE c2_k2 END AS c2_k2, CASE WHEN size(c2_tok) = 0 THEN [''] ELSE c2_tok END AS c2_tok
 // @part let_cut2 when hops in 0,2
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(t:Logit)
 WHERE t.token IN $c2_tok AND b.feature_key IN $c2_k2 AND a.feature_key IN $c2_k1
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
 WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS token, count(DISTINCT t.prompt_id) AS prompts
@@ -54,7 +57,7 @@ UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that fee
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut2
 // @part let_m2 when hops in 0,2
-MATCH (d:Active)-[e:EDGE]->(t:Logit)
+MATCH (d:RActive)-[e:REDGE]->(t:Logit)
 WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $cut2
@@ -66,7 +69,7 @@ RETURN CASE WHEN size(m2_k1) = 0 THEN [''] ELSE m2_k1 END AS m2_k1, CASE WHEN si
 // @part let_probe when hops in 0,3
 RETURN $limit * 10 AS probe
 // @part let_t3 when hops in 0,3
-MATCH (d:Active)-[e:EDGE]->(t:Logit)
+MATCH (d:RActive)-[e:REDGE]->(t:Logit)
 WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
@@ -79,7 +82,7 @@ UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that fee
 WITH collect(DISTINCT kf) AS t3_k2, collect(DISTINCT kl) AS t3_k3, collect(DISTINCT token) AS t3_tok
 RETURN CASE WHEN size(t3_k2) = 0 THEN [''] ELSE t3_k2 END AS t3_k2, CASE WHEN size(t3_k3) = 0 THEN [''] ELSE t3_k3 END AS t3_k3, CASE WHEN size(t3_tok) = 0 THEN [''] ELSE t3_tok END AS t3_tok
 // @part let_h3 when hops in 0,3
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(t:Logit)
 WHERE t.token IN $t3_tok AND b.feature_key IN $t3_k3 AND a.feature_key IN $t3_k2
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
 WITH a.feature_key AS k2, b.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2
@@ -93,9 +96,10 @@ UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that fee
 WITH collect(DISTINCT k1) AS h3_k1, collect(DISTINCT k2) AS h3_k2, collect(DISTINCT k3) AS h3_k3, collect(DISTINCT token) AS h3_tok
 RETURN CASE WHEN size(h3_k1) = 0 THEN [''] ELSE h3_k1 END AS h3_k1, CASE WHEN size(h3_k2) = 0 THEN [''] ELSE h3_k2 END AS h3_k2, CASE WHEN size(h3_k3) = 0 THEN [''] ELSE h3_k3 END AS h3_k3, CASE WHEN size(h3_tok) = 0 THEN [''] ELSE h3_tok END AS h3_tok
 // @part let_cut3 when hops in 0,3
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(c:RActive)-[e3:REDGE]->(t:Logit)
 WHERE t.token IN $h3_tok AND c.feature_key IN $h3_k3 AND b.feature_key IN $h3_k2 AND a.feature_key IN $h3_k1
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
+HINT (((((t JOIN e3) JOIN c) JOIN e2) JOIN b) JOIN e1) JOIN a
 WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
@@ -103,7 +107,7 @@ UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that fee
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut3
 // @part let_m3 when hops in 0,3
-MATCH (d:Active)-[e:EDGE]->(t:Logit)
+MATCH (d:RActive)-[e:REDGE]->(t:Logit)
 WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token)
 WITH d.feature_key AS kl, t.token AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $cut3
@@ -113,7 +117,7 @@ WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts E
 WITH collect(DISTINCT kf) AS m3_k2, collect(DISTINCT kl) AS m3_k3, collect(DISTINCT token) AS m3_tok
 RETURN CASE WHEN size(m3_k2) = 0 THEN [''] ELSE m3_k2 END AS m3_k2, CASE WHEN size(m3_k3) = 0 THEN [''] ELSE m3_k3 END AS m3_k3, CASE WHEN size(m3_tok) = 0 THEN [''] ELSE m3_tok END AS m3_tok
 // @part let_mh3 when hops in 0,3
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(t:Logit)
 WHERE t.token IN $m3_tok AND b.feature_key IN $m3_k3 AND a.feature_key IN $m3_k2
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
 WITH a.feature_key AS k2, b.feature_key AS k3, t.token AS token, count(DISTINCT t.prompt_id) AS n2
@@ -124,7 +128,7 @@ WITH l.source_key AS k1, k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts 
 WITH collect(DISTINCT k1) AS mh3_k1, collect(DISTINCT k2) AS mh3_k2, collect(DISTINCT k3) AS mh3_k3, collect(DISTINCT token) AS mh3_tok
 RETURN CASE WHEN size(mh3_k1) = 0 THEN [''] ELSE mh3_k1 END AS mh3_k1, CASE WHEN size(mh3_k2) = 0 THEN [''] ELSE mh3_k2 END AS mh3_k2, CASE WHEN size(mh3_k3) = 0 THEN [''] ELSE mh3_k3 END AS mh3_k3, CASE WHEN size(mh3_tok) = 0 THEN [''] ELSE mh3_tok END AS mh3_tok
 // @part main when hops in 0,2
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(t:Logit)
 WHERE t.token IN $m2_tok AND b.feature_key IN $m2_k2 AND a.feature_key IN $m2_k1
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight
 WITH a.feature_key AS k1, b.feature_key AS k2, t.token AS token, t.prompt_id AS pid, sum(e1.weight * e2.weight) AS s, count(*) AS n
@@ -137,9 +141,10 @@ MATCH (f2:Feature {key: k2})
 RETURN 2 AS hops, f1.key AS f1_key, f1.label AS f1_label, f2.key AS f2_key, f2.label AS f2_label, '' AS f3_key, '' AS f3_label,
        token, prompts, mean_path_weight, prompt_ids
 // @part three when hops in 0,3
-MATCH (a:Active)-[e1:EDGE]->(b:Active)-[e2:EDGE]->(c:Active)-[e3:EDGE]->(t:Logit)
+MATCH (a:RActive)-[e1:REDGE]->(b:RActive)-[e2:REDGE]->(c:RActive)-[e3:REDGE]->(t:Logit)
 WHERE t.token IN $mh3_tok AND c.feature_key IN $mh3_k3 AND b.feature_key IN $mh3_k2 AND a.feature_key IN $mh3_k1
   AND abs(e1.weight) >= $min_weight AND abs(e2.weight) >= $min_weight AND abs(e3.weight) >= $min_weight
+HINT (((((t JOIN e3) JOIN c) JOIN e2) JOIN b) JOIN e1) JOIN a
 WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, t.token AS token, t.prompt_id AS pid,
      sum(e1.weight * e2.weight * e3.weight) AS s, count(*) AS n
 WITH k1, k2, k3, token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids

@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.store import dialect
 
 QUERY_DIR = Path(__file__).resolve().parent
 BACKENDS = ("embedded", "bolt")
@@ -55,9 +56,16 @@ class Param:
     default: Any = None
     required: bool = False
     help: str = ""
+    min: float | None = None  # the least value a number may take (header `min:`)
 
     def coerce(self, value: Any, query: str) -> Any:
         """Turn a Python value or a command-line string into this parameter's type."""
+        out = self._coerce(value, query)
+        if self.min is not None and out < self.min:
+            raise QueryError(f"query '{query}', parameter '{self.name}': must be at least {self.min:g}, got {out}")
+        return out
+
+    def _coerce(self, value: Any, query: str) -> Any:
         where = f"query '{query}', parameter '{self.name}' ({self.type})"
         if self.type == "list[str]":
             if isinstance(value, str):
@@ -130,7 +138,8 @@ class Query:
     def cypher_for(self, backend: str, part: str | None = None) -> str:
         """The text of a part on a backend: its variant if the file has one, else the shared text."""
         texts = self.parts[part or next(iter(self.parts))]
-        return texts.get(backend, texts[""])
+        text = texts.get(backend, texts[""])
+        return text if backend in ("embedded", "") else dialect.without_hints(text)
 
     def runs(self, part: str, values: Mapping[str, Any]) -> bool:
         """False when the part's ``when PARAM in V1,V2`` condition does not hold for ``values``."""
@@ -189,9 +198,12 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
             raise QueryError(f"{where}: parameter '{pname}' needs a type in {PARAM_TYPES}")
         required = "default" not in spec
-        param = Param(str(pname), spec["type"], None, required, str(spec.get("help", "")))
+        lowest = spec.get("min")
+        if lowest is not None and (spec["type"] not in ("int", "float") or not isinstance(lowest, (int, float))):
+            raise QueryError(f"{where}: parameter '{pname}': 'min' needs a number on an int or float parameter")
+        param = Param(str(pname), spec["type"], None, required, str(spec.get("help", "")), lowest)
         default = None if required else param.coerce(spec["default"], name)
-        params[str(pname)] = Param(str(pname), spec["type"], default, required, param.help)
+        params[str(pname)] = Param(str(pname), spec["type"], default, required, param.help, lowest)
     # parts[part][backend or ""] -> lines; the first part is "main" unless named.
     parts: dict[str, dict[str, list[str]]] = {"main": {"": []}}
     when: dict[str, tuple[str, frozenset[str]]] = {}

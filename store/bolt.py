@@ -29,9 +29,9 @@ from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADAB
 from circuit_atlas.store.embedded import read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
-              "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key"}
+              "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key", "RActive": "id"}
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
-RELS = ("HAS", "OF", "EDGE", "LINKS", "CONTAINS")
+RELS = ("HAS", "OF", "EDGE", "LINKS", "REDGE", "CONTAINS")
 
 
 class BoltStore(Store):
@@ -129,6 +129,7 @@ class BoltStore(Store):
         rows = self._run("MATCH (p:Prompt {id: $id}) OPTIONAL MATCH (p)-[:HAS]->(n) DETACH DELETE n "
                          "WITH DISTINCT p DETACH DELETE p RETURN count(p) AS c", {"id": prompt_id})
         self._run("MATCH (s:Supernode {prompt_id: $id}) DETACH DELETE s", {"id": prompt_id})
+        self._run("MATCH (r:RActive {prompt_id: $id}) DETACH DELETE r", {"id": prompt_id})
         self._touch()
         return bool(rows and rows[0]["c"])
 
@@ -251,6 +252,14 @@ class BoltStore(Store):
         self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
                   "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
                   "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", {"m": LINKS_MIN_PROMPTS})
+        # the recurring subgraph: instances of those features (RActive) and their edges (REDGE)
+        self._run("MATCH (r:RActive) DETACH DELETE r")
+        self._run("MATCH (a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
+                  "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
+                  "pos: a.pos, activation: a.activation, influence: a.influence})", {"m": LINKS_MIN_PROMPTS})
+        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(b:Active) MATCH (rb:RActive {id: b.id}) "
+                  "CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)")
+        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(t:Logit) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)")
         self._touch()
         return int(rows[0]["c"]) if rows else 0
 

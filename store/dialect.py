@@ -11,6 +11,8 @@
 - Counting list members: `UNWIND xs AS x` then `sum(CASE WHEN x IN $ys THEN 1 ELSE 0 END)`, on
   both backends. Not LadybugDB's `size(list_filter(xs, x -> x IN ys))`: in 0.22 it returns NULL
   for some rows when the scan feeding it is filtered (seen on Feature, WHERE f.prompts >= $m).
+- `HINT (...)` lines fix LadybugDB's join order (its planner may start a long pattern from the
+  wrong end); the runner drops them for the Bolt backends (`without_hints`).
 - LadybugDB planner traits the queries are written around: after `WITH`, an `EDGE` pattern that
   starts at a bound node and walks backwards is planned as a scan of all edges (walk forwards);
   an `ORDER BY ... LIMIT` in a `WITH` that feeds an aggregation directly is dropped (put
@@ -38,6 +40,15 @@ def writes(cypher: str) -> str | None:
     backquoted names, or None: the embedded backend's guard for read-only paths."""
     m = _WRITE_WORDS.search(_STRINGS.sub(" ", cypher))
     return m.group(1).upper() if m else None
+
+
+_HINT = re.compile(r"^\s*HINT\b.*\n?", re.M)
+
+
+def without_hints(cypher: str) -> str:
+    """The statement without its `HINT` lines: LadybugDB's join-order hints, which Neo4j and
+    ArcadeDB do not parse. A hint line holds nothing but the hint."""
+    return _HINT.sub("", cypher)
 
 
 def to_float(expr: str, backend: str) -> str:

@@ -54,6 +54,9 @@ NODE_TABLES: dict[str, list[tuple[str, str]]] = {
               ("influence", "DOUBLE")],
     "Logit": [("id", "STRING"), ("prompt_id", "STRING"), ("node_id", "STRING"), ("pos", "INT64"), ("token_id", "INT64"),
               ("token", "STRING"), ("prob", "DOUBLE")],
+    # derived (rebuild_links): the instances of recurring features, see RECURRING below
+    "RActive": [("id", "STRING"), ("prompt_id", "STRING"), ("feature_key", "STRING"), ("layer", "INT64"), ("pos", "INT64"),
+                ("activation", "DOUBLE"), ("influence", "DOUBLE")],
     "Supernode": [("key", "STRING"), ("scan", "STRING"), ("label", "STRING"), ("method", "STRING"), ("score", "DOUBLE"),
                   ("prompt_id", "STRING"), ("node_ids", "STRING[]")],
 }
@@ -63,6 +66,20 @@ _ARROW = {"STRING": pa.string(), "INT64": pa.int64(), "DOUBLE": pa.float64(), "B
 # through a relationship by scanning its whole table, and Feature holds every one-off feature.
 LINKS_COLUMNS = ("FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE, prompt_ids STRING[], "
                  "source_key STRING, target_key STRING")
+# The recurring subgraph (derived): every Active whose feature is active in >= LINKS_MIN_PROMPTS
+# prompts, copied as an RActive, with its EDGEs to other such instances and to logits as REDGE.
+# A path, edge or motif seen in two or more prompts runs through recurring features only, so the
+# cross-prompt queries match it here; on a large corpus of mostly one-off features it is a small
+# fraction of the graph, and LadybugDB reads a node property by scanning its whole table.
+RECURRING = (
+    "COPY RActive FROM (MATCH (a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= {m} "
+    "RETURN a.id, a.prompt_id, a.feature_key, a.layer, a.pos, a.activation, a.influence)",
+    "COPY REDGE FROM (MATCH (a:Active)-[e:EDGE]->(b:Active), (a)-[:OF]->(fa:Feature), (b)-[:OF]->(fb:Feature) "
+    "WHERE fa.prompts >= {m} AND fb.prompts >= {m} RETURN a.id, b.id, e.weight) (from='RActive', to='RActive')",
+    "COPY REDGE FROM (MATCH (a:Active)-[e:EDGE]->(t:Logit), (a)-[:OF]->(fa:Feature) WHERE fa.prompts >= {m} "
+    "RETURN a.id, t.id, e.weight) (from='RActive', to='Logit')",
+)
+DERIVED_TABLES = ("LINKS", "REDGE", "RActive")  # dropped and recreated by rebuild_links, in this order
 TYPE_TABLE = {"feature": "Active", "embedding": "Embedding", "error": "Error", "logit": "Logit"}
 
 
@@ -77,6 +94,7 @@ def _schema_statements() -> list[str]:
     pairs = ", ".join(f"FROM {a} TO {b}" for a in PER_PROMPT for b in PER_PROMPT)
     out.append(f"CREATE REL TABLE IF NOT EXISTS EDGE({pairs}, weight FLOAT)")
     out.append(f"CREATE REL TABLE IF NOT EXISTS LINKS({LINKS_COLUMNS})")
+    out.append("CREATE REL TABLE IF NOT EXISTS REDGE(FROM RActive TO RActive, FROM RActive TO Logit, weight FLOAT)")
     out.append("CREATE REL TABLE IF NOT EXISTS CONTAINS(FROM Supernode TO Feature)")
     return out
 
@@ -179,7 +197,7 @@ class EmbeddedStore(Store):
             self._delete_ids(df["id"].tolist())
 
     def _delete_ids(self, ids: list[str]) -> None:
-        for table in PER_PROMPT:
+        for table in (*PER_PROMPT, "RActive"):
             self._exec(f"MATCH (n:{table}) WHERE n.prompt_id IN $ids DETACH DELETE n", {"ids": ids})
         self._exec("MATCH (p:Prompt) WHERE p.id IN $ids DETACH DELETE p", {"ids": ids})
         self._exec("MATCH (s:Supernode) WHERE s.prompt_id IN $ids DETACH DELETE s", {"ids": ids})
@@ -206,7 +224,7 @@ class EmbeddedStore(Store):
         for t in NODE_TABLES:
             if t != "Meta":
                 out[t] = int(self._df(f"MATCH (n:{t}) RETURN count(n) AS c")["c"].iloc[0])
-        for r in ("HAS", "OF", "EDGE", "LINKS", "CONTAINS"):
+        for r in ("HAS", "OF", "EDGE", "LINKS", "REDGE", "CONTAINS"):
             out[r] = int(self._df(f"MATCH ()-[r:{r}]->() RETURN count(r) AS c")["c"].iloc[0])
         return out
 
@@ -361,8 +379,10 @@ class EmbeddedStore(Store):
         self._require_writer()
         # drop and recreate rather than DELETE: deleted rels stay in the table's storage and every
         # later scan of LINKS pays for them (and deleting millions of rels takes minutes)
-        self._exec("DROP TABLE IF EXISTS LINKS")
-        self._exec(next(s for s in _schema_statements() if " LINKS(" in s))
+        for table in DERIVED_TABLES:
+            self._exec(f"DROP TABLE IF EXISTS {table}")
+        for stmt in _schema_statements():  # IF NOT EXISTS: only the dropped tables are created
+            self._exec(stmt)
         # COPY from a subquery: the aggregate goes straight into the rel table, never through Python
         self._exec(
             "COPY LINKS FROM (MATCH (a:Active)-[e:EDGE]->(b:Active) "
@@ -375,6 +395,8 @@ class EmbeddedStore(Store):
         self._exec("MATCH (a:Active) WITH a.feature_key AS k, list_sort(collect(DISTINCT a.prompt_id)) AS ps "
                    f"WHERE size(ps) >= {LINKS_MIN_PROMPTS} MATCH (f:Feature {{key: k}}) "
                    "SET f.prompts = size(ps), f.prompt_ids = ps")
+        for stmt in RECURRING:  # a literal bound: LadybugDB skips the chunks of one-off features
+            self._exec(stmt.format(m=LINKS_MIN_PROMPTS))
         self._touch()
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 

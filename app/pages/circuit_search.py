@@ -27,9 +27,9 @@ def _widget(name: str, p: Param) -> Any:
     key = f"cs_{name}_{p.name}"
     label = f"{p.name}{' (required)' if p.required else ''}"
     if p.type == "int":
-        return st.number_input(label, value=int(p.default or 0), step=1, help=p.help, key=key)
+        return st.number_input(label, value=int(p.default or 0), min_value=None if p.min is None else int(p.min), step=1, help=p.help, key=key)
     if p.type == "float":
-        return st.number_input(label, value=float(p.default or 0.0), help=p.help, key=key, format="%.4f")
+        return st.number_input(label, value=float(p.default or 0.0), min_value=None if p.min is None else float(p.min), help=p.help, key=key, format="%.4f")
     if p.type == "bool":
         return st.checkbox(label, value=bool(p.default), help=p.help, key=key)
     if p.type == "list[str]":

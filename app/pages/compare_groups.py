@@ -44,7 +44,7 @@ def main() -> None:
     b_choice = c3.selectbox("Side B", [REST] + rest, key=f"cg_b_{field}")
     b = "" if b_choice == REST else b_choice
     c4, c5, c6 = st.columns(3)
-    min_prompts = int(c4.number_input("Least prompts (both sides)", 1, 10_000, 2, key="cg_min"))
+    min_prompts = int(c4.number_input("Least prompts (both sides)", 2, 10_000, 2, key="cg_min"))
     limit = int(c5.number_input("Rows per side", 5, 1000, 30, key="cg_limit"))
     kind = c6.radio("Show", ["feature", "edge", "both"], horizontal=True, key="cg_kind")
     try:

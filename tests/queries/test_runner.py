@@ -77,6 +77,8 @@ def test_parts_that_run_only_for_some_parameter_values():
         ("// name: x\n// description: d\n// columns: [a]\nRETURN 1\n// @variant oracle\nRETURN 2", "unknown variant"),
         ("// name: x\n// description: d\n// columns: [a]\nRETURN 1\n// @part two\nRETURN 2", "needs a 'post'"),
         ("// name: x\n// description: [unclosed\n// columns: [a]\nRETURN 1", "not valid YAML"),
+        ("// name: x\n// description: d\n// columns: [a]\n// params:\n//   p: {type: str, min: 2}\nRETURN 1", "'min' needs a number"),
+        ("// name: x\n// description: d\n// columns: [a]\n// params:\n//   p: {type: int, default: 1, min: 2}\nRETURN 1", "at least 2"),
     ],
 )
 def test_bad_query_files_are_refused_clearly(text, match):
@@ -104,6 +106,14 @@ def test_parameter_validation_and_coercion():
     ]:
         with pytest.raises(QueryError, match=match):
             q.validate(bad)
+
+
+def test_parameter_minimum():
+    """A query on the recurring subgraph refuses min_prompts below 2 with a clear error."""
+    q = load_query("recurring_paths")
+    assert q.params["min_prompts"].min == 2 and q.validate({"min_prompts": 2})["min_prompts"] == 2
+    with pytest.raises(QueryError, match="'min_prompts': must be at least 2, got 1"):
+        q.validate({"min_prompts": 1})
 
 
 def test_unknown_query_names():
@@ -206,3 +216,11 @@ def test_cli_runs_queries_on_a_store(planted, tmp_path):
     res = _cli("cypher", "MATCH (p:Prompt) WHERE p.id = $id RETURN count(*) AS n", "--param", f"id={planted.gid('cap0')}", "--format", "json", "--store", url)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == [{"n": 1}]
+
+
+def test_hints_reach_the_embedded_backend_only():
+    """LadybugDB join-order hints stay in the embedded text and are dropped for Bolt servers."""
+    q = load_query("recurring_paths")
+    emb, bolt = q.cypher_for("embedded", "three"), q.cypher_for("bolt", "three")
+    assert "HINT (" in emb and "HINT" not in bolt
+    assert bolt == "\n".join(line for line in emb.splitlines() if not line.startswith("HINT ")) + ("\n" if emb.endswith("\n") else "")

@@ -175,6 +175,17 @@ def test_delete_prompt_and_links(store_url, corpus):
         assert set(got.index[got["n"].notna()]) == set(recurring.index)
         for k, ids in recurring.items():
             assert int(got.loc[k, "n"]) == len(ids) and sorted(got.loc[k, "ids"]) == ids
+        # the recurring subgraph: their instances, with the edges among them and to logits
+        rec = list(recurring.index)
+        ract = s.read("MATCH (r:RActive) RETURN r.id AS id, r.feature_key AS k")
+        inst = s.read("MATCH (x:Active) WHERE x.feature_key IN $rec RETURN x.id AS id, x.feature_key AS k", {"rec": rec})
+        assert sorted(zip(ract["id"], ract["k"])) == sorted(zip(inst["id"], inst["k"]))
+        redge = s.read("MATCH (a:RActive)-[e:REDGE]->(b) RETURN a.id AS a, b.id AS b, e.weight AS w")
+        direct = pd.concat([s.read("MATCH (a:Active)-[e:EDGE]->(b:Active) WHERE a.feature_key IN $rec AND b.feature_key IN $rec "
+                                   "RETURN a.id AS a, b.id AS b, e.weight AS w", {"rec": rec}),
+                            s.read("MATCH (a:Active)-[e:EDGE]->(b:Logit) WHERE a.feature_key IN $rec "
+                                   "RETURN a.id AS a, b.id AS b, e.weight AS w", {"rec": rec})])
+        assert len(redge) > 0 and sorted(zip(redge["a"], redge["b"], redge["w"])) == sorted(zip(direct["a"], direct["b"], direct["w"]))
         pid = sorted(s.prompt_ids())[0]
         assert s.delete_prompt(pid) is True
         assert s.delete_prompt(pid) is False
@@ -182,6 +193,7 @@ def test_delete_prompt_and_links(store_url, corpus):
         st = s.stats()
         exp = expected_counts(rest)
         assert st["Prompt"] == exp["Prompt"] and st["EDGE"] == exp["EDGE"] and st["HAS"] == exp["HAS"]
+        assert s.read("MATCH (r:RActive {prompt_id: $p}) RETURN count(*) AS n", {"p": pid})["n"].iloc[0] == 0
 
 
 def test_annotations(store_url, corpus):
@@ -225,6 +237,8 @@ def test_upgrade_from_older_schema(store_url, corpus, version):
             s._exec("DROP TABLE LINKS")
             s._exec("CREATE REL TABLE LINKS(FROM Feature TO Feature, prompts INT64, mean_weight DOUBLE, mean_abs_weight DOUBLE"
                     + (", prompt_ids STRING[])" if version == 2 else ")"))
+            s._exec("DROP TABLE REDGE")
+            s._exec("DROP TABLE RActive")
             s._exec("ALTER TABLE Feature DROP prompts")
             s._exec("ALTER TABLE Feature DROP prompt_ids")
         s._set_schema_version(version)
@@ -233,7 +247,9 @@ def test_upgrade_from_older_schema(store_url, corpus, version):
     with open_store(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         after = s.stats()
-        assert after["LINKS"] > 0 and {k: v for k, v in after.items() if k != "LINKS"} == {k: v for k, v in before.items() if k != "LINKS"}
+        derived = ("LINKS", "RActive", "REDGE")
+        assert after["LINKS"] > 0 and after["RActive"] > 0 and after["REDGE"] > 0
+        assert {k: v for k, v in after.items() if k not in derived} == {k: v for k, v in before.items() if k not in derived}
         ids = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN l.prompts AS n, l.prompt_ids AS ids, "
                      "a.key = l.source_key AND b.key = l.target_key AS keyed")
         assert all(len(set(i)) == n for n, i in zip(ids["n"], ids["ids"])) and ids["keyed"].all()
