@@ -3,13 +3,13 @@
 // uses_links: true
 // notes: >
 //   Starts from the derived LINKS layer (pairs already seen in >= min_prompts prompts) and then
-//   reads the per-prompt EDGEs of those pairs, so it needs LINKS to be fresh: run
-//   `circuit-atlas store rebuild-links` after ingesting, or pairs added since are missed.
-//   With min_weight 0 a pair's prompt count is its LINKS count, so only the pairs that can make
-//   the top `limit` are expanded (LINKS prompts >= the limit-th largest, found first): exact,
-//   and fast on dense real graphs.
+//   reads the per-prompt edges of those pairs in the recurring subgraph (REDGE), so it needs the
+//   derived layer to be fresh: run `circuit-atlas store rebuild-links` after ingesting, or pairs
+//   added since are missed. With min_weight 0 a pair's prompt count is its LINKS count, so only
+//   the pairs that can make the top `limit` are expanded (LINKS prompts >= the limit-th largest,
+//   found first): exact, and fast on dense real graphs and large corpora alike.
 // params:
-//   min_prompts: {type: int, default: 2, help: "least number of prompts an edge must appear in"}
+//   min_prompts: {type: int, default: 2, min: 2, help: "least number of prompts an edge must appear in"}
 //   min_weight: {type: float, default: 0.0, help: "least |weight| of an edge instance to count"}
 //   scan: {type: str, default: "", help: "only features of this transcoder set ('' = all)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
@@ -29,20 +29,25 @@
 // examples:
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
 // @part let_cutoff
-MATCH (f0:Feature)-[l0:LINKS]->(:Feature)
-WHERE l0.prompts >= $min_prompts AND ($scan = '' OR f0.scan = $scan)
+MATCH ()-[l0:LINKS]->()
+WHERE l0.prompts >= $min_prompts AND ($scan = '' OR l0.source_key STARTS WITH ($scan + ':'))
 RETURN l0.prompts AS cutoff ORDER BY cutoff DESC LIMIT $limit
-// @part main
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+// @part let_pairs
+MATCH ()-[l:LINKS]->()
 WHERE l.prompts >= $min_prompts AND ($min_weight > 0 OR l.prompts >= $cutoff)
-WITH fa, fb.key AS kb, fb.label AS lb
-WHERE $scan = '' OR fa.scan = $scan
-MATCH (fa)<-[:OF]-(a:Active)-[e:EDGE]->(b:Active)
-WHERE b.feature_key = kb
-WITH fa, kb, lb, a.prompt_id AS pid, e.weight AS w
-WHERE abs(w) >= $min_weight
-RETURN fa.key AS source_key, fa.label AS source_label, kb AS target_key, lb AS target_label,
-       count(DISTINCT pid) AS prompts, count(*) AS edges,
-       avg(w) AS mean_weight, avg(abs(w)) AS mean_abs_weight,
-       sum(CASE WHEN w > 0 THEN 1 ELSE 0 END) AS positive,
-       collect(w) AS weights, collect(DISTINCT pid) AS prompt_ids
+  AND ($scan = '' OR l.source_key STARTS WITH ($scan + ':'))
+WITH collect(DISTINCT l.source_key) AS sources, collect(DISTINCT l.target_key) AS targets
+RETURN CASE WHEN size(sources) = 0 THEN [''] ELSE sources END AS sources,
+       CASE WHEN size(targets) = 0 THEN [''] ELSE targets END AS targets
+// @part main
+MATCH (a:RActive)-[e:REDGE]->(b:RActive)
+WHERE a.feature_key IN $sources AND b.feature_key IN $targets AND abs(e.weight) >= $min_weight
+WITH a.feature_key AS sk, b.feature_key AS tk, a.prompt_id AS pid, e.weight AS w
+WITH sk, tk, count(DISTINCT pid) AS prompts, count(*) AS edges, avg(w) AS mean_weight, avg(abs(w)) AS mean_abs_weight,
+     sum(CASE WHEN w > 0 THEN 1 ELSE 0 END) AS positive, collect(w) AS weights, collect(DISTINCT pid) AS prompt_ids
+WHERE prompts >= $min_prompts
+MATCH (fa:Feature {key: sk})
+WITH fa, tk, prompts, edges, mean_weight, mean_abs_weight, positive, weights, prompt_ids
+MATCH (fb:Feature {key: tk})
+RETURN fa.key AS source_key, fa.label AS source_label, fb.key AS target_key, fb.label AS target_label,
+       prompts, edges, mean_weight, mean_abs_weight, positive, weights, prompt_ids

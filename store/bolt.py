@@ -237,29 +237,29 @@ class BoltStore(Store):
 
     # -- derived layer and annotations ----------------------------------------------------
     def rebuild_links(self) -> int:
+        # from the recurring features outwards, as on the embedded store (see EmbeddedStore.rebuild_links)
+        m = {"m": LINKS_MIN_PROMPTS}
         self._run("MATCH ()-[l:LINKS]->() DELETE l")
+        self._run("MATCH (r:RActive) DETACH DELETE r")
+        self._run("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = null, f.prompt_ids = null")
+        self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
+                  "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
+                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", m)
+        # the recurring subgraph: instances of those features (RActive) and their edges (REDGE)
+        self._run("MATCH (a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
+                  "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
+                  "pos: a.pos, activation: a.activation, influence: a.influence})", m)
+        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(b:Active) MATCH (rb:RActive {id: b.id}) "
+                  "CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)")
+        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(t:Logit) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)")
         rows = self._run(
-            "MATCH (a:Active)-[e:EDGE]->(b:Active) "
+            "MATCH (a:RActive)-[e:REDGE]->(b:RActive) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
             "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, collect(DISTINCT p) AS ps "
             "WHERE n >= $m "
             "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
             "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, source_key: s, target_key: t}]->(fb) "
-            "RETURN count(*) AS c",
-            {"m": LINKS_MIN_PROMPTS})
-        # each feature's recurrence: only the features in >= LINKS_MIN_PROMPTS prompts carry it
-        self._run("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = null, f.prompt_ids = null")
-        self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
-                  "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
-                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", {"m": LINKS_MIN_PROMPTS})
-        # the recurring subgraph: instances of those features (RActive) and their edges (REDGE)
-        self._run("MATCH (r:RActive) DETACH DELETE r")
-        self._run("MATCH (a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
-                  "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
-                  "pos: a.pos, activation: a.activation, influence: a.influence})", {"m": LINKS_MIN_PROMPTS})
-        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(b:Active) MATCH (rb:RActive {id: b.id}) "
-                  "CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)")
-        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(t:Logit) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)")
+            "RETURN count(*) AS c", m)
         self._touch()
         return int(rows[0]["c"]) if rows else 0
 

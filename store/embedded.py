@@ -383,20 +383,24 @@ class EmbeddedStore(Store):
             self._exec(f"DROP TABLE IF EXISTS {table}")
         for stmt in _schema_statements():  # IF NOT EXISTS: only the dropped tables are created
             self._exec(stmt)
+        # Built from the recurring features outwards: a pair in >= LINKS_MIN_PROMPTS prompts joins two
+        # such features, so LINKS aggregates the recurring subgraph's edges, not every edge (on a
+        # corpus of one-off features an aggregate over all pairs fills the buffer pool).
+        m = LINKS_MIN_PROMPTS
+        self._exec("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = NULL, f.prompt_ids = NULL")
+        self._exec(f"MATCH (a:Active) WITH a.feature_key AS k, count(DISTINCT a.prompt_id) AS n WHERE n >= {m} "
+                   "MATCH (f:Feature {key: k}) SET f.prompts = n")
+        for stmt in RECURRING:  # a literal bound: LadybugDB skips the chunks of one-off features
+            self._exec(stmt.format(m=m))
+        self._exec("MATCH (r:RActive) WITH r.feature_key AS k, list_sort(collect(DISTINCT r.prompt_id)) AS ps "
+                   "MATCH (f:Feature {key: k}) SET f.prompt_ids = ps")
         # COPY from a subquery: the aggregate goes straight into the rel table, never through Python
         self._exec(
-            "COPY LINKS FROM (MATCH (a:Active)-[e:EDGE]->(b:Active) "
+            "COPY LINKS FROM (MATCH (a:RActive)-[e:REDGE]->(b:RActive) "
             "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w "
             "WITH s, t, count(DISTINCT p) AS n, avg(CAST(w AS DOUBLE)) AS mw, avg(abs(CAST(w AS DOUBLE))) AS maw, "
             "list_sort(collect(DISTINCT p)) AS ps "
-            f"WHERE n >= {LINKS_MIN_PROMPTS} RETURN s, t, n, mw, maw, ps, s AS sk, t AS tk)")
-        # each feature's recurrence: only the features in >= LINKS_MIN_PROMPTS prompts carry it
-        self._exec("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = NULL, f.prompt_ids = NULL")
-        self._exec("MATCH (a:Active) WITH a.feature_key AS k, list_sort(collect(DISTINCT a.prompt_id)) AS ps "
-                   f"WHERE size(ps) >= {LINKS_MIN_PROMPTS} MATCH (f:Feature {{key: k}}) "
-                   "SET f.prompts = size(ps), f.prompt_ids = ps")
-        for stmt in RECURRING:  # a literal bound: LadybugDB skips the chunks of one-off features
-            self._exec(stmt.format(m=LINKS_MIN_PROMPTS))
+            f"WHERE n >= {m} RETURN s, t, n, mw, maw, ps, s AS sk, t AS tk)")
         self._touch()
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 
