@@ -259,7 +259,7 @@ def hubs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     order = {"influence": "total_influence", "prompts": "prompts", "partners": "partners"}
     if params["by"] not in order:
         raise QueryError(f"query 'hubs': parameter 'by' must be influence, prompts or partners, not {params['by']!r}")
-    df = frames["main"].copy()
+    df = pd.concat([f for f in (frames["main"], frames["every"]) if len(f)], ignore_index=True) if len(frames["main"]) or len(frames["every"]) else pd.DataFrame()
     if df.empty:
         return _empty(["key"])
     df = _num(df, ["prompts", "occurrences", "layer", "partners"], "int")

@@ -37,7 +37,7 @@ QUERY_DIR = Path(__file__).resolve().parent
 BACKENDS = ("embedded", "bolt")
 PARAM_TYPES = ("int", "float", "str", "bool", "list[str]")
 _VARIANT = re.compile(r"^\s*//\s*@variant\s+(\S+)\s*$")
-_PART = re.compile(r"^\s*//\s*@part\s+([a-z][a-z0-9_]*)(?:\s+when\s+([a-z][a-z0-9_]*)\s+in\s+(\S+))?\s*$")
+_PART = re.compile(r"^\s*//\s*@part\s+([a-z][a-z0-9_]*)(?:\s+when\s+([a-z][a-z0-9_]*)\s+(in|not in)\s+(\S+))?\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
@@ -128,7 +128,7 @@ class Query:
     params: dict[str, Param]
     columns: list[str]
     parts: dict[str, dict[str, str]]
-    when: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    when: dict[str, tuple[str, frozenset[str], bool]] = field(default_factory=dict)  # part -> (param, values, negated)
     post: str | None = None
     uses_links: bool = False
     notes: str = ""
@@ -142,11 +142,11 @@ class Query:
         return text if backend in ("embedded", "") else dialect.without_hints(text)
 
     def runs(self, part: str, values: Mapping[str, Any]) -> bool:
-        """False when the part's ``when PARAM in V1,V2`` condition does not hold for ``values``."""
+        """False when the part's ``when PARAM [not] in V1,V2`` condition does not hold for ``values``."""
         if part not in self.when:
             return True
-        name, allowed = self.when[part]
-        return str(values.get(name)) in allowed
+        name, listed, negated = self.when[part]
+        return (str(values.get(name)) in listed) != negated
 
     @property
     def text(self) -> str:
@@ -206,7 +206,7 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         params[str(pname)] = Param(str(pname), spec["type"], default, required, param.help, lowest)
     # parts[part][backend or ""] -> lines; the first part is "main" unless named.
     parts: dict[str, dict[str, list[str]]] = {"main": {"": []}}
-    when: dict[str, tuple[str, frozenset[str]]] = {}
+    when: dict[str, tuple[str, frozenset[str], bool]] = {}
     part, backend = "main", ""
     for line in lines[i:]:
         m = _PART.match(line)
@@ -215,7 +215,7 @@ def parse_query(text: str, path: Path | None = None) -> Query:
             if m.group(2):
                 if m.group(2) not in params:
                     raise QueryError(f"{where}: part '{part}' runs when '{m.group(2)}' ..., which is not a parameter")
-                when[part] = (m.group(2), frozenset(m.group(3).split(",")))
+                when[part] = (m.group(2), frozenset(m.group(4).split(",")), m.group(3) == "not in")
             if part in parts and any(parts[part][""]):
                 raise QueryError(f"{where}: part '{part}' appears twice")
             parts[part] = {"": []}

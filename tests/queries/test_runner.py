@@ -65,6 +65,11 @@ def test_parts_that_run_only_for_some_parameter_values():
     assert not paths.runs("three", {"hops": 2}) and not paths.runs("let_cut3", {"hops": 2}) and paths.runs("main", {"hops": 2})
     with pytest.raises(QueryError, match="not a parameter"):
         parse_query(HEADER + "RETURN 1 AS a\n// @part two when nope in 1\nRETURN 2 AS a\n")
+    neg = parse_query(HEADER + "RETURN 1 AS a\n// @part two when n not in 0,1\nRETURN 2 AS a\n")
+    assert neg.runs("two", {"n": 2}) and not neg.runs("two", {"n": 1}) and not neg.runs("two", {"n": 0})
+    hubs = load_query("hubs")  # the recurring subgraph from 2 prompts up, every instance below
+    assert hubs.runs("main", {"min_prompts": 2}) and not hubs.runs("every", {"min_prompts": 2})
+    assert hubs.runs("every", {"min_prompts": 1}) and not hubs.runs("main", {"min_prompts": 1})
 
 
 @pytest.mark.parametrize(
