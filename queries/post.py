@@ -50,9 +50,17 @@ def corpus_overview(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     if not counts.empty:
         wide = counts.pivot_table(index="prompt_id", columns="kind", values="n", aggfunc="sum", fill_value=0)
         prompts = prompts.merge(wide, left_on="prompt_id", right_index=True, how="left")
-    kinds = ["features", "errors", "embeddings", "logits"] + [k for k in frames if k.startswith("edges_")]
+    kinds = ["errors", "embeddings", "logits"] + [k for k in frames if k.startswith("edges_")]
     for kind in kinds:
         prompts[kind] = pd.to_numeric(prompts[kind], errors="coerce").fillna(0) if kind in prompts else 0
+    # the two large counts by difference from each prompt's stored totals, so no statement scans
+    # every feature or every feature->feature edge: a node is one of four types, and an edge whose
+    # source is no embedding or error and whose target is no logit joins two features
+    for c in ("nodes", "edges"):
+        prompts[c] = pd.to_numeric(prompts[c], errors="coerce").fillna(0)
+    prompts["features"] = prompts["nodes"] - prompts["errors"] - prompts["embeddings"] - prompts["logits"]
+    prompts["edges_feature_feature"] = prompts["edges"] - sum(prompts[k] for k in kinds if k.startswith("edges_"))
+    kinds = ["features", *kinds, "edges_feature_feature"]
     by = params["by"]
     if by == "tag":
         prompts["bucket"] = prompts["tags"].map(lambda t: list(t) if t is not None and not isinstance(t, float) else [])

@@ -21,8 +21,8 @@
 MATCH (p:Prompt)-[:HAS]->(e:Error)
 RETURN p.id AS prompt_id, sum(e.influence) AS error_influence
 // @part features
-MATCH (p:Prompt)-[:HAS]->(a:Active)
-RETURN p.id AS prompt_id, sum(a.influence) AS feature_influence
+MATCH (a:Active)
+RETURN a.prompt_id AS prompt_id, sum(a.influence) AS feature_influence
 // @part prompts
 MATCH (p:Prompt)
 RETURN p.id AS prompt_id, p.text AS text, p.prompt_group AS grp, p.replacement_score AS replacement_score,
