@@ -2,7 +2,10 @@
 // description: Prompts sharing the most features with a given prompt, by weighted Jaccard of their feature activations.
 // notes: >
 //   A prompt's weight for a feature is its largest activation over positions; similarity =
-//   sum of min(weights) / sum of max(weights) over the union of both prompts' features.
+//   sum of min(weights) / sum of max(weights) over the union of both prompts' features. A shared
+//   feature is active in two prompts, so shared features are read from the recurring subgraph
+//   (RActive; the derived layer must be fresh), and each prompt's whole mass from
+//   Prompt.feature_weight (set at load).
 // params:
 //   prompt_id: {type: str, help: "id of the prompt to compare with"}
 //   limit: {type: int, default: 10, help: "most rows returned"}
@@ -18,15 +21,16 @@
 MATCH (p:Prompt)-[:HAS]->(a:Active)
 WHERE p.id = $prompt_id
 RETURN a.feature_key AS key, max(a.activation) AS weight
+// @part let_mine
+MATCH (a:RActive)
+WHERE a.prompt_id = $prompt_id
+WITH collect(DISTINCT a.feature_key) AS mine
+RETURN CASE WHEN size(mine) = 0 THEN [''] ELSE mine END AS mine
 // @part shared
-MATCH (p:Prompt)-[:HAS]->(a:Active)-[:OF]->(f:Feature)<-[:OF]-(b:Active)
-WHERE p.id = $prompt_id AND b.prompt_id <> $prompt_id
-RETURN b.prompt_id AS prompt_id, f.key AS key, max(b.activation) AS weight
+MATCH (b:RActive)
+WHERE b.feature_key IN $mine AND b.prompt_id <> $prompt_id
+RETURN b.prompt_id AS prompt_id, b.feature_key AS key, max(b.activation) AS weight
 // @part totals
-MATCH (p:Prompt)-[:HAS]->(a:Active)-[:OF]->(f:Feature)<-[:OF]-(b:Active)
-WHERE p.id = $prompt_id AND b.prompt_id <> $prompt_id
-WITH DISTINCT b.prompt_id AS other
-MATCH (q:Prompt)-[:HAS]->(c:Active)
-WHERE q.id = other
-WITH q, c.feature_key AS key, max(c.activation) AS weight
-RETURN q.id AS prompt_id, q.text AS text, q.prompt_group AS grp, sum(weight) AS total
+MATCH (q:Prompt)
+WHERE q.id <> $prompt_id
+RETURN q.id AS prompt_id, q.text AS text, q.prompt_group AS grp, q.feature_weight AS total

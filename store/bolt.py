@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from circuit_atlas.store import dialect
 from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
-from circuit_atlas.store.embedded import read_graph_dir, read_graph_meta
+from circuit_atlas.store.embedded import FEATURE_WEIGHT, feature_weight, read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
               "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key", "RActive": "id"}
@@ -111,7 +111,9 @@ class BoltStore(Store):
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
-        self.rebuild_links()  # 1 -> 2: LINKS.prompt_ids; 2 -> 3: LINKS keys, Feature.prompts/prompt_ids
+        if version < 3:
+            self._run(FEATURE_WEIGHT)  # Prompt.feature_weight, set at load since version 3
+        self.rebuild_links()  # 1 -> 2: LINKS.prompt_ids; 2 -> 3: LINKS keys, Feature.prompts/prompt_ids, RActive/REDGE
         self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
@@ -379,6 +381,7 @@ def _prepare(directory: str | os.PathLike, meta: dict[str, Any]) -> PreparedGrap
         "expected": _s(props.get("expected")), "correct": props.get("correct"), "top_token": _s(props.get("top_token")),
         "external_id": _s(props.get("external_id")), "n_nodes": n_nodes, "n_edges": n_edges,
         "settings": json.dumps(settings, default=str), "created_at": _s(m.get("created_at")), "complete": True,
+        "feature_weight": feature_weight(g.nodes),
     }
     src = position[g.src_row.to_numpy(zero_copy_only=False)].tolist() if n_edges else []
     dst = position[g.dst_row.to_numpy(zero_copy_only=False)].tolist() if n_edges else []

@@ -45,7 +45,7 @@ NODE_TABLES: dict[str, list[tuple[str, str]]] = {
                ("replacement_score", "DOUBLE"), ("completeness_score", "DOUBLE"), ("corpus", "STRING"),
                ("tags", "STRING[]"), (dialect.GROUP_PROPERTY, "STRING"), ("expected", "STRING"), ("correct", "BOOLEAN"),
                ("top_token", "STRING"), ("external_id", "STRING"), ("n_nodes", "INT64"), ("n_edges", "INT64"),
-               ("settings", "STRING"), ("created_at", "STRING"), ("complete", "BOOLEAN")],
+               ("settings", "STRING"), ("created_at", "STRING"), ("complete", "BOOLEAN"), ("feature_weight", "DOUBLE")],
     "Active": [("id", "STRING"), ("prompt_id", "STRING"), ("node_id", "STRING"), ("layer", "INT64"), ("pos", "INT64"),
                ("index", "INT64"), ("feature_key", "STRING"), ("activation", "DOUBLE"), ("influence", "DOUBLE")],
     "Embedding": [("id", "STRING"), ("prompt_id", "STRING"), ("node_id", "STRING"), ("pos", "INT64"),
@@ -79,6 +79,9 @@ RECURRING = (
     "COPY REDGE FROM (MATCH (a:Active)-[e:EDGE]->(t:Logit), (a)-[:OF]->(fa:Feature) WHERE fa.prompts >= {m} "
     "RETURN a.id, t.id, e.weight) (from='RActive', to='Logit')",
 )
+# Prompt.feature_weight of stores written before it existed (new prompts get it at load)
+FEATURE_WEIGHT = ("MATCH (a:Active) WITH a.prompt_id AS pid, a.feature_key AS k, max(a.activation) AS w "
+                  "WITH pid, sum(w) AS total MATCH (p:Prompt {id: pid}) SET p.feature_weight = total")
 DERIVED_TABLES = ("LINKS", "REDGE", "RActive")  # dropped and recreated by rebuild_links, in this order
 TYPE_TABLE = {"feature": "Active", "embedding": "Embedding", "error": "Error", "logit": "Logit"}
 
@@ -170,9 +173,11 @@ class EmbeddedStore(Store):
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
-        if version < 3:  # Feature gained the derived prompts/prompt_ids columns
+        if version < 3:  # Feature gained the derived prompts/prompt_ids, Prompt its feature_weight
             for col, typ in NODE_TABLES["Feature"][-2:]:
                 self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {typ}")
+            self._exec("ALTER TABLE Prompt ADD IF NOT EXISTS feature_weight DOUBLE")
+            self._exec(FEATURE_WEIGHT)
         self.rebuild_links()  # drops and recreates LINKS with the current columns
         self._set_schema_version(SCHEMA_VERSION)
 
@@ -550,7 +555,20 @@ def _prompt_row(g: LoadedGraph) -> dict[str, Any]:
         "expected": _s(props.get("expected")), "correct": props.get("correct"), "top_token": _s(props.get("top_token")),
         "external_id": _s(props.get("external_id")), "n_nodes": g.nodes.num_rows, "n_edges": g.edges.num_rows,
         "settings": json.dumps(settings, default=str), "created_at": _s(m.get("created_at")), "complete": False,
+        "feature_weight": feature_weight(g.nodes),
     }
+
+
+def feature_weight(nodes: pa.Table) -> float:
+    """The sum over a prompt's features of their largest activation (over positions): the mass
+    that `similar_prompts`' weighted Jaccard divides by, stored on the Prompt at load so that no
+    query reads every instance of every prompt for it."""
+    feats = nodes.filter(pc.equal(nodes.column("type"), "feature"))
+    if feats.num_rows == 0:
+        return 0.0
+    act = pa.table({"layer": feats.column("layer"), "feature": feats.column("feature"),
+                    "a": pc.cast(feats.column("activation"), pa.float64())})
+    return float(pc.sum(act.group_by(["layer", "feature"]).aggregate([("a", "max")]).column("a_max")).as_py() or 0.0)
 
 
 def _prepare_batch(graphs: list[LoadedGraph]) -> tuple[dict[str, pa.Table], list[tuple[str, str, pa.Table]]]:

@@ -22,7 +22,7 @@ NODES = {
                                 "prompt_group": "string", "expected": "string", "correct": "boolean", "top_token": "string",
                                 "external_id": "string", "n_nodes": "long", "n_edges": "long", "node_threshold": "double",
                                 "edge_threshold": "double", "replacement_score": "double", "completeness_score": "double",
-                                "settings": "string", "created_at": "string", "complete": "boolean"}),
+                                "settings": "string", "created_at": "string", "complete": "boolean", "feature_weight": "double"}),
     "Active": ("id", "Node", {"prompt_id": "string", "node_id": "string", "layer": "long", "pos": "long", "index": "long",
                               "feature_key": "string", "activation": "double", "influence": "double"}),
     "Embedding": ("id", "Node", {"prompt_id": "string", "node_id": "string", "pos": "long", "token_id": "long", "token": "string"}),

@@ -18,6 +18,7 @@ import pytest
 
 from circuit_atlas.engine.graph_files import GraphFile
 from circuit_atlas.store import ReadOnlyViolation, SCHEMA_VERSION, StoreError, open_store
+from circuit_atlas.store.embedded import feature_weight, read_graph_dir
 from circuit_atlas.store.synthetic import synthetic_graph
 
 
@@ -165,6 +166,10 @@ def test_delete_prompt_and_links(store_url, corpus):
                         "RETURN DISTINCT x.prompt_id AS p", {"a": top["a"], "b": top["b"]})["p"]
         assert top["n"] == len(direct) > 1
         assert sorted(top["ids"]) == sorted(direct)
+        # each prompt's feature mass, set at load: the sum over its features of their largest activation
+        mass = s.read("MATCH (x:Active) WITH x.prompt_id AS p, x.feature_key AS k, max(x.activation) AS w RETURN p, sum(w) AS w")
+        stored = s.read("MATCH (p:Prompt) RETURN p.id AS p, p.feature_weight AS w")
+        assert dict(zip(stored["p"], stored["w"])) == {p: pytest.approx(w) for p, w in zip(mass["p"], mass["w"])}
         keys = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.source_key AS s, l.target_key AS t")
         assert (keys["a"] == keys["s"]).all() and (keys["b"] == keys["t"]).all()
         # each feature's recurrence, set on the features in >= 2 prompts only
@@ -241,6 +246,10 @@ def test_upgrade_from_older_schema(store_url, corpus, version):
             s._exec("DROP TABLE RActive")
             s._exec("ALTER TABLE Feature DROP prompts")
             s._exec("ALTER TABLE Feature DROP prompt_ids")
+            s._exec("ALTER TABLE Prompt DROP feature_weight")
+        else:
+            s._run("MATCH (p:Prompt) REMOVE p.feature_weight")
+        weights = {json.loads((Path(p) / "meta.json").read_text())["graph_id"]: feature_weight(read_graph_dir(p).nodes) for p in corpus[:3]}
         s._set_schema_version(version)
     with pytest.raises(StoreError, match=f"schema version {version}.*open it once for writing"):
         open_store(store_url, read_only=True)
@@ -253,6 +262,8 @@ def test_upgrade_from_older_schema(store_url, corpus, version):
         ids = s.read("MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN l.prompts AS n, l.prompt_ids AS ids, "
                      "a.key = l.source_key AND b.key = l.target_key AS keyed")
         assert all(len(set(i)) == n for n, i in zip(ids["n"], ids["ids"])) and ids["keyed"].all()
+        got = s.read("MATCH (p:Prompt) RETURN p.id AS id, p.feature_weight AS w")
+        assert {i: pytest.approx(w) for i, w in weights.items()} == dict(zip(got["id"], got["w"]))
         rec = s.read("MATCH (f:Feature) WHERE f.prompts >= 2 RETURN f.prompts AS n, f.prompt_ids AS ids")
         assert len(rec) > 0 and all(len(set(i)) == n for n, i in zip(rec["n"], rec["ids"]))
 
