@@ -25,7 +25,7 @@ def reference_markdown(level: int = 4) -> str:
     for q in list_queries():
         out.append(f"{'#' * level} `{q.name}`\n\n{q.description}\n")
         if q.uses_links:
-            out.append("*Depends on the derived layer (LINKS, the recurring features and subgraph) being fresh (rebuilt after every ingest).*\n")
+            out.append("*Depends on the derived layer (LINKS, the recurring features and subgraph) being fresh: `circuit-atlas store rebuild-links` after loading.*\n")
         if q.notes:
             out.append(q.notes + "\n")
         out.append("| parameter | type | default | meaning |\n|---|---|---|---|")
