@@ -4,15 +4,15 @@
 // notes: >
 //   Motifs are counted in the per-prompt graphs (all edges of a motif among the same nodes of
 //   one prompt). A motif's prompt count is at most the LINKS count of each of its feature pairs,
-//   so each kind first counts exactly the motifs of its `limit` strongest LINKS candidates (a
-//   let_ part); the limit-th best of those counts is a cut-off no top row can fall below, and
-//   only candidates whose LINKS pairs all reach it are followed in the per-prompt graphs,
-//   forward from their first feature. Exact, and fast on dense real graphs and on large sparse
-//   corpora alike; needs LINKS to be fresh. Fan-in/fan-out list each unordered pair
+//   so each kind first counts exactly the motifs of its `limit` strongest LINKS candidates; the
+//   limit-th best of those counts is a cut-off no top row can fall below, and only the features
+//   of candidates whose LINKS pairs all reach it are matched, as list parameters, in the recurring
+//   subgraph (RActive, REDGE: every motif seen in two or more prompts lies in it). Exact, and fast
+//   on dense real graphs and on large sparse corpora alike; needs the derived layer to be fresh. Fan-in/fan-out list each unordered pair
 //   once (a_key < b_key for fan-in, b_key < c_key for fan-out).
 // params:
 //   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
-//   min_prompts: {type: int, default: 2, help: "least prompts a motif must appear in"}
+//   min_prompts: {type: int, default: 2, min: 2, help: "least prompts a motif must appear in"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   motif: feed_forward (a->b->c, a->c) | fan_in (a->c, b->c) | fan_out (a->b, a->c)
@@ -27,96 +27,115 @@
 // post: motifs
 // examples:
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
-// @part let_cut_feed_forward when kind in ,feed_forward
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS bound
+// @part let_c_ff when kind in ,feed_forward
+MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
+WHERE l1.prompts >= $min_prompts
+WITH fb, l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $limit
-MATCH (fb)-[l:LINKS]->(fc:Feature)
-WHERE l.prompts >= $min_prompts
-WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-MATCH (fa)-[l:LINKS]->(fc)
-WHERE l.prompts >= $min_prompts
-WITH fa, fb, fc, CASE WHEN l.prompts < bound2 THEN l.prompts ELSE bound2 END AS bound3
-ORDER BY bound3 DESC LIMIT $limit
-WITH fa, fb.key AS kb, fc.key AS kc
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kb
-WITH fa, kb, kc, x, y
-MATCH (y)-[:EDGE]->(z:Active)
-WHERE z.feature_key = kc
-WITH fa, kb, kc, x, z.id AS zid
-MATCH (x)-[:EDGE]->(z2:Active)
-WHERE z2.id = zid  // walk forward from x: an edge between two bound nodes is planned as a scan of all edges
-WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
+MATCH (fb)-[l2:LINKS]->(:Feature)
+WHERE l2.prompts >= $min_prompts
+WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+MATCH ()-[l3:LINKS]->()
+WHERE l3.source_key = ka AND l3.target_key = kc AND l3.prompts >= $min_prompts
+WITH ka, kb, kc, CASE WHEN l3.prompts < bound THEN l3.prompts ELSE bound END AS bound
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_ff_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_ff_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS c_ff_c
+// @part let_cut_feed_forward when kind in ,feed_forward
+MATCH (x:RActive)-[:REDGE]->(y:RActive)-[:REDGE]->(z:RActive), (x)-[:REDGE]->(z)
+WHERE x.feature_key IN $c_ff_a AND y.feature_key IN $c_ff_b AND z.feature_key IN $c_ff_c
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_feed_forward
-// @part let_cut_fan_in when kind in ,fan_in
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS bound
+// @part let_m_ff when kind in ,feed_forward
+MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
+WHERE l1.prompts >= $cut_feed_forward
+WITH fb, l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
+MATCH (fb)-[l2:LINKS]->(:Feature)
+WHERE l2.prompts >= $cut_feed_forward
+WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+MATCH ()-[l3:LINKS]->()
+WHERE l3.source_key = ka AND l3.target_key = kc AND l3.prompts >= $cut_feed_forward
+WITH ka, kb, kc, CASE WHEN l3.prompts < bound THEN l3.prompts ELSE bound END AS bound
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_ff_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS m_ff_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS m_ff_c
+// @part let_c_fi when kind in ,fan_in
+MATCH ()-[l1:LINKS]->()
+WHERE l1.prompts >= $min_prompts
+WITH l1.source_key AS ka, l1.target_key AS kc, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $limit
-MATCH (fo:Feature)-[l:LINKS]->(g:Feature {key: fb.key})
-WHERE l.prompts >= $min_prompts AND fo.key > fa.key
-WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-ORDER BY bound2 DESC LIMIT $limit
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kc
-WITH fa, fo, kc, y.id AS yid
-MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y2:Active)
-WHERE y2.id = yid  // forward from fo's instances: walking into a bound node scans all edges
-WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y2.prompt_id AS pid
+MATCH ()-[l2:LINKS]->()
+WHERE l2.target_key = kc AND l2.source_key > ka AND l2.prompts >= $min_prompts
+WITH ka, l2.source_key AS kb, kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_fi_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_fi_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS c_fi_c
+// @part let_cut_fan_in when kind in ,fan_in
+MATCH (x:RActive)-[:REDGE]->(z:RActive)<-[:REDGE]-(y:RActive)
+WHERE x.feature_key IN $c_fi_a AND y.feature_key IN $c_fi_b AND z.feature_key IN $c_fi_c AND x.feature_key < y.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_in
-// @part let_cut_fan_out when kind in ,fan_out
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $min_prompts
-WITH fa, fb, l.prompts AS bound
+// @part let_m_fi when kind in ,fan_in
+MATCH ()-[l1:LINKS]->()
+WHERE l1.prompts >= $cut_fan_in
+WITH l1.source_key AS ka, l1.target_key AS kc, l1.prompts AS bound
+MATCH ()-[l2:LINKS]->()
+WHERE l2.target_key = kc AND l2.source_key > ka AND l2.prompts >= $cut_fan_in
+WITH ka, l2.source_key AS kb, kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_fi_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS m_fi_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS m_fi_c
+// @part let_c_fo when kind in ,fan_out
+MATCH ()-[l1:LINKS]->()
+WHERE l1.prompts >= $min_prompts
+WITH l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $limit
-MATCH (fa)-[l:LINKS]->(fc:Feature)
-WHERE l.prompts >= $min_prompts AND fc.key > fb.key
-WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-ORDER BY bound2 DESC LIMIT $limit
-WITH fa, fb.key AS kb, fc.key AS kc
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kb
-WITH fa, kb, kc, x
-MATCH (x)-[:EDGE]->(z:Active)
-WHERE z.feature_key = kc
-WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
+MATCH ()-[l2:LINKS]->()
+WHERE l2.source_key = ka AND l2.target_key > kb AND l2.prompts >= $min_prompts
+WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_fo_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_fo_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS c_fo_c
+// @part let_cut_fan_out when kind in ,fan_out
+MATCH (y:RActive)<-[:REDGE]-(x:RActive)-[:REDGE]->(z:RActive)
+WHERE x.feature_key IN $c_fo_a AND y.feature_key IN $c_fo_b AND z.feature_key IN $c_fo_c AND y.feature_key < z.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
 WITH prompts ORDER BY prompts DESC LIMIT $limit
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
 RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_out
+// @part let_m_fo when kind in ,fan_out
+MATCH ()-[l1:LINKS]->()
+WHERE l1.prompts >= $cut_fan_out
+WITH l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
+MATCH ()-[l2:LINKS]->()
+WHERE l2.source_key = ka AND l2.target_key > kb AND l2.prompts >= $cut_fan_out
+WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
+WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
+RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_fo_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS m_fo_b,
+       CASE WHEN size(c) = 0 THEN [''] ELSE c END AS m_fo_c
 // @part feed_forward when kind in ,feed_forward
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'feed_forward') AND l.prompts >= $cut_feed_forward
-WITH fa, fb, l.prompts AS bound
-MATCH (fb)-[l:LINKS]->(fc:Feature)
-WHERE l.prompts >= $cut_feed_forward
-WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-MATCH (fa)-[l:LINKS]->(fc)
-WHERE l.prompts >= $cut_feed_forward
-WITH fa, fb.key AS kb, fc.key AS kc
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kb
-WITH fa, kb, kc, x, y
-MATCH (y)-[:EDGE]->(z:Active)
-WHERE z.feature_key = kc
-WITH fa, kb, kc, x, z.id AS zid
-MATCH (x)-[:EDGE]->(z2:Active)
-WHERE z2.id = zid  // walk forward from x: an edge between two bound nodes is planned as a scan of all edges
-WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
+MATCH (x:RActive)-[:REDGE]->(y:RActive)-[:REDGE]->(z:RActive), (x)-[:REDGE]->(z)
+WHERE x.feature_key IN $m_ff_a AND y.feature_key IN $m_ff_b AND z.feature_key IN $m_ff_c
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_feed_forward
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
@@ -128,18 +147,9 @@ MATCH (fc:Feature {key: kc})
 RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
        fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
 // @part fan_in when kind in ,fan_in
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_in') AND l.prompts >= $cut_fan_in
-WITH fa, fb, l.prompts AS bound
-MATCH (fo:Feature)-[l:LINKS]->(g:Feature {key: fb.key})
-WHERE l.prompts >= $cut_fan_in AND fo.key > fa.key
-WITH fa, fo, fb.key AS kc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kc
-WITH fa, fo, kc, y.id AS yid
-MATCH (fo)<-[:OF]-(w:Active)-[:EDGE]->(y2:Active)
-WHERE y2.id = yid  // forward from fo's instances: walking into a bound node scans all edges
-WITH DISTINCT fa.key AS ka, fo.key AS kb, kc, y2.prompt_id AS pid
+MATCH (x:RActive)-[:REDGE]->(z:RActive)<-[:REDGE]-(y:RActive)
+WHERE x.feature_key IN $m_fi_a AND y.feature_key IN $m_fi_b AND z.feature_key IN $m_fi_c AND x.feature_key < y.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_in
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
@@ -151,19 +161,9 @@ MATCH (fc:Feature {key: kc})
 RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
        fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
 // @part fan_out when kind in ,fan_out
-MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
-WHERE ($kind = '' OR $kind = 'fan_out') AND l.prompts >= $cut_fan_out
-WITH fa, fb, l.prompts AS bound
-MATCH (fa)-[l:LINKS]->(fc:Feature)
-WHERE l.prompts >= $cut_fan_out AND fc.key > fb.key
-WITH fa, fb, fc, CASE WHEN l.prompts < bound THEN l.prompts ELSE bound END AS bound2
-WITH fa, fb.key AS kb, fc.key AS kc
-MATCH (fa)<-[:OF]-(x:Active)-[:EDGE]->(y:Active)
-WHERE y.feature_key = kb
-WITH fa, kb, kc, x
-MATCH (x)-[:EDGE]->(z:Active)
-WHERE z.feature_key = kc
-WITH DISTINCT fa.key AS ka, kb, kc, x.prompt_id AS pid
+MATCH (y:RActive)<-[:REDGE]-(x:RActive)-[:REDGE]->(z:RActive)
+WHERE x.feature_key IN $m_fo_a AND y.feature_key IN $m_fo_b AND z.feature_key IN $m_fo_c AND y.feature_key < z.feature_key
+WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_out
 WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
