@@ -24,17 +24,34 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuit_atlas.engine import graph_files as gf
 from circuit_atlas.engine import pruning
 from circuit_atlas.errors import CircuitAtlasError
+
+if TYPE_CHECKING:  # pandas and pyarrow (graph_files) are imported where the tables are built
+    import pandas as pd
+
+    from circuit_atlas.engine import graph_files as gf
+
+
+def _release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS between phases (glibc's malloc_trim;
+    elsewhere nothing). The backward passes free many 1-30 MB temporaries that glibc keeps
+    in its heap, fragmented: on the benchmark's small model that is ~150 MiB more resident
+    memory than is in use by the end of the passes. Trimming once per phase (or per greedy
+    update) costs a few page faults, not the per-batch cost of trimming every pass."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class AttributionError(CircuitAtlasError, ValueError):
@@ -145,6 +162,8 @@ class _SourceReader:
         self.n_layers = len(run.mlp_out)
         self.n_pos = run.embeddings.shape[1]
         self.n_feat = int(layers.shape[0])
+        self.n_src = self.n_feat + self.n_layers * (self.n_pos - 1) + self.n_pos
+        self._out: Tensor | None = None  # the rows' buffer, reused by every batch
         device = run.embeddings.device
         self.emb = run.embeddings[0].detach().float()  # (T, d)
         self.err = torch.stack([e.float() for e in run.errors])[:, 1:]  # (L, T-1, d)
@@ -171,16 +190,22 @@ class _SourceReader:
             width = int(counts.max().item())
             block = torch.zeros(self.n_pos, width, vecs.shape[1], device=device)
             block[p, slot] = vecs
-            cols = torch.full((self.n_pos, width), self.n_feat, dtype=torch.long, device=device)
+            # padding slots point past the last source column (see ``rows``)
+            cols = torch.full((self.n_pos, width), self.n_src, dtype=torch.long, device=device)
             cols[p, slot] = idx.to(device)
             self.blocks.append((block.transpose(1, 2).contiguous(), cols.flatten()))
 
     @torch.no_grad()
     def rows(self, g_emb: Tensor | None, g_out: list[Tensor | None], n: int) -> Tensor:
-        """Edge rows (n, F + L*(T-1) + T) for the first n batch copies."""
-        t = self.n_pos
-        feat = torch.zeros(n, self.n_feat + 1, device=self.emb.device)
-        err = torch.zeros(n, self.n_layers, t - 1, device=self.emb.device)
+        """Edge rows (n, F + L*(T-1) + T) for the first n batch copies: a view of one buffer
+        that the next call overwrites (the caller copies the non-zero entries out)."""
+        t, f = self.n_pos, self.n_feat
+        if self._out is None or self._out.shape[0] < n:
+            # features, errors, embeddings, then one padding column for the padded bmm slots
+            self._out = torch.empty(n, self.n_src + 1, device=self.emb.device)
+        out = self._out[:n]
+        out.zero_()
+        err = out[:, f : f + self.n_layers * (t - 1)].unflatten(1, (self.n_layers, t - 1))
         for layer, g in enumerate(g_out):
             if g is None:
                 continue
@@ -189,12 +214,11 @@ class _SourceReader:
             block = self.blocks[layer]
             if block is not None:
                 mats, cols = block
-                out = torch.bmm(g.transpose(0, 1), mats)  # (T, n, S_max)
-                feat.index_add_(1, cols, out.transpose(0, 1).reshape(n, -1))
-        emb = torch.zeros(n, t, device=self.emb.device)
+                prod = torch.bmm(g.transpose(0, 1), mats)  # (T, n, S_max)
+                out.index_add_(1, cols, prod.transpose(0, 1).reshape(n, -1))
         if g_emb is not None:
-            emb = torch.einsum("btd,td->bt", g_emb[:n].float(), self.emb)
-        return torch.cat([feat[:, : self.n_feat], err.reshape(n, -1), emb], dim=1)
+            out[:, self.n_src - t : self.n_src] = torch.einsum("btd,td->bt", g_emb[:n].float(), self.emb)
+        return out[:, : self.n_src]
 
 
 def compute_graph(
@@ -269,6 +293,7 @@ def graph_from_run(
     budget = n_feat if max_feature_nodes is None else max(0, min(int(max_feature_nodes), n_feat))
 
     reader = _SourceReader(run, tc, layers, pos, feats, acts)
+    _release_freed_memory()  # the forward pass's and the reader's temporaries, before the passes
     inputs = [run.embeddings, *run.mlp_out]
     # columns: all sources, then the logits (never sources: zero), so row indices and node
     # indices share one space; one SparseRows per backward pass, joined at the end
@@ -320,6 +345,7 @@ def graph_from_run(
         if budget == n_feat:
             pending = torch.arange(n_feat)
         else:
+            _release_freed_memory()  # once per update: the passes since the last one
             infl = pruning.node_influence(parts, row_nodes[:filled], weights)
             rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
@@ -340,6 +366,7 @@ def graph_from_run(
                 on_batch(chunk.shape[0])
     bar.close()
     del run, reader
+    _release_freed_memory()
 
     # keep the visited features only; renumber nodes to [selected features, errors, embeddings, logits]
     selected = torch.nonzero(visited, as_tuple=True)[0]
@@ -347,8 +374,10 @@ def graph_from_run(
     new_index[selected] = torch.arange(selected.shape[0])
     n_sel = int(selected.shape[0])
     new_index[n_feat:] = torch.arange(n_sel, n_sel + n_err + n_pos + n_logit)
-    if n_sel < n_feat:  # drop the columns of unvisited features, part by part
-        parts = [p.select_columns(new_index, n_sel + n_err + n_pos + n_logit) for p in parts]
+    if n_sel < n_feat:  # drop the columns of unvisited features, part by part (each freed as replaced)
+        for i, part in enumerate(parts):
+            parts[i] = part.select_columns(new_index, n_sel + n_err + n_pos + n_logit)
+        del part
     edges = pruning.SparseRows.cat(parts)
     row_nodes = new_index[row_nodes[:filled]]
     # rows stay in the order computed (logits first); row_nodes says which node each is
@@ -379,6 +408,10 @@ def graph_from_run(
 
 def node_table(raw: RawGraph, influence: Tensor | None) -> pd.DataFrame:
     """nodes.parquet rows in node order (features, errors, embeddings, logits)."""
+    import pandas as pd
+
+    from circuit_atlas.engine import graph_files as gf
+
     L, T = raw.n_layers, raw.n_pos
     n_sel = int(raw.feat_layer.shape[0])
     err_layer = np.repeat(np.arange(L), T - 1)
@@ -432,7 +465,10 @@ def attribute(
     on_batch: Callable[[int], None] | None = None,
 ) -> gf.GraphFile:
     """The attribution graph of ``prompt`` under transcoders ``tc``, pruned unless
-    ``prune=False`` (then every computed non-zero edge is kept), with both scores in meta."""
+    ``prune=False`` (then every computed non-zero edge is kept), with both scores in meta.
+
+    pandas and pyarrow (~70 MiB) are imported only once the edges are pruned, after the peak
+    of the attribution buffers, rather than when this module is."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
             raise AttributionError(f"{name} must be between 0 and 1, got {value}")
@@ -450,14 +486,24 @@ def attribute(
         on_batch=on_batch,
     )
     weights = raw.logit_weights
-    replacement, completeness = pruning.graph_scores(raw.edges, raw.row_nodes, raw.kinds, weights)
+    raw.edges = raw.edges.with_row_index()  # used by every step below
+    # the normalised rows and the influence are computed once, for the scores and pruning both
+    norm = pruning.normalize_rows(raw.edges)
+    infl = pruning.influence(norm, raw.row_nodes, weights)
+    replacement, completeness = pruning.graph_scores(raw.edges, raw.row_nodes, raw.kinds, weights, norm=norm, infl=infl)
+    del norm
     if prune:
-        result = pruning.prune(raw.edges, raw.row_nodes, raw.kinds, weights, node_threshold, edge_threshold)
-        infl, node_mask, edge_mask = result.node_influence, result.node_mask, result.edge_mask
+        result = pruning.prune(raw.edges, raw.row_nodes, raw.kinds, weights, node_threshold, edge_threshold, infl=infl)
+        node_mask, edge_mask = result.node_mask, result.edge_mask
+        del result
     else:
-        infl = pruning.node_influence(raw.edges, raw.row_nodes, weights)
         node_mask = torch.ones(raw.kinds.shape[0], dtype=torch.bool)
         edge_mask = raw.edges.val != 0
+    _release_freed_memory()  # before pandas is imported and the tables are built
+    import pandas as pd
+
+    from circuit_atlas.engine import graph_files as gf
+
     nodes = node_table(raw, infl)
     r, s = raw.edges.row_index()[edge_mask].long(), raw.edges.col[edge_mask].long()
     ids = nodes["node_id"].to_numpy()

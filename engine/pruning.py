@@ -25,7 +25,7 @@ Definitions agree with Anthropic's "Circuit Tracing" (2025) and circuit-tracer:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -44,6 +44,7 @@ class SparseRows:
     col: Tensor  # (E,) int32
     val: Tensor  # (E,)
     n_cols: int
+    row: Tensor | None = field(default=None, repr=False, compare=False)  # (E,) int32, kept by with_row_index
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,17 +77,29 @@ class SparseRows:
         return cls(torch.cat(ptrs), col, val, n_cols)
 
     def row_index(self) -> Tensor:
-        """(E,) int32: the row of every entry."""
-        rows = torch.arange(self.shape[0], dtype=torch.int32, device=self.ptr.device)
-        return torch.repeat_interleave(rows, self.ptr.diff())
+        """(E,) int32: the row of every entry, as a running count of the rows started at or
+        before it (repeat_interleave would build an int64 copy of the entries first). Read
+        only: it is the kept one after ``with_row_index``."""
+        if self.row is not None:
+            return self.row
+        n = int(self.col.shape[0])
+        starts = torch.zeros(n + 1, dtype=torch.int32, device=self.ptr.device)
+        inner = self.ptr[1:-1]
+        starts.index_add_(0, inner, torch.ones(inner.shape, dtype=torch.int32, device=inner.device))
+        return starts[:n].cumsum_(0)
 
     def with_values(self, val: Tensor) -> SparseRows:
-        return SparseRows(self.ptr, self.col, val, self.n_cols)
+        return SparseRows(self.ptr, self.col, val, self.n_cols, self.row)
+
+    def with_row_index(self) -> SparseRows:
+        """The same entries keeping their row index (4 bytes per entry), for a caller that
+        needs it many times: scoring and pruning one graph would otherwise rebuild it often."""
+        return SparseRows(self.ptr, self.col, self.val, self.n_cols, self.row_index())
 
     def select_columns(self, new_index: Tensor, n_cols: int) -> SparseRows:
         """Entries of the columns with ``new_index[col] >= 0``, renumbered to that index (which
         must keep the columns' order); the rows stay."""
-        new_col = new_index[self.col.long()]
+        new_col = _at(new_index.to(torch.int32), self.col)
         keep = new_col >= 0
         ptr = torch.zeros_like(self.ptr)
         torch.cumsum(torch.bincount(self.row_index()[keep], minlength=self.shape[0]), 0, out=ptr[1:])
@@ -96,6 +109,11 @@ class SparseRows:
         out = torch.zeros(self.shape, dtype=self.val.dtype, device=self.val.device)
         out[self.row_index().long(), self.col.long()] = self.val
         return out
+
+
+def _at(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` for an int32 index without the int64 copy of it that ``[]`` makes."""
+    return torch.index_select(values, 0, index)
 
 
 def _sparse(rows: Tensor | SparseRows) -> SparseRows:
@@ -108,7 +126,7 @@ def normalize_rows(rows: Tensor | SparseRows, eps: float = 1e-10) -> Tensor | Sp
         a = rows.val.abs().to(torch.float32)
         row = rows.row_index()
         sums = torch.zeros(rows.shape[0], dtype=a.dtype, device=a.device).index_add_(0, row, a)
-        return rows.with_values(a.div_(sums.clamp_(min=eps)[row]))
+        return rows.with_values(a.div_(_at(sums.clamp_(min=eps), row)))
     a = rows.abs().to(torch.float32)
     return a / a.sum(dim=1, keepdim=True).clamp(min=eps)
 
@@ -124,36 +142,51 @@ def influence(
     ``A`` among them (``x_{k+1} = x_k A[:, row_nodes]``) and spread to all N nodes once at the
     end: ``(x_0 + x_1 + ...) A``.
 
+    A block whose columns are mostly row nodes (a finished graph: the visited features) is
+    iterated in place, its other entries landing on columns that are then ignored; otherwise
+    (a greedy pass: most columns are features not yet visited) its row-node entries are
+    gathered once. Either way each step adds the same products in the same order.
+
     Raises RuntimeError if the series does not die out (the graph has a cycle)."""
     blocks = [_sparse(b) for b in (norm_rows if isinstance(norm_rows, list) else [norm_rows])]
     n_rows, n_cols = sum(b.shape[0] for b in blocks), blocks[0].n_cols
     dtype, device = blocks[0].val.dtype, blocks[0].val.device
-    as_row = torch.full((n_cols,), -1, dtype=torch.int32, device=device)
-    as_row[row_nodes] = torch.arange(n_rows, dtype=torch.int32, device=device)
-    targets, sources, values, offset = [], [], [], 0
+    is_row = torch.zeros(n_cols, dtype=torch.bool, device=device)
+    is_row[row_nodes] = True
+    steps = []  # per block: (first row, row count, row of each entry, column, value)
+    offset = 0
     for b in blocks:
-        source = as_row[b.col]
-        inner = source >= 0
-        targets.append(b.row_index()[inner] + offset)
-        sources.append(source[inner])
-        values.append(b.val[inner])
+        row, col, val = b.row_index(), b.col, b.val
+        inner = _at(is_row, col)
+        if 2 * int(inner.sum()) < col.shape[0]:
+            keep = torch.nonzero(inner, as_tuple=True)[0]
+            row, col, val = row[keep], col[keep], val[keep]
+            del keep
+        steps.append((offset, b.shape[0], row, col, val))
+        del inner
         offset += b.shape[0]
-    target, source, value = torch.cat(targets), torch.cat(sources), torch.cat(values)
-    del targets, sources, values
+    del is_row
 
     limit = max_iter if max_iter is not None else n_rows + 2
     x = weights.to(dtype=dtype, device=device)[row_nodes]
     reached = torch.zeros(n_rows, dtype=dtype, device=device)
+    buffer = torch.empty(max(int(v.shape[0]) for *_, v in steps), dtype=dtype, device=device)
     for _ in range(limit):
         if not bool(x.any()):
             break
         reached += x
-        x = torch.zeros_like(x).index_add_(0, source, value * x[target])
+        spread = torch.zeros(n_cols, dtype=dtype, device=device)
+        for first, count, row, col, val in steps:
+            step = torch.index_select(x[first : first + count], 0, row, out=buffer[: val.shape[0]])
+            spread.index_add_(0, col, step.mul_(val))
+        x = spread[row_nodes]
     else:
         raise RuntimeError(f"influence did not converge in {limit} steps: the graph is not a DAG")
+    del steps, buffer
     total, offset = torch.zeros(n_cols, dtype=dtype, device=device), 0
     for b in blocks:
-        total.index_add_(0, b.col, b.val * reached[offset : offset + b.shape[0]][b.row_index()])
+        spread = _at(reached[offset : offset + b.shape[0]], b.row_index())
+        total.index_add_(0, b.col, spread.mul_(b.val))
         offset += b.shape[0]
     return total
 
@@ -204,9 +237,10 @@ def _threshold_by_sort(flat: Tensor, fraction: float, above: float = 0.0, total:
 
 def _threshold_by_histogram(flat: Tensor, fraction: float) -> Tensor:
     def bins(chunk: Tensor) -> Tensor:
-        # bin 0: zeros; otherwise 1 + offset + floor(log2(x) * bins per octave)
-        logs = torch.floor(torch.log2(chunk.clamp(min=1e-38)) * _BINS_PER_OCTAVE).long() + 1 + 130 * _BINS_PER_OCTAVE
-        return torch.where(chunk > 0, logs, torch.zeros_like(logs))
+        # bin 0: zeros; otherwise 1 + offset + floor(log2(x) * bins per octave); computed in
+        # place and as int32 (bin ids stay below 9,000): two 4-byte copies of a chunk, not five
+        logs = chunk.clamp(min=1e-38).log2_().mul_(_BINS_PER_OCTAVE).floor_().int()
+        return logs.add_(1 + 130 * _BINS_PER_OCTAVE).masked_fill_(~(chunk > 0), 0)
 
     n_bins = 1 + 260 * _BINS_PER_OCTAVE
     sums = torch.zeros(n_bins, dtype=torch.float64, device=flat.device)
@@ -243,22 +277,27 @@ def prune(
     logit_weights: Tensor,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    *,
+    infl: Tensor | None = None,
 ) -> PruneResult:
-    """Keep the nodes and edges that carry most of the influence on the logits."""
+    """Keep the nodes and edges that carry most of the influence on the logits. ``infl``: the
+    graph's node influence when already computed (``node_influence`` of the same rows), so a
+    caller that also scores the graph does not iterate the series twice."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
     a = _sparse(rows.to(torch.float32) if isinstance(rows, Tensor) else rows)
     row, col = a.row_index(), a.col
-    infl = influence(normalize_rows(a), row_nodes, logit_weights)
+    if infl is None:
+        infl = influence(normalize_rows(a), row_nodes, logit_weights)
     always = (kinds == EMBEDDING) | (kinds == LOGIT)
     node_mask = (infl >= find_threshold(infl, node_threshold)) | always
 
     # edge scores: the node-pruned normalised |A| times the influence of each edge's target
-    kept = node_mask[row_nodes][row] & node_mask[col] & (a.val != 0)
+    kept = _at(node_mask[row_nodes], row) & _at(node_mask, col) & (a.val != 0)
     scores = normalize_rows(a.with_values(a.val * kept))
     target_infl = influence(scores, row_nodes, logit_weights) + logit_weights.to(scores.val.dtype)
-    edge_score = scores.val.mul_(target_infl[row_nodes][row])
+    edge_score = scores.val.mul_(_at(target_infl[row_nodes], row))
     del scores
     edge_mask = (edge_score >= find_threshold(edge_score, edge_threshold)) & kept
     del edge_score, kept
@@ -267,7 +306,7 @@ def prune(
     is_feature_row = kinds[row_nodes] == FEATURE
     while True:
         before = node_mask.clone()
-        edge_mask &= node_mask[row_nodes][row] & node_mask[col]
+        edge_mask &= _at(node_mask[row_nodes], row) & _at(node_mask, col)
         # features and errors need an outgoing edge; features also an incoming one
         has_output = torch.zeros_like(node_mask)
         has_output[col[edge_mask]] = True
@@ -291,10 +330,22 @@ def prune(
     return PruneResult(node_mask, edge_mask, infl, cumulative)
 
 
-def graph_scores(rows: Tensor | SparseRows, row_nodes: Tensor, kinds: Tensor, logit_weights: Tensor) -> tuple[float, float]:
-    """(replacement score, completeness score) of an unpruned graph."""
-    norm = normalize_rows(_sparse(rows.to(torch.float32) if isinstance(rows, Tensor) else rows))
-    infl = influence(norm, row_nodes, logit_weights)
+def graph_scores(
+    rows: Tensor | SparseRows,
+    row_nodes: Tensor,
+    kinds: Tensor,
+    logit_weights: Tensor,
+    *,
+    norm: SparseRows | None = None,
+    infl: Tensor | None = None,
+) -> tuple[float, float]:
+    """(replacement score, completeness score) of an unpruned graph. ``norm`` and ``infl``:
+    ``normalize_rows`` of the rows and its ``influence`` when the caller already has them
+    (pruning needs the same influence), so neither is computed twice."""
+    if norm is None:
+        norm = normalize_rows(_sparse(rows.to(torch.float32) if isinstance(rows, Tensor) else rows))
+    if infl is None:
+        infl = influence(norm, row_nodes, logit_weights)
     token_infl = infl[kinds == EMBEDDING].sum()
     error_infl = infl[kinds == ERROR].sum()
     denom = token_infl + error_infl
@@ -302,7 +353,7 @@ def graph_scores(rows: Tensor | SparseRows, row_nodes: Tensor, kinds: Tensor, lo
 
     # rows that were not computed (embeddings, errors) have no inputs: all their input is
     # "non-error" by convention, as in circuit-tracer where such rows are zero.
-    from_errors = norm.val * (kinds == ERROR)[norm.col]
+    from_errors = norm.val * _at(kinds == ERROR, norm.col)
     error_share = torch.zeros(norm.shape[0], dtype=infl.dtype, device=infl.device).index_add_(0, norm.row_index(), from_errors)
     non_error = torch.ones_like(infl)
     non_error[row_nodes] = 1.0 - error_share
