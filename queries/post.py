@@ -10,7 +10,7 @@ query's parts (by part name) and the validated parameters.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import networkx as nx
 import numpy as np
@@ -36,6 +36,12 @@ def _str(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     for c in cols:
         frame[c] = frame[c].astype(object).where(frame[c].notna(), "").astype(str)
     return frame
+
+
+def _stacked(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of several parts in one frame (parts that did not run or found nothing are empty)."""
+    parts = [f for f in frames if len(f)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
@@ -115,7 +121,7 @@ def recurring_edges(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 
 
 def _paths(frames: Frames, params: dict[str, Any], keys: list[str]) -> pd.DataFrame:
-    df = pd.concat([f for f in frames.values() if len(f)], ignore_index=True) if any(len(f) for f in frames.values()) else pd.DataFrame()
+    df = _stacked(frames.values())
     if df.empty:
         return _empty(["hops"])
     df = _num(df, ["hops", "prompts"], "int")
@@ -267,7 +273,7 @@ def hubs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     order = {"influence": "total_influence", "prompts": "prompts", "partners": "partners"}
     if params["by"] not in order:
         raise QueryError(f"query 'hubs': parameter 'by' must be influence, prompts or partners, not {params['by']!r}")
-    df = pd.concat([f for f in (frames["main"], frames["every"]) if len(f)], ignore_index=True) if len(frames["main"]) or len(frames["every"]) else pd.DataFrame()
+    df = _stacked([frames["main"], frames["every"]])  # one of them ran, chosen by min_prompts
     if df.empty:
         return _empty(["key"])
     df = _num(df, ["prompts", "occurrences", "layer", "partners"], "int")
@@ -321,10 +327,9 @@ def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 
     if params["kind"] not in ("", "feed_forward", "fan_in", "fan_out"):
         raise QueryError(f"query 'motifs': parameter 'kind' must be feed_forward, fan_in or fan_out, not {params['kind']!r}")
-    parts = [f for f in frames.values() if len(f)]
-    if not parts:
+    df = _stacked(frames.values())
+    if df.empty:
         return _empty(["motif"])
-    df = pd.concat(parts, ignore_index=True)
     df = _num(df, ["prompts"], "int")
     df = df[df["prompts"] >= params["min_prompts"]].copy()
     df["prompt_ids"] = df["prompt_ids"].map(_ids)

@@ -24,8 +24,9 @@ SCHEMA_VERSION = 3
 # (one-off features), and keeping them would make every LINKS scan pay for them.
 LINKS_MIN_PROMPTS = 2
 # Versions a writer upgrades in place, since only derived data changed (rebuilt from EDGE and OF):
-# 1 -> 2 added LINKS.prompt_ids; 2 -> 3 added LINKS.source_key/target_key and the recurrence of
-# each feature (Feature.prompts, Feature.prompt_ids).
+# 1 -> 2 added LINKS.prompt_ids; 2 -> 3 added LINKS.source_key/target_key, the recurrence of each
+# feature (Feature.prompts, Feature.prompt_ids), the recurring subgraph (RActive, REDGE) and
+# Prompt.feature_weight (computed from the stored instances by the upgrade, at load after it).
 UPGRADABLE = {1, 2}
 
 
@@ -85,10 +86,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def rebuild_links(self) -> int:
-        """Recompute the derived layer from the per-prompt graphs: Feature-[:LINKS]->Feature (pairs
-        in >= LINKS_MIN_PROMPTS prompts, with their endpoints' keys, so a scan of LINKS reads no
-        Feature node) and, on each Feature active in >= LINKS_MIN_PROMPTS prompts, `prompts` and
-        `prompt_ids` (NULL on the others). Returns the number of links."""
+        """Recompute the derived layer from the per-prompt graphs: on each Feature active in >=
+        LINKS_MIN_PROMPTS prompts, `prompts` and `prompt_ids` (NULL on the others); the recurring
+        subgraph (RActive: those features' instances; REDGE: their edges to each other and to
+        logits); and Feature-[:LINKS]->Feature, aggregated from REDGE (pairs in >=
+        LINKS_MIN_PROMPTS prompts, with their endpoints' keys, so a scan of LINKS reads no Feature
+        node). Returns the number of links."""
 
     @abc.abstractmethod
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -176,9 +176,10 @@ class EmbeddedStore(Store):
         if version < 3:  # Feature gained the derived prompts/prompt_ids, Prompt its feature_weight
             for col, typ in NODE_TABLES["Feature"][-2:]:
                 self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {typ}")
-            self._exec("ALTER TABLE Prompt ADD IF NOT EXISTS feature_weight DOUBLE")
+            col, typ = NODE_TABLES["Prompt"][-1]
+            self._exec(f"ALTER TABLE Prompt ADD IF NOT EXISTS {col} {typ}")
             self._exec(FEATURE_WEIGHT)
-        self.rebuild_links()  # drops and recreates LINKS with the current columns
+        self.rebuild_links()  # drops and recreates the derived tables with their current columns
         self._set_schema_version(SCHEMA_VERSION)
 
     def schema_version(self) -> int | None:
