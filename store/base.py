@@ -85,13 +85,13 @@ class Store(abc.ABC):
         """Remove a prompt and all its per-prompt nodes and edges; True if it existed."""
 
     @abc.abstractmethod
-    def rebuild_links(self) -> int:
+    def rebuild_links(self, progress: bool = False) -> int:
         """Recompute the derived layer from the per-prompt graphs: on each Feature active in >=
         LINKS_MIN_PROMPTS prompts, `prompts` and `prompt_ids` (NULL on the others); the recurring
         subgraph (RActive: those features' instances; REDGE: their edges to each other and to
         logits); and Feature-[:LINKS]->Feature, aggregated from REDGE (pairs in >=
         LINKS_MIN_PROMPTS prompts, with their endpoints' keys, so a scan of LINKS reads no Feature
-        node). Returns the number of links."""
+        node). Returns the number of links; `progress` shows a bar where it runs in steps."""
 
     @abc.abstractmethod
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -31,6 +31,9 @@ from circuit_atlas.store.embedded import FEATURE_WEIGHT, feature_weight, read_gr
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
               "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key", "RActive": "id"}
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
+# lookups by a non-key property: rebuild_links aggregates LINKS per chunk of feature keys, and
+# delete_prompt finds a prompt's RActive nodes
+INDEXES = (("RActive", "feature_key"), ("RActive", "prompt_id"))
 RELS = ("HAS", "OF", "EDGE", "LINKS", "REDGE", "CONTAINS")
 
 
@@ -106,6 +109,8 @@ class BoltStore(Store):
     def init_schema(self) -> None:
         for label, key in LABEL_KEYS.items():
             self._run(f"CREATE CONSTRAINT {label.lower()}_{key} IF NOT EXISTS FOR (n:{label}) REQUIRE n.{key} IS UNIQUE")
+        for label, prop in INDEXES:
+            self._run(f"CREATE INDEX {label.lower()}_{prop} IF NOT EXISTS FOR (n:{label}) ON (n.{prop})")
         self._run("MERGE (m:Meta {key: 'schema'}) ON CREATE SET m.schema_version = $v, m.write_token = $t",
                   {"v": SCHEMA_VERSION, "t": uuid.uuid4().hex})
 
@@ -238,32 +243,68 @@ class BoltStore(Store):
             raise StoreError(f"{self.url}: connection lost while writing {g.graph_id} ({exc})") from exc
 
     # -- derived layer and annotations ----------------------------------------------------
-    def rebuild_links(self) -> int:
-        # from the recurring features outwards, as on the embedded store (see EmbeddedStore.rebuild_links)
-        m = {"m": LINKS_MIN_PROMPTS}
-        self._run("MATCH ()-[l:LINKS]->() DELETE l")
-        self._run("MATCH (r:RActive) DETACH DELETE r")
-        self._run("MATCH (f:Feature) WHERE f.prompts IS NOT NULL SET f.prompts = null, f.prompt_ids = null")
+    def rebuild_links(self, progress: bool = False) -> int:
+        """The derived layer, from the recurring features outwards as on the embedded store (see
+        EmbeddedStore.rebuild_links), in bounded transactions: a server holds a transaction's
+        changes in memory, so one statement over a large corpus runs out of heap (ArcadeDB with a
+        1 GB heap failed at 100 prompts x 50k edges); here the old layer is deleted in chunks, the
+        recurring subgraph is copied one prompt per transaction and LINKS is aggregated a chunk of
+        source features per transaction. Idempotent: a failed rebuild is completed by running it
+        again."""
+        m = LINKS_MIN_PROMPTS
+        self._delete_chunked("MATCH ()-[x:LINKS]->()", "DELETE x")
+        self._delete_chunked("MATCH ()-[x:REDGE]->()", "DELETE x")
+        self._delete_chunked("MATCH (x:RActive)", "DETACH DELETE x")
+        self._delete_chunked("MATCH (x:Feature) WHERE x.prompts IS NOT NULL", "SET x.prompts = null, x.prompt_ids = null")
         self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
                   "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
-                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", m)
+                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", {"m": m})
         # the recurring subgraph: instances of those features (RActive) and their edges (REDGE)
-        self._run("MATCH (a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
-                  "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
-                  "pos: a.pos, activation: a.activation, influence: a.influence})", m)
-        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(b:Active) MATCH (rb:RActive {id: b.id}) "
-                  "CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)")
-        self._run("MATCH (ra:RActive) MATCH (a:Active {id: ra.id})-[e:EDGE]->(t:Logit) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)")
-        rows = self._run(
-            "MATCH (a:RActive)-[e:REDGE]->(b:RActive) "
-            "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
-            "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, collect(DISTINCT p) AS ps "
-            "WHERE n >= $m "
-            "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
-            "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, source_key: s, target_key: t}]->(fb) "
-            "RETURN count(*) AS c", m)
+        prompts = sorted(self.prompt_ids())
+        for pid in tqdm(prompts, desc="recurring subgraph", unit="prompt", disable=not progress):
+            self._run_many([
+                ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
+                 "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
+                 "pos: a.pos, activation: a.activation, influence: a.influence})"),
+                ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[e:EDGE]->(b:Active) "
+                 "MATCH (ra:RActive {id: a.id}) MATCH (rb:RActive {id: b.id}) CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)"),
+                ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[e:EDGE]->(t:Logit) "
+                 "MATCH (ra:RActive {id: a.id}) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)"),
+            ], {"p": pid, "m": m})
+        keys = [r["k"] for r in self._run("MATCH (f:Feature) WHERE f.prompts >= $m RETURN f.key AS k ORDER BY k",
+                                          {"m": m}, write=False)]
+        n = 0
+        chunks = range(0, len(keys), LINKS_CHUNK)
+        for i in tqdm(chunks, desc="LINKS", unit="chunk", disable=not progress):
+            rows = self._run(
+                "UNWIND $keys AS k MATCH (a:RActive {feature_key: k})-[e:REDGE]->(b:RActive) "
+                "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
+                "WITH s, t, count(DISTINCT p) AS n, avg(toFloat(w)) AS mw, avg(abs(toFloat(w))) AS maw, "
+                "collect(DISTINCT p) AS ps WHERE n >= $m "
+                "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
+                "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, "
+                "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c", {"keys": keys[i:i + LINKS_CHUNK], "m": m})
+            n += int(rows[0]["c"]) if rows else 0
         self._touch()
-        return int(rows[0]["c"]) if rows else 0
+        return n
+
+    def _delete_chunked(self, match: str, action: str) -> None:
+        """`match` binds x; apply `action` to DELETE_CHUNK of them per transaction until none is left."""
+        while self._run(f"{match} WITH x LIMIT {DELETE_CHUNK} {action} RETURN count(*) AS c")[0]["c"]:
+            pass
+
+    def _run_many(self, statements: list[str], params: dict[str, Any]) -> None:
+        """Several write statements in one transaction (one prompt's share of a rebuild)."""
+        from neo4j import exceptions as nex
+
+        try:
+            with self._session(True) as s:
+                s.execute_write(lambda tx: [tx.run(q, params).consume() for q in statements])
+        except nex.Neo4jError as exc:
+            raise StoreError(f"{self.url}: {exc.message or exc} (run `circuit-atlas store rebuild-links` again "
+                             "once the cause is fixed)") from exc
+        except (nex.ServiceUnavailable, nex.SessionExpired) as exc:
+            raise StoreError(f"{self.url}: connection lost ({exc})") from exc
 
     def set_feature_labels(self, labels: dict[str, str]) -> None:
         if labels:
@@ -307,6 +348,8 @@ class BoltStore(Store):
 
 
 PREFETCH = 2  # graphs read and prepared ahead of the one being written
+DELETE_CHUNK = 20_000  # derived nodes / relationships deleted per transaction by rebuild_links
+LINKS_CHUNK = 500  # source features whose LINKS are aggregated per transaction
 
 
 @dataclass

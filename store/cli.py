@@ -92,9 +92,9 @@ def delete_prompt(
 
 @store_app.command("rebuild-links")
 def rebuild_links(store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP)) -> None:
-    """Recompute the derived Feature-[:LINKS]->Feature layer."""
+    """Recompute the derived layer (recurring features, recurring subgraph, Feature-[:LINKS]->Feature)."""
     with _open(store) as s:
-        n = s.rebuild_links()
+        n = s.rebuild_links(progress=True)
     typer.echo(f"{n} links")
 
 

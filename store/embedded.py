@@ -381,8 +381,8 @@ class EmbeddedStore(Store):
         return set(self._df(f"UNWIND $k AS x MATCH (n:{table} {{key: x}}) RETURN n.key AS k", {"k": keys.to_pylist()})["k"])
 
     # -- derived layer and annotations ----------------------------------------------------
-    def rebuild_links(self) -> int:
-        self._require_writer()
+    def rebuild_links(self, progress: bool = False) -> int:
+        self._require_writer()  # a few whole-table statements: nothing to show progress on
         # drop and recreate rather than DELETE: deleted rels stay in the table's storage and every
         # later scan of LINKS pays for them (and deleting millions of rels takes minutes)
         for table in DERIVED_TABLES:

@@ -303,3 +303,47 @@ def test_bolt_wrong_password_and_unreachable(arcadedb, monkeypatch):
         port = sock.getsockname()[1]
     with pytest.raises(StoreError, match="cannot reach"):
         open_store(f"bolt://127.0.0.1:{port}")
+
+
+@pytest.mark.bolt
+def test_bolt_rebuild_in_small_transactions_matches_embedded(arcadedb, corpus, tmp_path, monkeypatch):
+    """The Bolt rebuild runs in bounded transactions (chunks of deletes, one prompt, a chunk of
+    source features); with tiny chunks, twice over (the second deletes the first), it gives the
+    embedded store's derived layer exactly."""
+    from circuit_atlas.store import bolt
+
+    for k, v in {"NEO4J_USER": arcadedb.user, "NEO4J_PASSWORD": arcadedb.password,
+                 "NEO4J_DATABASE": arcadedb.default_database}.items():
+        monkeypatch.setenv(k, v)
+    import neo4j
+
+    with neo4j.GraphDatabase.driver(arcadedb.url, auth=(arcadedb.user, arcadedb.password)) as d, \
+            d.session(database=arcadedb.default_database) as session:
+        session.run("MATCH (n) DETACH DELETE n").consume()  # whatever earlier tests left
+    monkeypatch.setattr(bolt, "LINKS_CHUNK", 3)
+    monkeypatch.setattr(bolt, "DELETE_CHUNK", 7)
+    links = "MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.prompts AS n, l.prompt_ids AS ids, l.mean_weight AS w"
+    derived = {
+        "links": links,
+        "features": "MATCH (f:Feature) WHERE f.prompts IS NOT NULL RETURN f.key AS k, f.prompts AS n, f.prompt_ids AS ids",
+        "redge": "MATCH (a:RActive)-[e:REDGE]->(b) RETURN a.id AS a, b.id AS b, e.weight AS w",
+    }
+
+    def snapshot(s):
+        out = {}
+        for name, q in derived.items():
+            df = s.read(q)
+            out[name] = sorted(tuple(tuple(v) if isinstance(v, list) else (round(v, 5) if isinstance(v, float) else v)
+                                     for v in row) for row in df.itertuples(index=False))
+        return out
+
+    with open_store(f"embedded:{tmp_path / 'emb'}") as s:
+        s.write_graphs(corpus)
+        n_emb = s.rebuild_links()
+        want = snapshot(s)
+    with open_store(arcadedb.url) as s:
+        s.write_graphs(corpus)
+        assert s.rebuild_links(progress=True) == n_emb
+        assert s.rebuild_links() == n_emb  # again: the old layer is deleted first, in chunks
+        assert snapshot(s) == want
+        assert s.stats()["LINKS"] == n_emb and n_emb > 7  # several chunks of each kind were used
