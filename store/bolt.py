@@ -249,8 +249,8 @@ class BoltStore(Store):
         changes in memory, so one statement over a large corpus runs out of heap (ArcadeDB with a
         1 GB heap failed at 100 prompts x 50k edges); here the old layer is deleted in chunks, the
         recurring subgraph is copied one prompt per transaction and LINKS is aggregated a chunk of
-        source features per transaction. Idempotent: a failed rebuild is completed by running it
-        again."""
+        source features (at most LINKS_CHUNK_EDGES of their edges) per transaction. Idempotent: a
+        failed rebuild is completed by running it again."""
         m = LINKS_MIN_PROMPTS
         self._delete_chunked("MATCH ()-[x:LINKS]->()", "DELETE x")
         self._delete_chunked("MATCH ()-[x:REDGE]->()", "DELETE x")
@@ -271,11 +271,20 @@ class BoltStore(Store):
                 ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[e:EDGE]->(t:Logit) "
                  "MATCH (ra:RActive {id: a.id}) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)"),
             ], {"p": pid, "m": m})
-        keys = [r["k"] for r in self._run("MATCH (f:Feature) WHERE f.prompts >= $m RETURN f.key AS k ORDER BY k",
-                                          {"m": m}, write=False)]
+        # LINKS a chunk of source features at a time, each chunk holding at most LINKS_CHUNK_EDGES of
+        # their REDGEs: the server groups a chunk's edges in memory (ArcadeDB caps that per query)
+        out_edges = self._run("MATCH (a:RActive)-[:REDGE]->(:RActive) RETURN a.feature_key AS k, count(*) AS c ORDER BY k",
+                              write=False)
+        chunks: list[list[str]] = []
+        size = 0
+        for r in out_edges:
+            if not chunks or size + r["c"] > LINKS_CHUNK_EDGES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(r["k"])
+            size += r["c"]
         n = 0
-        chunks = range(0, len(keys), LINKS_CHUNK)
-        for i in tqdm(chunks, desc="LINKS", unit="chunk", disable=not progress):
+        for chunk in tqdm(chunks, desc="LINKS", unit="chunk", disable=not progress):
             rows = self._run(
                 "UNWIND $keys AS k MATCH (a:RActive {feature_key: k})-[e:REDGE]->(b:RActive) "
                 "WITH a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w ORDER BY p "
@@ -283,7 +292,7 @@ class BoltStore(Store):
                 "collect(DISTINCT p) AS ps WHERE n >= $m "
                 "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
                 "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, "
-                "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c", {"keys": keys[i:i + LINKS_CHUNK], "m": m})
+                "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c", {"keys": chunk, "m": m})
             n += int(rows[0]["c"]) if rows else 0
         self._touch()
         return n
@@ -349,7 +358,7 @@ class BoltStore(Store):
 
 PREFETCH = 2  # graphs read and prepared ahead of the one being written
 DELETE_CHUNK = 20_000  # derived nodes / relationships deleted per transaction by rebuild_links
-LINKS_CHUNK = 500  # source features whose LINKS are aggregated per transaction
+LINKS_CHUNK_EDGES = 20_000  # recurring-subgraph edges whose LINKS are aggregated per transaction
 
 
 @dataclass

@@ -320,7 +320,7 @@ def test_bolt_rebuild_in_small_transactions_matches_embedded(arcadedb, corpus, t
     with neo4j.GraphDatabase.driver(arcadedb.url, auth=(arcadedb.user, arcadedb.password)) as d, \
             d.session(database=arcadedb.default_database) as session:
         session.run("MATCH (n) DETACH DELETE n").consume()  # whatever earlier tests left
-    monkeypatch.setattr(bolt, "LINKS_CHUNK", 3)
+    monkeypatch.setattr(bolt, "LINKS_CHUNK_EDGES", 10)
     monkeypatch.setattr(bolt, "DELETE_CHUNK", 7)
     links = "MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS a, b.key AS b, l.prompts AS n, l.prompt_ids AS ids, l.mean_weight AS w"
     derived = {
