@@ -247,22 +247,28 @@ class BoltStore(Store):
         """The derived layer, from the recurring features outwards as on the embedded store (see
         EmbeddedStore.rebuild_links), in bounded transactions: a server holds a transaction's
         changes in memory, so one statement over a large corpus runs out of heap (ArcadeDB with a
-        1 GB heap failed at 100 prompts x 50k edges); here the old layer is deleted in chunks, the
-        recurring subgraph is copied one prompt per transaction and LINKS is aggregated a chunk of
-        source features (at most LINKS_CHUNK_EDGES of their edges) per transaction. Idempotent: a
-        failed rebuild is completed by running it again."""
+        1 GB heap failed at 100 prompts x 50k edges); here the old layer is deleted in chunks, each
+        feature's recurrence and the recurring subgraph are built one prompt per transaction, and
+        LINKS is aggregated a chunk of source features (at most LINKS_CHUNK_EDGES of their edges)
+        per transaction. Idempotent: a failed rebuild is completed by running it again."""
         m = LINKS_MIN_PROMPTS
         self._delete_chunked("MATCH ()-[x:LINKS]->()", "DELETE x")
         self._delete_chunked("MATCH ()-[x:REDGE]->()", "DELETE x")
         self._delete_chunked("MATCH (x:RActive)", "DETACH DELETE x")
-        self._delete_chunked("MATCH (x:Feature) WHERE x.prompts IS NOT NULL", "SET x.prompts = null, x.prompt_ids = null")
-        self._run("MATCH (a:Active) WITH a.feature_key AS k, a.prompt_id AS p ORDER BY p "
-                  "WITH k, collect(DISTINCT p) AS ps WHERE size(ps) >= $m "
-                  "MATCH (f:Feature {key: k}) SET f.prompts = size(ps), f.prompt_ids = ps", {"m": m})
-        # the recurring subgraph: instances of those features (RActive) and their edges (REDGE)
+        self._delete_chunked("MATCH (x:Feature) WHERE x.prompt_ids IS NOT NULL", "SET x.prompts = null, x.prompt_ids = null")
+        # Each feature's prompts, one prompt per transaction (in order, so the lists are sorted);
+        # then, per prompt, its features are settled (recurring: `prompts` set; one-off: cleared;
+        # a one-off is in that prompt only) and its share of the recurring subgraph is copied:
+        # instances of recurring features (RActive) and their edges (REDGE).
         prompts = sorted(self.prompt_ids())
+        for pid in tqdm(prompts, desc="feature recurrence", unit="prompt", disable=not progress):
+            self._run_many(["MATCH (:Prompt {id: $p})-[:HAS]->(:Active)-[:OF]->(f:Feature) WITH DISTINCT f "
+                            "SET f.prompt_ids = coalesce(f.prompt_ids, []) + [$p]"], {"p": pid})
         for pid in tqdm(prompts, desc="recurring subgraph", unit="prompt", disable=not progress):
             self._run_many([
+                ("MATCH (:Prompt {id: $p})-[:HAS]->(:Active)-[:OF]->(f:Feature) WHERE f.prompts IS NULL "
+                 "WITH DISTINCT f WITH f, size(f.prompt_ids) AS n "
+                 "SET f.prompts = CASE WHEN n >= $m THEN n END, f.prompt_ids = CASE WHEN n >= $m THEN f.prompt_ids END"),
                 ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[:OF]->(f:Feature) WHERE f.prompts >= $m "
                  "CREATE (:RActive {id: a.id, prompt_id: a.prompt_id, feature_key: a.feature_key, layer: a.layer, "
                  "pos: a.pos, activation: a.activation, influence: a.influence})"),
