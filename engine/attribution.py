@@ -296,13 +296,14 @@ def graph_from_run(
     _release_freed_memory()  # the forward pass's and the reader's temporaries, before the passes
     inputs = [run.embeddings, *run.mlp_out]
     # columns: all sources, then the logits (never sources: zero), so row indices and node
-    # indices share one space; one SparseRows per backward pass, joined at the end
-    parts: list[pruning.SparseRows] = []
+    # indices share one space; every pass's non-zero entries go into a few large blocks
+    # (pruning.RowBlocks: nothing small is kept per pass), joined at the end
+    store = pruning.RowBlocks(n_logit + budget, n_src + n_logit)
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(
         enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None
-    ) -> pruning.SparseRows:
+    ) -> None:
         # one vmapped backward pass (is_grads_batched) carries n targets through a forward pass
         # of batch 1: the forward is not repeated per target, and the saved tensors stay small.
         # Only batch copy 0 of the run is used.
@@ -326,13 +327,13 @@ def graph_from_run(
             grads.append(g)
         got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
         got = [None if g is None else g[:, 0] for g in got]
-        return pruning.SparseRows.from_dense(reader.rows(got[0], got[1:], n).cpu(), n_src + n_logit)
+        store.append(reader.rows(got[0], got[1:], n).cpu())
 
     # logit rows first
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
     for start in range(0, n_logit, batch_size):
         stop = min(start + batch_size, n_logit)
-        parts.append(backward([], [], None, targets.grads[start:stop]))
+        backward([], [], None, targets.grads[start:stop])
         row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
 
     # feature rows: all in order, or greedily by current influence on the logits
@@ -346,7 +347,7 @@ def graph_from_run(
             pending = torch.arange(n_feat)
         else:
             _release_freed_memory()  # once per update: the passes since the last one
-            infl = pruning.node_influence(parts, row_nodes[:filled], weights)
+            infl = pruning.node_influence(store.parts(), row_nodes[:filled], weights)
             rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
         for start in range(0, pending.shape[0], batch_size):
@@ -357,7 +358,7 @@ def graph_from_run(
                 m = cl == layer
                 vecs[m] = tc.encoder_vectors(layer, cf[m]).detach().float()
             stop = filled + chunk.shape[0]
-            parts.append(backward(cl.tolist(), cp.tolist(), vecs, None))
+            backward(cl.tolist(), cp.tolist(), vecs, None)
             row_nodes[filled:stop] = chunk
             visited[chunk] = True
             filled, n_done = stop, n_done + chunk.shape[0]
@@ -374,7 +375,9 @@ def graph_from_run(
     new_index[selected] = torch.arange(selected.shape[0])
     n_sel = int(selected.shape[0])
     new_index[n_feat:] = torch.arange(n_sel, n_sel + n_err + n_pos + n_logit)
-    if n_sel < n_feat:  # drop the columns of unvisited features, part by part (each freed as replaced)
+    parts = store.finish()
+    del store
+    if n_sel < n_feat:  # drop the columns of unvisited features, block by block (each freed as replaced)
         for i, part in enumerate(parts):
             parts[i] = part.select_columns(new_index, n_sel + n_err + n_pos + n_logit)
         del part

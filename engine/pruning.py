@@ -34,6 +34,16 @@ from torch import Tensor
 EMBEDDING, FEATURE, ERROR, LOGIT = 0, 1, 2, 3
 
 
+# Per-entry temporaries (gathers, products) are made this many entries at a time: a few MB
+# instead of several copies of all the edges at once. Every such loop visits the entries in
+# their order and the sums are sequential (index_add_), so the results do not depend on it.
+_ENTRIES = 1 << 18
+
+
+def _spans(n: int) -> range:
+    return range(0, n, _ENTRIES)
+
+
 @dataclass
 class SparseRows:
     """Row-compressed ``A`` with only its non-zero entries, CSR-style: row ``r`` holds
@@ -111,6 +121,77 @@ class SparseRows:
         return out
 
 
+class RowBlocks:
+    """Builds a ``SparseRows`` from dense batches of rows appended one after another, keeping
+    only their non-zero entries, in a few large blocks (``block_entries`` entries each, or one
+    batch's when larger) rather than a few small tensors per batch.
+
+    Why: the attribution appends one batch per backward pass, between the passes' temporaries.
+    Tensors kept per pass (and their small allocator records) land among those temporaries and
+    split the space they free, so the next pass's temporaries no longer fit there and the C
+    heap grows pass after pass (on the benchmark's small model, ~110 MiB of free but resident
+    heap by the last pass for 20 MB of edges). Here a pass keeps nothing but a few numbers:
+    its entries are copied into the current block and its row counts into one pointer array
+    allocated up front."""
+
+    def __init__(self, n_rows: int, n_cols: int, block_entries: int = 1 << 20) -> None:
+        self.n_cols = n_cols
+        self.block_entries = block_entries
+        self.ptr = torch.zeros(n_rows + 1, dtype=torch.long)  # over all rows appended
+        self.n_rows = 0  # rows appended so far
+        # per block: [col, val, first row, entries used]
+        self._blocks: list[list] = []
+        self._columns: Tensor | None = None  # 0..C-1 as int32, the columns of an entry
+
+    def append(self, rows: Tensor) -> None:
+        """Append the non-zero entries of ``rows`` (n, C <= n_cols) as the next n rows, in the
+        order (and with the values) that ``SparseRows.from_dense`` would give."""
+        n, c = int(rows.shape[0]), int(rows.shape[1])
+        mask = rows != 0
+        counts = torch.count_nonzero(mask, dim=1)  # (sum() would make an int64 copy of the mask)
+        n_new = int(counts.sum())
+        block = self._blocks[-1] if self._blocks else None
+        if block is None or block[3] + n_new > block[0].shape[0] or block[1].dtype != rows.dtype:
+            size = max(self.block_entries, n_new)
+            block = [torch.empty(size, dtype=torch.int32), torch.empty(size, dtype=rows.dtype), self.n_rows, 0]
+            self._blocks.append(block)
+        if self._columns is None or self._columns.shape[0] < c:
+            self._columns = torch.arange(max(c, self.n_cols), dtype=torch.int32)
+        used = block[3]
+        # a few rows at a time: masked_select makes three int64 temporaries the size of its input
+        step = max(1, _ENTRIES // max(c, 1))
+        for i in range(0, n, step):
+            m = mask[i : i + step]
+            k = int(torch.count_nonzero(m))
+            torch.masked_select(rows[i : i + step], m, out=block[1][used : used + k])
+            torch.masked_select(self._columns[:c].expand(m.shape[0], c), m, out=block[0][used : used + k])
+            used += k
+        block[3] = used
+        first = self.n_rows
+        ptr = self.ptr[first + 1 : first + n + 1]
+        torch.cumsum(counts, 0, out=ptr)
+        ptr += self.ptr[first]
+        self.n_rows = first + n
+
+    def parts(self) -> list[SparseRows]:
+        """The rows appended so far, one SparseRows per block (views of the blocks): for
+        ``influence``, which takes a list of consecutive blocks of rows."""
+        out = []
+        ends = [b[2] for b in self._blocks[1:]] + [self.n_rows]
+        for (col, val, first, used), end in zip(self._blocks, ends):
+            ptr = self.ptr[first : end + 1] - self.ptr[first]
+            out.append(SparseRows(ptr, col[:used], val[:used], self.n_cols))
+        return out
+
+    def finish(self) -> list[SparseRows]:
+        """``parts()``, handing the blocks over: the builder keeps nothing, so a caller that
+        replaces or joins the parts frees each block as it goes (``SparseRows.cat``)."""
+        out = self.parts()
+        self._blocks.clear()
+        self._columns = None
+        return out
+
+
 def _at(values: Tensor, index: Tensor) -> Tensor:
     """``values[index]`` for an int32 index without the int64 copy of it that ``[]`` makes."""
     return torch.index_select(values, 0, index)
@@ -123,16 +204,28 @@ def _sparse(rows: Tensor | SparseRows) -> SparseRows:
 def normalize_rows(rows: Tensor | SparseRows, eps: float = 1e-10) -> Tensor | SparseRows:
     """``|A|`` with every row scaled to sum to 1 (rows that are all zero stay zero)."""
     if isinstance(rows, SparseRows):
-        a = rows.val.abs().to(torch.float32)
-        row = rows.row_index()
-        sums = torch.zeros(rows.shape[0], dtype=a.dtype, device=a.device).index_add_(0, row, a)
-        return rows.with_values(a.div_(_at(sums.clamp_(min=eps), row)))
+        return _normalize_abs_(rows, rows.val.abs().to(torch.float32), eps)
     a = rows.abs().to(torch.float32)
     return a / a.sum(dim=1, keepdim=True).clamp(min=eps)
 
 
+def _normalize_abs_(rows: SparseRows, a: Tensor, eps: float = 1e-10) -> SparseRows:
+    """``rows`` with values ``a`` (float32, the absolute values of its entries, or of some of
+    them with the others zero) divided in place by their row sums."""
+    row = rows.row_index()
+    sums = torch.zeros(rows.shape[0], dtype=a.dtype, device=a.device).index_add_(0, row, a).clamp_(min=eps)
+    for i in _spans(a.shape[0]):
+        a[i : i + _ENTRIES].div_(_at(sums, row[i : i + _ENTRIES]))
+    return rows.with_values(a)
+
+
 def influence(
-    norm_rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, weights: Tensor, max_iter: int | None = None
+    norm_rows: Tensor | SparseRows | list[SparseRows],
+    row_nodes: Tensor,
+    weights: Tensor,
+    max_iter: int | None = None,
+    *,
+    normalize: bool = False,
 ) -> Tensor:
     """``w A + w A^2 + ...`` for a row-compressed, normalised ``A`` (or a list of blocks of its
     consecutive rows, so a growing matrix need not be joined): each node's total (indirect
@@ -147,18 +240,29 @@ def influence(
     (a greedy pass: most columns are features not yet visited) its row-node entries are
     gathered once. Either way each step adds the same products in the same order.
 
+    With ``normalize`` the blocks are raw edges, normalised here one block at a time (the same
+    values as ``normalize_rows`` of each): a gathered block then keeps only its row-node
+    entries, not a normalised copy of all of them, and is normalised again for the final spread.
+
     Raises RuntimeError if the series does not die out (the graph has a cycle)."""
     blocks = [_sparse(b) for b in (norm_rows if isinstance(norm_rows, list) else [norm_rows])]
     n_rows, n_cols = sum(b.shape[0] for b in blocks), blocks[0].n_cols
-    dtype, device = blocks[0].val.dtype, blocks[0].val.device
+    dtype = torch.float32 if normalize else blocks[0].val.dtype
+    device = blocks[0].val.device
+
+    def prepared(b: SparseRows) -> SparseRows:
+        return normalize_rows(b.with_row_index()) if normalize else b  # type: ignore[return-value]
+
     is_row = torch.zeros(n_cols, dtype=torch.bool, device=device)
     is_row[row_nodes] = True
     steps = []  # per block: (first row, row count, row of each entry, column, value)
     offset = 0
     for b in blocks:
-        row, col, val = b.row_index(), b.col, b.val
+        nb = prepared(b)
+        row, col, val = nb.row_index(), nb.col, nb.val
+        del nb
         inner = _at(is_row, col)
-        if 2 * int(inner.sum()) < col.shape[0]:
+        if 2 * int(torch.count_nonzero(inner)) < col.shape[0]:  # (sum() makes an int64 copy)
             keep = torch.nonzero(inner, as_tuple=True)[0]
             row, col, val = row[keep], col[keep], val[keep]
             del keep
@@ -170,31 +274,39 @@ def influence(
     limit = max_iter if max_iter is not None else n_rows + 2
     x = weights.to(dtype=dtype, device=device)[row_nodes]
     reached = torch.zeros(n_rows, dtype=dtype, device=device)
-    buffer = torch.empty(max(int(v.shape[0]) for *_, v in steps), dtype=dtype, device=device)
+    # one chunk of products, for the steps and for the spread over every entry at the end
+    buffer = torch.empty(min(_ENTRIES, max(int(b.val.shape[0]) for b in blocks)), dtype=dtype, device=device)
     for _ in range(limit):
         if not bool(x.any()):
             break
         reached += x
         spread = torch.zeros(n_cols, dtype=dtype, device=device)
         for first, count, row, col, val in steps:
-            step = torch.index_select(x[first : first + count], 0, row, out=buffer[: val.shape[0]])
-            spread.index_add_(0, col, step.mul_(val))
+            source = x[first : first + count]
+            for i in _spans(val.shape[0]):
+                j = min(i + _ENTRIES, val.shape[0])
+                step = torch.index_select(source, 0, row[i:j], out=buffer[: j - i])
+                spread.index_add_(0, col[i:j], step.mul_(val[i:j]))
         x = spread[row_nodes]
     else:
         raise RuntimeError(f"influence did not converge in {limit} steps: the graph is not a DAG")
-    del steps, buffer
+    del steps
     total, offset = torch.zeros(n_cols, dtype=dtype, device=device), 0
     for b in blocks:
-        spread = _at(reached[offset : offset + b.shape[0]], b.row_index())
-        total.index_add_(0, b.col, spread.mul_(b.val))
+        nb = prepared(b)
+        source, row = reached[offset : offset + b.shape[0]], nb.row_index()
+        for i in _spans(nb.val.shape[0]):
+            j = min(i + _ENTRIES, nb.val.shape[0])
+            step = torch.index_select(source, 0, row[i:j], out=buffer[: j - i])
+            total.index_add_(0, nb.col[i:j], step.mul_(nb.val[i:j]))
         offset += b.shape[0]
+        del nb, row
     return total
 
 
 def node_influence(rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
     """Influence of every node on the logits, from raw edge rows (or blocks of them, see ``influence``)."""
-    blocks = rows if isinstance(rows, list) else [rows]
-    return influence([normalize_rows(_sparse(b)) for b in blocks], row_nodes, logit_weights)
+    return influence(rows, row_nodes, logit_weights, normalize=True)
 
 
 def edge_influence(rows: Tensor, row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
@@ -245,8 +357,12 @@ def _threshold_by_histogram(flat: Tensor, fraction: float) -> Tensor:
     n_bins = 1 + 260 * _BINS_PER_OCTAVE
     sums = torch.zeros(n_bins, dtype=torch.float64, device=flat.device)
     for start in range(0, flat.numel(), _CHUNK):
-        chunk = flat[start : start + _CHUNK]
-        sums += torch.bincount(bins(chunk), weights=chunk.double(), minlength=n_bins)
+        # each chunk's bin sums as one bincount would add them (in order, from zero), a few
+        # entries at a time: the bins and float64 weights of a slice, not of the whole chunk
+        chunk_sums = torch.zeros_like(sums)
+        for piece in flat[start : start + _CHUNK].split(_ENTRIES):
+            chunk_sums.index_add_(0, bins(piece), piece.double())
+        sums += chunk_sums
     total = float(sums.sum())
     if total <= 0:
         return flat.max()
@@ -258,7 +374,7 @@ def _threshold_by_histogram(flat: Tensor, fraction: float) -> Tensor:
     reached = torch.nonzero(from_top >= target).flatten()
     b = int(reached.max()) if reached.numel() else 0
     above = float(from_top[b + 1]) if b + 1 < n_bins else 0.0
-    members = torch.cat([c[bins(c) == b] for c in flat.split(_CHUNK)])
+    members = torch.cat([c[bins(c) == b] for c in flat.split(_ENTRIES)])
     return _threshold_by_sort(members, fraction, above=above, total=total)
 
 
@@ -295,10 +411,13 @@ def prune(
 
     # edge scores: the node-pruned normalised |A| times the influence of each edge's target
     kept = _at(node_mask[row_nodes], row) & _at(node_mask, col) & (a.val != 0)
-    scores = normalize_rows(a.with_values(a.val * kept))
+    # |A| with the entries not kept zeroed (the same values as |A * kept|), normalised in place
+    scores = _normalize_abs_(a, a.val.abs().to(torch.float32).masked_fill_(~kept, 0.0))
     target_infl = influence(scores, row_nodes, logit_weights) + logit_weights.to(scores.val.dtype)
-    edge_score = scores.val.mul_(_at(target_infl[row_nodes], row))
+    edge_score, row_infl = scores.val, target_infl[row_nodes]
     del scores
+    for i in _spans(edge_score.shape[0]):
+        edge_score[i : i + _ENTRIES].mul_(_at(row_infl, row[i : i + _ENTRIES]))
     edge_mask = (edge_score >= find_threshold(edge_score, edge_threshold)) & kept
     del edge_score, kept
 
@@ -353,8 +472,11 @@ def graph_scores(
 
     # rows that were not computed (embeddings, errors) have no inputs: all their input is
     # "non-error" by convention, as in circuit-tracer where such rows are zero.
-    from_errors = norm.val * _at(kinds == ERROR, norm.col)
-    error_share = torch.zeros(norm.shape[0], dtype=infl.dtype, device=infl.device).index_add_(0, norm.row_index(), from_errors)
+    is_error, row = kinds == ERROR, norm.row_index()
+    error_share = torch.zeros(norm.shape[0], dtype=infl.dtype, device=infl.device)
+    for i in _spans(norm.val.shape[0]):
+        from_errors = norm.val[i : i + _ENTRIES] * _at(is_error, norm.col[i : i + _ENTRIES])
+        error_share.index_add_(0, row[i : i + _ENTRIES], from_errors)
     non_error = torch.ones_like(infl)
     non_error[row_nodes] = 1.0 - error_share
     output_infl = infl + logit_weights.to(infl.dtype)
