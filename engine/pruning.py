@@ -282,11 +282,7 @@ def influence(
         reached += x
         spread = torch.zeros(n_cols, dtype=dtype, device=device)
         for first, count, row, col, val in steps:
-            source = x[first : first + count]
-            for i in _spans(val.shape[0]):
-                j = min(i + _ENTRIES, val.shape[0])
-                step = torch.index_select(source, 0, row[i:j], out=buffer[: j - i])
-                spread.index_add_(0, col[i:j], step.mul_(val[i:j]))
+            _add_products(spread, x[first : first + count], row, col, val, buffer)
         x = spread[row_nodes]
     else:
         raise RuntimeError(f"influence did not converge in {limit} steps: the graph is not a DAG")
@@ -294,14 +290,19 @@ def influence(
     total, offset = torch.zeros(n_cols, dtype=dtype, device=device), 0
     for b in blocks:
         nb = prepared(b)
-        source, row = reached[offset : offset + b.shape[0]], nb.row_index()
-        for i in _spans(nb.val.shape[0]):
-            j = min(i + _ENTRIES, nb.val.shape[0])
-            step = torch.index_select(source, 0, row[i:j], out=buffer[: j - i])
-            total.index_add_(0, nb.col[i:j], step.mul_(nb.val[i:j]))
+        _add_products(total, reached[offset : offset + b.shape[0]], nb.row_index(), nb.col, nb.val, buffer)
         offset += b.shape[0]
-        del nb, row
+        del nb
     return total
+
+
+def _add_products(out: Tensor, source: Tensor, row: Tensor, col: Tensor, val: Tensor, buffer: Tensor) -> None:
+    """``out[col] += source[row] * val`` over the entries, _ENTRIES at a time in their order,
+    the products made in ``buffer`` (at least min(_ENTRIES, entries) long)."""
+    for i in _spans(val.shape[0]):
+        j = min(i + _ENTRIES, val.shape[0])
+        step = torch.index_select(source, 0, row[i:j], out=buffer[: j - i])
+        out.index_add_(0, col[i:j], step.mul_(val[i:j]))
 
 
 def node_influence(rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
