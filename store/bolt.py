@@ -17,7 +17,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -77,23 +77,28 @@ class BoltStore(Store):
         mode = neo4j.WRITE_ACCESS if write else neo4j.READ_ACCESS
         return self._driver.session(database=self.database, default_access_mode=mode)
 
-    def _run(self, cypher: str, params: dict[str, Any] | None = None, write: bool = True) -> list[dict]:
+    def _transaction(self, work: Callable[[Any], Any], write: bool = True, doing: str = "") -> Any:
+        """`work(tx)` in one managed transaction (retried by the driver on transient errors), with
+        the driver's errors as StoreError / ReadOnlyViolation; `doing` names the work in them."""
         from neo4j import exceptions as nex
 
         if write and self.read_only:
             raise ReadOnlyViolation(f"{self.url}: store opened read-only")
+        what = f" while {doing}" if doing else ""
         try:
             with self._session(write) as s:
-                fn = s.execute_write if write else s.execute_read
-                return fn(lambda tx: [r.data() for r in tx.run(cypher, params or {})])
+                return (s.execute_write if write else s.execute_read)(work)
         except nex.ClientError as exc:
             if "read" in (exc.message or "").lower() and "access" in (exc.message or "").lower():
                 raise ReadOnlyViolation(f"{self.url}: {exc.message}") from exc
-            raise StoreError(f"{self.url}: {exc.message or exc}") from exc
+            raise StoreError(f"{self.url}: {exc.message or exc}{what}") from exc
         except (nex.ServiceUnavailable, nex.SessionExpired) as exc:
-            raise StoreError(f"{self.url}: connection lost ({exc})") from exc
+            raise StoreError(f"{self.url}: connection lost{what} ({exc})") from exc
         except nex.Neo4jError as exc:
-            raise StoreError(f"{self.url}: {exc.message or exc}") from exc
+            raise StoreError(f"{self.url}: {exc.message or exc}{what}") from exc
+
+    def _run(self, cypher: str, params: dict[str, Any] | None = None, write: bool = True) -> list[dict]:
+        return self._transaction(lambda tx: [r.data() for r in tx.run(cypher, params or {})], write)
 
     def _touch(self) -> None:
         self._run("MATCH (m:Meta {key: 'schema'}) SET m.write_token = $t", {"t": uuid.uuid4().hex})
@@ -232,15 +237,7 @@ class BoltStore(Store):
         return g.n_nodes, g.n_edges
 
     def _write_one(self, g: "PreparedGraph") -> tuple[int, int]:
-        from neo4j import exceptions as nex
-
-        try:
-            with self._session(True) as s:
-                return s.execute_write(lambda tx: self._load_nodes_edges(tx, g))
-        except nex.Neo4jError as exc:
-            raise StoreError(f"{self.url}: writing prompt {g.graph_id} failed: {exc.message or exc}") from exc
-        except (nex.ServiceUnavailable, nex.SessionExpired) as exc:
-            raise StoreError(f"{self.url}: connection lost while writing {g.graph_id} ({exc})") from exc
+        return self._transaction(lambda tx: self._load_nodes_edges(tx, g), doing=f"writing prompt {g.graph_id}")
 
     # -- derived layer and annotations ----------------------------------------------------
     def rebuild_links(self, progress: bool = False) -> int:
@@ -310,16 +307,9 @@ class BoltStore(Store):
 
     def _run_many(self, statements: list[str], params: dict[str, Any]) -> None:
         """Several write statements in one transaction (one prompt's share of a rebuild)."""
-        from neo4j import exceptions as nex
-
-        try:
-            with self._session(True) as s:
-                s.execute_write(lambda tx: [tx.run(q, params).consume() for q in statements])
-        except nex.Neo4jError as exc:
-            raise StoreError(f"{self.url}: {exc.message or exc} (run `circuit-atlas store rebuild-links` again "
-                             "once the cause is fixed)") from exc
-        except (nex.ServiceUnavailable, nex.SessionExpired) as exc:
-            raise StoreError(f"{self.url}: connection lost ({exc})") from exc
+        self._transaction(lambda tx: [tx.run(q, params).consume() for q in statements],
+                          doing="rebuilding the derived layer (run `circuit-atlas store rebuild-links` again once "
+                                "the cause is fixed)")
 
     def set_feature_labels(self, labels: dict[str, str]) -> None:
         if labels:
