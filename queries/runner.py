@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -202,8 +202,7 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         if lowest is not None and (spec["type"] not in ("int", "float") or not isinstance(lowest, (int, float))):
             raise QueryError(f"{where}: parameter '{pname}': 'min' needs a number on an int or float parameter")
         param = Param(str(pname), spec["type"], None, required, str(spec.get("help", "")), lowest)
-        default = None if required else param.coerce(spec["default"], name)
-        params[str(pname)] = Param(str(pname), spec["type"], default, required, param.help, lowest)
+        params[str(pname)] = param if required else replace(param, default=param.coerce(spec["default"], name))
     # parts[part][backend or ""] -> lines; the first part is "main" unless named.
     parts: dict[str, dict[str, list[str]]] = {"main": {"": []}}
     when: dict[str, tuple[str, frozenset[str], bool]] = {}
