@@ -33,6 +33,8 @@ from circuit_atlas.engine.graph_files import GraphFile
 from circuit_atlas.store import open_store
 from circuit_atlas.store.synthetic import write_synthetic_corpus
 
+N_LAYERS, N_POS = 12, 24  # of the synthetic graphs
+
 QUERIES = {
     "recurring_pairs": "MATCH (a:Feature)-[l:LINKS]->(b:Feature) WHERE l.prompts >= 2 "
                        "RETURN a.key AS a, b.key AS b, l.prompts AS n ORDER BY n DESC LIMIT 20",
@@ -70,7 +72,7 @@ def naive(store, graph_dir: Path, n_edges: int) -> float:
     return rate
 
 
-def _ceiling_edges(paths: list[Path], max_edges: int) -> tuple[list[str], pa.Table]:
+def _ceiling_edges(paths: list[Path], max_edges: int) -> tuple[pa.ChunkedArray, pa.Table]:
     """Node ids and edges (from, to, weight) of the first graphs, up to `max_edges` edges, with the
     ids prefixed by the prompt as in the store."""
     ids, edges, n = [], [], 0
@@ -85,7 +87,7 @@ def _ceiling_edges(paths: list[Path], max_edges: int) -> tuple[list[str], pa.Tab
         n += e.num_rows
         if n >= max_edges:
             break
-    return [x for a in ids for x in a.to_pylist()], pa.concat_tables(edges)
+    return pa.chunked_array([c for a in ids for c in a.chunks], pa.string()), pa.concat_tables(edges)
 
 
 def embedded_ceiling(paths: list[Path], work: Path, max_edges: int = 1_000_000) -> dict:
@@ -101,12 +103,11 @@ def embedded_ceiling(paths: list[Path], work: Path, max_edges: int = 1_000_000) 
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         if kind == "string":
-            nodes, e = pa.table({"id": pa.array(ids, pa.string())}), edges
+            nodes, e = pa.table({"id": ids}), edges
         else:
-            lookup = pa.array(ids, pa.string())
             nodes = pa.table({"id": pa.array(np.arange(len(ids)), pa.int64())})
-            e = pa.table({"from": pc.index_in(edges.column("from"), value_set=lookup).cast(pa.int64()),
-                          "to": pc.index_in(edges.column("to"), value_set=lookup).cast(pa.int64()),
+            e = pa.table({"from": pc.index_in(edges.column("from"), value_set=ids).cast(pa.int64()),
+                          "to": pc.index_in(edges.column("to"), value_set=ids).cast(pa.int64()),
                           "weight": edges.column("weight")})
         pq.write_table(nodes, root / "nodes.parquet", compression="none")
         pq.write_table(e, root / "edges.parquet", compression="none", use_dictionary=False)
@@ -192,11 +193,15 @@ def main() -> None:
     ap.add_argument("--skip-bolt", action="store_true", help="embedded backend only")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write graphs and the store (default: a temp dir)")
     a = ap.parse_args()
+    fixed = N_LAYERS * (N_POS - 1) + N_POS + 3  # a synthetic graph's error, embedding and logit nodes
+    if a.nodes <= fixed:
+        ap.error(f"--nodes must be more than {fixed} (the error, embedding and logit nodes of a graph), "
+                 "or the graphs have no features")
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     paths = write_synthetic_corpus(work / "graphs", a.prompts, progress=True, n_nodes=a.nodes, n_edges=a.edges,
-                                   n_features_vocab=a.features_vocab, n_layers=12, n_pos=24)
+                                   n_features_vocab=a.features_vocab, n_layers=N_LAYERS, n_pos=N_POS)
     print(f"corpus: {a.prompts} graphs x {a.nodes} nodes x ~{a.edges} edges written in {time.perf_counter() - t:.1f}s", flush=True)
     result: dict = {"prompts": a.prompts, "nodes_per_prompt": a.nodes, "edges_per_prompt": a.edges,
                     "cpu_count": os.cpu_count(), "load_before": load_before}
