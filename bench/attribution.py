@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VENV = Path(os.environ.get("CIRCUIT_ATLAS_BENCH_VENV", Path.home() / ".cache/circuit-atlas/bench-venv"))
-CT_VERSION = "0.5.0"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ct_env import CT_VERSION, ensure_venv  # noqa: E402 - the one maker of circuit-tracer's venv
+
 PROMPT = "The capital of the state containing Dallas is Austin, and the capital of France is"
 
 SIZES = {
@@ -203,19 +204,6 @@ def worker_ct(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def ensure_venv() -> Path:
-    """circuit-tracer's own virtualenv (created once; later runs reuse it)."""
-    python = VENV / "bin" / "python"
-    check = [str(python), "-c", f"import circuit_tracer, importlib.metadata as m; assert m.version('circuit-tracer') == '{CT_VERSION}'"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    print(f"installing circuit-tracer {CT_VERSION} into {VENV} ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", f"circuit-tracer=={CT_VERSION}"], check=True)
-    return python
-
-
 def build(size: str, spec: dict, root: Path) -> tuple[Path, Path, list[int]] | None:
     """Save the model (save_pretrained + tokenizer) and transcoders; return their dirs and ids."""
     import torch
