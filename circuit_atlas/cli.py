@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 
-import click
 import typer
 
 from circuit_atlas import __version__
@@ -51,24 +50,70 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
-def main() -> None:
-    """Entry point: user-facing errors become a one-line message and a non-zero exit."""
+def _library_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage/click errors, aborts, exits) of every command-line library that may be raising.
+
+    typer up to 0.15 raises plain click's classes; typer 0.16+ raises its own vendored copy
+    (typer._click), which is not a subclass of click's. Both are collected, from whichever is
+    importable, so a fresh install with either gets a one-line error instead of a traceback."""
+    errors: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    exits: list[type[BaseException]] = [typer.Exit]
+    for module_name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for names, into in ((("ClickException",), errors), (("Abort",), aborts), (("Exit",), exits)):
+            for name in names:
+                cls = getattr(module, name, None)
+                if isinstance(cls, type) and cls not in into:
+                    into.append(cls)
+    return tuple(errors), tuple(aborts), tuple(exits)
+
+
+def _usage_line(exc: BaseException) -> str:
+    """One line for a click-style error: its message and, when a command is known, where help is."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and getattr(ctx, "command_path", None):
+        return f"{message} (see '{ctx.command_path} --help')"
+    return message
+
+
+def _print_error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
+    # soft_wrap: one line whatever the terminal width, so scripts and tests can read it whole.
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+
+
+def main() -> None:
+    """Entry point: user-facing errors become a one-line message and a non-zero exit.
+
+    Usage errors (unknown command or option, missing or badly typed argument) exit 2, as
+    click does; a CircuitAtlasError exits with its own code (2 for bad input)."""
+    errors, aborts, exits = _library_exceptions()
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except CircuitAtlasError as exc:
-        from rich.markup import escape
-
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+        _print_error(str(exc))
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except aborts:
+        _print_error("aborted")
         raise SystemExit(130) from None
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
+    except exits as exc:
+        raise SystemExit(getattr(exc, "exit_code", 0)) from None
+    except errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help is the answer
+            exc.show()  # type: ignore[attr-defined]
+        else:
+            _print_error(_usage_line(exc))
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    # Without standalone mode, click returns (not raises) the code of an explicit Exit(code).
+    if isinstance(result, int) and not isinstance(result, bool):
+        raise SystemExit(result)
 
 
 if __name__ == "__main__":
