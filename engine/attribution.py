@@ -534,7 +534,7 @@ def attribute(
         "device": str(lm.device),
     }
     meta = {
-        "graph_id": gf.graph_id(lm.model_id, tc.scan, token_ids, settings),
+        "graph_id": gf.graph_id(lm.model_id, tc.scan, token_ids, settings, nodes, edges),
         "prompt": text,
         "tokens": list(lm.token_strings(token_ids)),
         "token_ids": token_ids,

@@ -144,6 +144,10 @@ def read_circuit_tracer_pt(
         raise CircuitTracerFormatError(f"{p}: active_features has shape {tuple(active.shape)}, expected (n, 3)")
     if probs.numel() != n_logit:
         raise CircuitTracerFormatError(f"{p}: {n_logit} logit targets but {probs.numel()} logit probabilities")
+    for name, t in (("adjacency_matrix", A), ("activation_values", act_vals), ("logit_probabilities", probs)):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise CircuitTracerFormatError(f"{p}: {name} holds {bad} non-finite values (NaN/inf); refused")
     n_err = N - n_feat - n_pos - n_logit
     n_layers = _get(cfg, "n_layers")
     if n_layers is None:
@@ -239,7 +243,7 @@ def read_circuit_tracer_pt(
         "logit_targets": None,
     }
     meta = {
-        "graph_id": gf.graph_id(str(model_id), scan_name, token_ids, settings),
+        "graph_id": gf.graph_id(str(model_id), scan_name, token_ids, settings, nodes, edges),
         "prompt": str(d.get("input_string", "")),
         "tokens": token_strs,
         "token_ids": token_ids,

@@ -10,8 +10,9 @@ converts other formats to them) and the store (which bulk-loads them). A directo
 
 Node ids follow the Neuronpedia convention so import/export is lossless: feature
 ``{layer}_{feature}_{pos}``, error ``{layer}_-1_{pos}``, embedding ``E_{token_id}_{pos}``,
-logit ``{n_layers+1}_{token_id}_{pos}``. A graph's identity is a content hash of
-(model id, scan, token ids, settings), so the same prompt attributed twice is the same graph.
+logit ``{n_layers+1}_{token_id}_{pos}``. A graph's id hashes its request key (model id, scan,
+token ids, identity settings: ``request_key``) with its content (nodes and edges), so the same
+graph read twice is one graph and two different graphs of one prompt are two.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from circuit_atlas import __version__
@@ -77,8 +80,10 @@ def logit_node_id(n_layers: int, token_id: int, pos: int) -> str:
     return f"{n_layers + 1}_{token_id}_{pos}"
 
 
-def graph_id(model: str, scan: str, token_ids: list[int], settings: dict[str, Any]) -> str:
-    """Content hash naming a graph: same model, transcoders, tokens and settings -> same id."""
+def request_key(model: str, scan: str, token_ids: list[int], settings: dict[str, Any]) -> str:
+    """Hash of what was asked for (model, transcoders, tokens, identity settings), known before any
+    attribution: ingest skips a prompt whose request key is already stored. Two different graphs
+    (e.g. made by other tools, or other runs) can share one request key; their graph ids differ."""
     ident = {k: settings.get(k) for k in IDENTITY_SETTINGS}
     payload = json.dumps(
         {"model": model, "scan": scan, "token_ids": [int(t) for t in token_ids], "settings": ident},
@@ -86,6 +91,58 @@ def graph_id(model: str, scan: str, token_ids: list[int], settings: dict[str, An
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _hash_strings(h: Any, arr: pa.Array) -> None:
+    arr = pa.concat_arrays([arr.cast(pa.large_string())])  # one chunk, offset 0, 64-bit offsets
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[: len(arr) + 1]
+    h.update(offsets.tobytes())
+    data = arr.buffers()[2]
+    if data is not None:
+        h.update(memoryview(data)[: int(offsets[-1])])
+
+
+def _column(table: Any, name: str) -> pa.Array:
+    col = table.column(name) if isinstance(table, pa.Table) else pa.array(table[name])
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def content_digest(nodes: Any, edges: Any) -> str:
+    """Digest of a graph's content: node ids, types and activations (sorted by id) and edges with
+    their weights (sorted by source, target, weight). Works on DataFrames or Arrow tables; values
+    are compared as float32, the files' type, so a graph hashes the same before and after a save."""
+    h = hashlib.sha256()
+    ids = _column(nodes, "node_id").cast(pa.string())
+    order = pc.sort_indices(ids)
+    _hash_strings(h, pc.take(ids, order))
+    _hash_strings(h, pc.take(_column(nodes, "type").cast(pa.string()), order))
+    act = pc.take(_column(nodes, "activation").cast(pa.float32()), order).fill_null(np.float32("nan"))
+    h.update(np.ascontiguousarray(act.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    e = pa.table({
+        "s": _column(edges, "source").cast(pa.string()),
+        "t": _column(edges, "target").cast(pa.string()),
+        "w": _column(edges, "weight").cast(pa.float32()),
+    })
+    e = e.take(pc.sort_indices(e, [("s", "ascending"), ("t", "ascending"), ("w", "ascending")]))
+    _hash_strings(h, e.column("s").combine_chunks())
+    _hash_strings(h, e.column("t").combine_chunks())
+    w = e.column("w").combine_chunks().fill_null(np.float32("nan"))
+    h.update(np.ascontiguousarray(w.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def graph_id(model: str, scan: str, token_ids: list[int], settings: dict[str, Any], nodes: Any = None,
+             edges: Any = None) -> str:
+    """Id of a graph: its request key and its content (``content_digest`` of ``nodes``/``edges``),
+    so two different graphs of one prompt get two ids and the same graph read twice gets one.
+    Without ``nodes``/``edges`` it is the request key alone: only for generators whose request
+    fixes the content (store.synthetic)."""
+    key = request_key(model, scan, token_ids, settings)
+    if nodes is None and edges is None:
+        return key
+    if nodes is None or edges is None:
+        raise GraphFileError("graph_id needs both the node and the edge table (or neither)")
+    return hashlib.sha256(f"{key}:{content_digest(nodes, edges)}".encode()).hexdigest()[:20]
 
 
 @dataclass
