@@ -146,9 +146,7 @@ class BoltStore(Store):
         return bool(rows and rows[0]["c"])
 
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        word = dialect.writes(cypher)
-        if word:
-            raise ReadOnlyViolation(f"refused: read-only statement contains {word}")
+        dialect.require_read(cypher)  # one pure read (store/cypher_guard.py), else ReadOnlyViolation
         rows = self._run(cypher, params, write=False)
         return pd.DataFrame(rows)
 

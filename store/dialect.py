@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import re
 
+from circuit_atlas.store.cypher_guard import require_read  # noqa: F401  (the read guard of every store's `read`)
+
 GROUP_PROPERTY = "prompt_group"
 
-_WRITE_WORDS = re.compile(r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|DROP|COPY|ALTER|INSTALL|LOAD|ATTACH|IMPORT|EXPORT)\b", re.I)
-_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|//[^\n]*|/\*.*?\*/", re.S)
-
-
 def writes(cypher: str) -> str | None:
-    """The first writing keyword of a statement outside string literals, comments and
-    backquoted names, or None: the embedded backend's guard for read-only paths."""
-    m = _WRITE_WORDS.search(_STRINGS.sub(" ", cypher))
-    return m.group(1).upper() if m else None
+    """The token that keeps a statement from being a pure read (a write, a second statement, a
+    function off the allow-list, ...), or None: kept for callers of the old name; the guard is
+    `cypher_guard` (a tokenizer, not a keyword regex)."""
+    from circuit_atlas.store.cypher_guard import offending_token
+
+    return offending_token(cypher)
 
 
 _HINT = re.compile(r"^\s*HINT\b.*\n?", re.M)

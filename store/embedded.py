@@ -220,9 +220,7 @@ class EmbeddedStore(Store):
             raise ReadOnlyViolation(f"{self.url}: store opened read-only")
 
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        word = dialect.writes(cypher)
-        if word:
-            raise ReadOnlyViolation(f"refused: read-only statement contains {word}")
+        dialect.require_read(cypher)  # one pure read (store/cypher_guard.py), else ReadOnlyViolation
         return self._df(cypher, params)
 
     def stats(self) -> dict[str, Any]:
