@@ -7,6 +7,7 @@ grab-bag of every command.
 
 from __future__ import annotations
 
+import errno
 import importlib
 
 import typer
@@ -81,6 +82,12 @@ def _usage_line(exc: BaseException) -> str:
     return message
 
 
+# File-system failures on a path the user gave (a missing folder for --out, a read-only store,
+# a full disk): the user's to fix, so one line naming the path, not a traceback.
+_USER_OS_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                             errno.EEXIST, errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG})
+
+
 def _print_error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -100,6 +107,12 @@ def main() -> None:
     except CircuitAtlasError as exc:
         _print_error(str(exc))
         raise SystemExit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRNOS or exc.filename is None:
+            raise
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+        _print_error(f"{target}: {exc.strerror or exc}")
+        raise SystemExit(2) from None
     except aborts:
         _print_error("aborted")
         raise SystemExit(130) from None
