@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -13,15 +14,26 @@ import typer
 from circuit_atlas.queries.runner import QueryError
 
 FORMATS = ("table", "csv", "json", "parquet")
-# Clauses that write or change the schema; refused before anything reaches the store (which
-# refuses them too, in a read-only transaction).
-_WRITE = re.compile(r"\b(CREATE|MERGE|DELETE|DETACH|SET|REMOVE|DROP|ALTER|COPY|INSTALL|LOAD\s+EXTENSION|IMPORT|EXPORT)\b", re.I)
-_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`")
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def checked_value(name: str, value: Any) -> Any:
+    """A JSON parameter value the stores can take: integers within int64, finite numbers."""
+    if isinstance(value, list):
+        return [checked_value(name, v) for v in value]
+    if isinstance(value, dict):
+        return {k: checked_value(name, v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise QueryError(f"parameter {name}: {value} is outside the 64-bit integer range")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError(f"parameter {name}: {value} is not a finite number")
+    return value
 
 
 def parse_params(items: list[str], typed: bool) -> dict[str, Any]:
     """``k=v`` pairs into a dict. Library queries coerce by their declared types (typed=False
-    keeps strings); ad-hoc Cypher reads a value as JSON when it parses (numbers, true, lists)."""
+    keeps strings); ad-hoc Cypher reads a value as JSON when it parses (numbers, true, lists),
+    and refuses integers outside int64 and non-finite numbers (the stores cannot take them)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -32,21 +44,35 @@ def parse_params(items: list[str], typed: bool) -> dict[str, Any]:
             raise QueryError(f"--param {item!r}: {name!r} is not a parameter name")
         if typed:
             try:
-                out[name] = json.loads(value)
-                continue
-            except json.JSONDecodeError:
-                pass
+                parsed = json.loads(value)
+            except (json.JSONDecodeError, RecursionError):
+                parsed = value
+            out[name] = checked_value(name, parsed)
+            continue
         out[name] = value
     return out
 
 
-def refuse_writes(statement: str) -> None:
-    """Raise ReadOnlyViolation when a statement (outside string literals) has a write clause."""
-    from circuit_atlas.store.base import ReadOnlyViolation
+def refuse_writes(statement: str, command: str = "cypher") -> str:
+    """The statement to run (without a final ';'), or ReadOnlyViolation (one line naming the
+    refused token and where it stands) unless it is one pure read: see store/cypher_guard.py."""
+    from circuit_atlas.store import cypher_guard
 
-    m = _WRITE.search(_STRINGS.sub("''", statement))
-    if m:
-        raise ReadOnlyViolation(f"`cypher` is read-only: the statement contains {m.group(1).upper()}; writes go through ingest and the store commands")
+    cypher_guard.require_read(statement, f"`{command}` is read-only, refused")
+    return cypher_guard.without_terminator(statement)
+
+
+def prepare_out(out: Optional[Path]) -> None:
+    """Make the folder of ``--out`` (before the query runs), or say in one line why it cannot be."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise QueryError(f"--out {out}: is a directory; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QueryError(f"--out {out}: cannot create its folder {path.parent} ({exc.strerror or exc})") from None
 
 
 def _cell(v: Any) -> Any:
@@ -62,7 +88,11 @@ def write_frame(df: pd.DataFrame, fmt: str, out: Optional[Path], title: str = ""
     if fmt == "parquet":
         if out is None:
             raise QueryError("--format parquet needs --out FILE")
-        df.to_parquet(out, index=False)
+        prepare_out(out)
+        try:
+            df.to_parquet(Path(out).expanduser(), index=False)
+        except OSError as exc:
+            raise QueryError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
         typer.echo(f"{len(df)} rows -> {out}", err=True)
         return
     if fmt == "table" and out is None:
@@ -92,7 +122,11 @@ def write_frame(df: pd.DataFrame, fmt: str, out: Optional[Path], title: str = ""
     if out is None:
         typer.echo(text)
     else:
-        Path(out).write_text(text)
+        prepare_out(out)
+        try:
+            Path(out).expanduser().write_text(text)
+        except OSError as exc:
+            raise QueryError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
         typer.echo(f"{len(df)} rows -> {out}", err=True)
 
 
@@ -135,6 +169,7 @@ def register(app: typer.Typer) -> None:
         params = q.validate(parse_params(param, typed=False))  # fail before opening the store
         if fmt not in FORMATS:
             raise QueryError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        prepare_out(out)
         from circuit_atlas.store import open_store
 
         with open_store(store_url, read_only=True) as store:
@@ -149,9 +184,12 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result to this file instead of the terminal."),
         store_url: Optional[str] = typer.Option(None, "--store", help="Store URL (embedded:PATH | bolt://... | neo4j://...); default CIRCUIT_ATLAS_STORE or the embedded default."),
     ) -> None:
-        """Run ad-hoc Cypher read-only; statements that write are refused with a non-zero exit."""
-        refuse_writes(statement)
+        """Run one ad-hoc Cypher read; anything but one pure read is refused (exit 2), see README."""
+        statement = refuse_writes(statement)
         params = parse_params(param, typed=True)
+        if fmt not in FORMATS:
+            raise QueryError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        prepare_out(out)
         from circuit_atlas.store import open_store
 
         with open_store(store_url, read_only=True) as store:

@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.store import dialect
+from circuit_atlas.store import cypher_guard, dialect
 
 QUERY_DIR = Path(__file__).resolve().parent
 BACKENDS = ("embedded", "bolt")
@@ -39,6 +39,8 @@ PARAM_TYPES = ("int", "float", "str", "bool", "list[str]")
 _VARIANT = re.compile(r"^\s*//\s*@variant\s+(\S+)\s*$")
 _PART = re.compile(r"^\s*//\s*@part\s+([a-z][a-z0-9_]*)(?:\s+when\s+([a-z][a-z0-9_]*)\s+(in|not in)\s+(\S+))?\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+INT64 = (-(2**63), 2**63 - 1)
+ROW_COUNTS = ("limit", "skip")  # int parameters that count rows: never negative
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
@@ -89,16 +91,23 @@ class Param:
         if self.type == "int":
             if isinstance(value, bool):
                 raise QueryError(f"{where}: expected an integer, got {value!r}")
+            out: int | None = None
             if isinstance(value, int):
-                return int(value)
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
+                out = int(value)
+            elif isinstance(value, float) and value.is_integer():
+                out = int(value)
+            elif isinstance(value, str):
                 try:
-                    return int(value.strip())
+                    out = int(value.strip())
                 except ValueError:
                     pass
-            raise QueryError(f"{where}: expected an integer, got {value!r}")
+            if out is None:
+                raise QueryError(f"{where}: expected an integer, got {value!r}")
+            if not INT64[0] <= out <= INT64[1]:  # the stores take 64-bit integers only
+                raise QueryError(f"{where}: {out} is outside the 64-bit integer range")
+            if self.name in ROW_COUNTS and out < 0:  # LadybugDB errors, Bolt returns every row
+                raise QueryError(f"{where}: must be at least 0, got {out}")
+            return out
         if self.type == "float":
             if isinstance(value, bool):
                 raise QueryError(f"{where}: expected a number, got {value!r}")
@@ -233,6 +242,11 @@ def parse_query(text: str, path: Path | None = None) -> Query:
     for p, d in texts.items():
         if not d[""]:
             raise QueryError(f"{where}: part '{p}' has no Cypher")
+        for backend, text in d.items():  # a library query is one pure read, like any other read
+            sent = [text] if backend == "embedded" else [text, dialect.without_hints(text)] if backend == "" else [dialect.without_hints(text)]
+            refused = next((r for r in map(cypher_guard.refusal, sent) if r is not None), None)
+            if refused is not None:
+                raise QueryError(f"{where}: part '{p}'{f' ({backend})' if backend else ''} is not one pure read: {refused}")
     if len(texts) > 1 and not meta.get("post"):
         raise QueryError(f"{where}: a query with several parts needs a 'post' function to combine them")
     columns = meta["columns"]
@@ -304,6 +318,13 @@ def backend_of(store: Any) -> str:
     return "embedded" if ("ladybug" in cls or "embedded" in cls or "kuzu" in cls) else "bolt"
 
 
+def _read(store: Any, cypher: str, values: dict[str, Any]) -> Any:
+    """``store.read`` behind the read guard (every store's ``read`` checks again; the runner does
+    not rely on a store it is given to do so)."""
+    cypher_guard.require_read(cypher)
+    return store.read(cypher, values)
+
+
 def let_values(store: Any, query: Query, values: dict[str, Any]) -> dict[str, Any] | None:
     """``values`` plus what the query's ``let_*`` parts compute, or None when one has no rows.
 
@@ -312,7 +333,7 @@ def let_values(store: Any, query: Query, values: dict[str, Any]) -> dict[str, An
     LIMIT). A let_ part with no rows means the query has none."""
     backend = backend_of(store)
     for part in (p for p in query.parts if p.startswith("let_") and query.runs(p, values)):
-        frame = store.read(query.cypher_for(backend, part), values)
+        frame = _read(store, query.cypher_for(backend, part), values)
         frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
         if frame.empty:
             return None
@@ -332,7 +353,7 @@ def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) ->
         if values is None or not query.runs(part, values):
             frames[part] = pd.DataFrame()
             continue
-        frame = store.read(query.cypher_for(backend, part), values)
+        frame = _read(store, query.cypher_for(backend, part), values)
         frames[part] = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
     values = values if values is not None else declared
     if query.post:

@@ -1,6 +1,6 @@
-"""Cypher console: ad-hoc read-only Cypher with the saved queries as examples; writes are
-refused (by the same check as `circuit-atlas cypher`, and the store refuses them again);
-results as a table with CSV download."""
+"""Cypher console: ad-hoc read-only Cypher with the saved queries as examples; anything but one
+pure read is refused (by the guard of `circuit-atlas cypher`, store/cypher_guard.py, and the
+store's `read` checks again); results as a table with CSV download."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import streamlit as st
 
 from circuit_atlas.app import data
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.queries.cli import refuse_writes
+from circuit_atlas.queries.cli import checked_value
 from circuit_atlas.queries.runner import backend_of, let_values, list_queries, load_query
-from circuit_atlas.store import ReadOnlyViolation
+from circuit_atlas.store import ReadOnlyViolation, cypher_guard
 
 STARTERS = {
     "Prompts": "MATCH (p:Prompt)\nRETURN p.id AS id, p.text AS text, p.prompt_group AS grp, p.replacement_score AS score\nLIMIT 25",
@@ -64,8 +64,9 @@ def _load_example(examples: dict[str, tuple[str, dict]]) -> None:
 
 def main() -> None:
     st.title("Cypher console")
-    st.caption("Read-only: statements that create, merge, set, delete or change the schema are refused. "
-               "Labels and supernodes are edited on the Feature and Prompt graph pages.")
+    st.caption("Read-only: one statement of MATCH, OPTIONAL MATCH, WHERE, WITH, UNWIND, RETURN, ORDER BY, SKIP, "
+               "LIMIT and UNION with pure functions; anything else (writes, CALL, LOAD, COPY, several statements, "
+               "...) is refused. Labels and supernodes are edited on the Feature and Prompt graph pages.")
     store = data.get_store()
     prompts = data.prompts()
     first = str(prompts["prompt_id"].iloc[0]) if len(prompts) else ""
@@ -77,16 +78,20 @@ def main() -> None:
     params_text = st.text_input("Parameters (JSON object, used as $name)", key="cc_params")
     if not st.button("Run", key="cc_run", type="primary"):
         return
+    refused = cypher_guard.refusal(statement)
+    if refused is not None:  # before the parameters: a refused statement never reaches the store
+        st.error(f"{REFUSED} {refused}")
+        return
     try:
         params = json.loads(params_text or "{}")
         if not isinstance(params, dict):
             raise ValueError("not an object")
-    except ValueError as exc:
+        params = {k: checked_value(k, v) for k, v in params.items()}
+    except (ValueError, RecursionError) as exc:
         st.error(f"Parameters must be a JSON object, e.g. {{\"prompt_id\": \"...\"}} ({exc})")
         return
     try:
-        refuse_writes(statement)
-        df = store.read(statement, params)
+        df = store.read(cypher_guard.without_terminator(statement), params)
     except ReadOnlyViolation as exc:
         st.error(f"{REFUSED} {exc}")
         return
