@@ -28,6 +28,64 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+class DirectionFileError(CircuitAtlasError, ValueError):
+    """A --target-direction file that is missing, unreadable or holds no single vector."""
+
+
+def read_direction(path: Path, d_model: int) -> "torch.Tensor":
+    """A (d_model,) vector from a .npy file or a .safetensors file holding one tensor (or
+    several, one of them named ``direction``); a (1, d_model) array is taken as the vector."""
+    import numpy as np
+    import torch
+
+    if not path.is_file():
+        raise DirectionFileError(f"{path}: no such direction file")
+    try:
+        if path.suffix == ".npy":
+            arr = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) == 1:
+                arr = next(iter(tensors.values()))
+            elif "direction" in tensors:
+                arr = tensors["direction"]
+            else:
+                raise DirectionFileError(
+                    f"{path}: holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])}); keep one, or name it 'direction'"
+                )
+        else:
+            raise DirectionFileError(f"{path}: expected a .npy or .safetensors file")
+    except DirectionFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's fault
+        raise DirectionFileError(f"{path}: cannot read a vector ({exc})") from exc
+    vec = arr.float().reshape(-1) if arr.dim() == 2 and arr.shape[0] == 1 else arr.float()
+    if tuple(vec.shape) != (d_model,):
+        raise DirectionFileError(f"{path}: vector of shape {tuple(arr.shape)}, but the model's d_model is {d_model}")
+    return vec
+
+
+def custom_targets_from_options(
+    lm, diffs: list[tuple[str, str]], direction: Path | None, label: str | None, weight: float | None
+) -> list:
+    """The CustomTarget / TargetDiff list that --target-diff and --target-direction ask for."""
+    import hashlib
+
+    from circuit_atlas.engine.attribution import CustomTarget, TargetDiff
+
+    if direction is None and (label is not None or weight is not None):
+        raise typer.BadParameter("--target-label and --target-weight go with --target-direction")
+    targets: list = [TargetDiff(a, b) for a, b in diffs]
+    if direction is not None:
+        vec = read_direction(direction, lm.d_model)
+        if label is None:  # the file's name and content: one direction, one node, one Token
+            label = f"{direction.stem}#{hashlib.sha256(vec.numpy().tobytes()).hexdigest()[:8]}"
+        targets.append(CustomTarget(label, 1.0 if weight is None else float(weight), vec))
+    return targets
+
+
 def attribute_command(
     model: str = typer.Option(..., "--model", "-m", help="Model: 'demo', a local HF directory, a .gguf file or a hub id."),
     transcoders: str = typer.Option(
@@ -45,8 +103,27 @@ def attribute_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Targets per backward pass (more is faster, uses more memory)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (edges are accumulated in float32)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (or cuda:N)."),
+    target_diff: Optional[tuple[str, str]] = typer.Option(
+        None,
+        "--target-diff",
+        help="Attribute to logit(A) - logit(B) (two single tokens, text or id) instead of the top logits.",
+    ),
+    target_direction: Optional[Path] = typer.Option(
+        None,
+        "--target-direction",
+        help="Attribute to a direction: a .npy or .safetensors d_model vector, read after the final norm at the last position.",
+    ),
+    target_label: Optional[str] = typer.Option(
+        None, "--target-label", help="Label of the --target-direction node (default: file name and a content hash)."
+    ),
+    target_weight: Optional[float] = typer.Option(
+        None, "--target-weight", help="Weight of the --target-direction target in influence and pruning (default 1)."
+    ),
 ) -> None:
-    """Compute attribution graphs and write them as graph directories (nodes/edges parquet + meta.json)."""
+    """Compute attribution graphs and write them as graph directories (nodes/edges parquet + meta.json).
+
+    With --target-diff / --target-direction the graph's outputs are those custom targets
+    (logit nodes labelled by the target) instead of the most likely next tokens."""
     from circuit_atlas.engine.attribution import attribute
     from circuit_atlas.engine.models import load_model
     from circuit_atlas.engine.transcoders import load_transcoders
@@ -55,6 +132,12 @@ def attribute_command(
         raise typer.BadParameter("give exactly one of --prompt or --prompts")
     if dtype not in ("float32", "bfloat16"):
         raise typer.BadParameter(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    if target_direction is None and (target_label is not None or target_weight is not None):
+        raise typer.BadParameter("--target-label and --target-weight go with --target-direction")
+    if target_weight is not None and not target_weight >= 0:
+        raise typer.BadParameter(f"--target-weight must be >= 0, got {target_weight}")
+    if target_direction is not None and not target_direction.is_file():
+        raise DirectionFileError(f"{target_direction}: no such direction file")
     texts = [prompt] if prompt is not None else read_prompts(prompts)  # type: ignore[arg-type]
     console = Console()
     lm = load_model(model, dtype=dtype, device=device)
@@ -62,6 +145,7 @@ def attribute_command(
 
     tc = load_transcoders(transcoders, device=device, dtype=getattr(torch, dtype))
     tc.check_fits(lm.n_layers, lm.d_model, source=transcoders)
+    custom = custom_targets_from_options(lm, [tuple(target_diff)] if target_diff else [], target_direction, target_label, target_weight)
     table = Table(title="attribution graphs")
     for col in ("graph", "nodes", "edges", "replacement", "completeness"):
         table.add_column(col)
@@ -78,6 +162,7 @@ def attribute_command(
             edge_threshold=edge_threshold,
             prune=not no_prune,
             progress=True,
+            custom_targets=custom or None,
         )
         path = graph.save(out / graph.graph_id)
         scores = graph.meta["scores"]

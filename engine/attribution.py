@@ -21,7 +21,9 @@ model's dtype.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
@@ -60,9 +62,60 @@ class AttributionError(CircuitAtlasError, ValueError):
 
 @dataclass
 class LogitTargets:
-    token_ids: Tensor  # (K,)
-    probs: Tensor  # (K,) softmax probability of each target at the last position
-    grads: Tensor  # (K, V) gradient to inject at the last position's logits
+    """The graph's output nodes: ``grads.shape[0]`` token logits, then (when ``vectors`` is
+    given) custom directions. ``token_ids`` and ``probs`` cover both, in that order."""
+
+    token_ids: Tensor  # (K,) vocabulary ids, then custom_target_id of each custom target
+    probs: Tensor  # (K,) softmax probability of each logit, then each custom target's weight
+    grads: Tensor  # (K_logit, V) gradient to inject at the last position's logits
+    vectors: Tensor | None = None  # (K_custom, d_model) direction read after the final norm
+    labels: list[str] | None = None  # (K_custom,) custom targets' labels
+
+    @property
+    def n_custom(self) -> int:
+        return 0 if self.vectors is None else int(self.vectors.shape[0])
+
+    def to(self, device: Any) -> "LogitTargets":
+        vec = None if self.vectors is None else self.vectors.to(device)
+        return LogitTargets(self.token_ids.to(device), self.probs.to(device), self.grads.to(device), vec, self.labels)
+
+
+@dataclass(frozen=True)
+class CustomTarget:
+    """Any direction as an output node, as circuit-tracer 0.5.0's ``CustomTarget``: the scalar
+    attributed to is ``<vector, h>`` with ``h`` the final norm's output at the last position
+    (what the unembedding reads; the norm's denominator frozen), so the vector is applied as
+    given, not de-meaned. ``weight`` plays the part a logit's probability plays in influence,
+    pruning and the scores. ``W_U[a] - W_U[b]`` gives logit(a) - logit(b) (before any soft-cap)."""
+
+    label: str
+    weight: float
+    vector: Tensor  # (d_model,)
+
+
+@dataclass(frozen=True)
+class TargetDiff:
+    """logit(a) - logit(b) as a custom target, resolved on the model: vector ``W_U[a] - W_U[b]``,
+    label ``logit(a)-logit(b)``, weight ``|p(a) - p(b)|`` at the last position unless given
+    (0.5 where the two are within 1e-6, as circuit-tracer's own difference targets)."""
+
+    a: str | int
+    b: str | int
+    weight: float | None = None
+    label: str | None = None
+
+
+CUSTOM_ID_BITS = 40
+
+
+def custom_target_id(label: str, vocab_size: int) -> int:
+    """The token id a custom target's logit node carries: ``vocab_size`` plus a 40-bit hash of its
+    label. Past the vocabulary, so it names no real token; a function of the label, so the same
+    target on many prompts is one Token in the store (key ``{model}:{id}``) and different targets
+    are different ones (circuit-tracer's ``vocab_size + position`` would make the first custom
+    target of every graph one Token whatever it is)."""
+    digest = hashlib.sha256(label.encode("utf-8")).digest()
+    return int(vocab_size) + int.from_bytes(digest[: CUSTOM_ID_BITS // 8], "big")
 
 
 @dataclass
@@ -131,18 +184,7 @@ def _logit_targets(
     else:
         if not targets:
             raise AttributionError("logit_targets is empty")
-        resolved = []
-        for t in targets:
-            if isinstance(t, str) and not t.lstrip("-").isdigit():
-                enc = lm.tokenizer.encode(t, add_special_tokens=False)
-                if len(enc) != 1:
-                    raise AttributionError(f"logit target {t!r} is {len(enc)} tokens, not one: {enc}")
-                resolved.append(int(enc[0]))
-            else:
-                tid = int(t)
-                if not 0 <= tid < vocab:
-                    raise AttributionError(f"logit target id {tid} is outside the vocabulary (size {vocab})")
-                resolved.append(tid)
+        resolved = [_token_id(lm, t, vocab) for t in targets]
         ids = torch.tensor(list(dict.fromkeys(resolved)), dtype=torch.long, device=logits32.device)
     grads = torch.full((ids.shape[0], vocab), -1.0 / vocab, device=logits32.device)
     grads[torch.arange(ids.shape[0]), ids] += 1.0
@@ -151,6 +193,78 @@ def _logit_targets(
         slope = 1.0 - (logits32 / cap) ** 2  # d softcap(z)/dz at the frozen logits
         grads = grads / slope.clamp(min=1e-12)
     return LogitTargets(ids, probs[ids], grads)
+
+
+def _token_id(lm: Any, t: str | int, vocab: int, what: str = "logit target") -> int:
+    """A target token given as its text (exactly one token) or its id (digits)."""
+    if isinstance(t, str) and not t.lstrip("-").isdigit():
+        enc = lm.tokenizer.encode(t, add_special_tokens=False)
+        if len(enc) != 1:
+            raise AttributionError(f"{what} {t!r} is {len(enc)} tokens, not one: {enc}")
+        return int(enc[0])
+    tid = int(t)
+    if not 0 <= tid < vocab:
+        raise AttributionError(f"{what} id {tid} is outside the vocabulary (size {vocab})")
+    return tid
+
+
+def _custom_targets(
+    lm: Any, last_logits: Tensor, custom: list[CustomTarget | TargetDiff], real: LogitTargets
+) -> LogitTargets:
+    """``real`` followed by the custom targets (difference targets resolved on the model)."""
+    vocab = int(last_logits.shape[-1])
+    probs = torch.softmax(last_logits.float(), dim=-1)
+    unembed = lm.adapter.unembed(lm.model)  # (V, d)
+    labels, weights, vecs = [], [], []
+    for c in custom:
+        if isinstance(c, TargetDiff):
+            a, b = _token_id(lm, c.a, vocab, "target-diff token"), _token_id(lm, c.b, vocab, "target-diff token")
+            if a == b:
+                raise AttributionError(f"target-diff tokens {c.a!r} and {c.b!r} are the same token ({a})")
+            text_a, text_b = lm.token_strings([a, b])
+            label = c.label or f"logit({text_a})-logit({text_b})"
+            weight = c.weight if c.weight is not None else abs(float(probs[a]) - float(probs[b]))
+            if c.weight is None and weight < 1e-6:
+                weight = 0.5
+            vec = unembed[a].detach().float() - unembed[b].detach().float()
+        elif isinstance(c, CustomTarget):
+            label, weight, vec = c.label, c.weight, torch.as_tensor(c.vector).detach().float()
+        else:
+            raise AttributionError(f"a custom target must be a CustomTarget or TargetDiff, got {type(c).__name__}")
+        if not isinstance(label, str) or not label:
+            raise AttributionError("a custom target needs a non-empty label")
+        vec = vec.reshape(-1) if vec.dim() == 2 and 1 in vec.shape else vec
+        if tuple(vec.shape) != (lm.d_model,):
+            raise AttributionError(f"custom target {label!r}: vector of shape {tuple(vec.shape)}, expected ({lm.d_model},)")
+        if not torch.isfinite(vec).all():
+            raise AttributionError(f"custom target {label!r}: vector has non-finite entries")
+        if not (isinstance(weight, (int, float)) and weight >= 0 and weight == weight):
+            raise AttributionError(f"custom target {label!r}: weight must be a number >= 0, got {weight!r}")
+        if label in labels:
+            raise AttributionError(f"two custom targets are labelled {label!r}: labels name the nodes, give distinct ones")
+        labels.append(label)
+        weights.append(float(weight))
+        vecs.append(vec.to(last_logits.device))
+    ids = torch.tensor([custom_target_id(x, vocab) for x in labels], dtype=torch.long, device=real.token_ids.device)
+    return LogitTargets(
+        torch.cat([real.token_ids, ids]),
+        torch.cat([real.probs.float(), torch.tensor(weights, device=real.probs.device)]),
+        real.grads,
+        torch.stack(vecs),
+        labels,
+    )
+
+
+@contextlib.contextmanager
+def _pre_logits(lm: Any, keep: list[Tensor]) -> Any:
+    """Inside: the unembedding's input (B, T, d) of each forward pass is appended to ``keep``
+    (custom targets are injected there, where circuit-tracer injects every target)."""
+    head = lm.model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: keep.append(args[0]))
+    try:
+        yield keep
+    finally:
+        handle.remove()
 
 
 class _SourceReader:
@@ -234,17 +348,31 @@ def compute_graph(
     progress: bool = False,
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
+    custom_targets: list[CustomTarget | TargetDiff] | None = None,
 ) -> RawGraph:
     """Every edge into the logits and into the visited features (all, or the
-    ``max_feature_nodes`` most influential found greedily), unpruned."""
+    ``max_feature_nodes`` most influential found greedily), unpruned. With ``custom_targets``
+    the output nodes are those (after the ``logit_targets`` tokens, if any are given too):
+    no salient logits are added, as in circuit-tracer."""
     from circuit_atlas.engine.replacement import replacement_run
 
     if batch_size < 1:
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
     tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
     ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
-    run = replacement_run(lm, tc, ids, batch_size=1)
-    targets = _logit_targets(lm, run.logits[0, -1].detach(), logit_targets, max_n_logits, desired_logit_prob)
+    kept: list[Tensor] = []
+    with _pre_logits(lm, kept) if custom_targets else contextlib.nullcontext():
+        run = replacement_run(lm, tc, ids, batch_size=1)
+    last = run.logits[0, -1].detach()
+    if custom_targets:
+        if logit_targets:
+            real = _logit_targets(lm, last, logit_targets, max_n_logits, desired_logit_prob)
+        else:
+            empty = torch.zeros(0, dtype=torch.long, device=last.device)
+            real = LogitTargets(empty, last.new_zeros(0, dtype=torch.float32), last.new_zeros(0, last.shape[-1]))
+        targets = _custom_targets(lm, last, list(custom_targets), real)
+    else:
+        targets = _logit_targets(lm, last, logit_targets, max_n_logits, desired_logit_prob)
     return graph_from_run(
         run,
         tc,
@@ -255,6 +383,7 @@ def compute_graph(
         progress=progress,
         update_interval=update_interval,
         on_batch=on_batch,
+        pre_logits=kept[-1][:, -1] if custom_targets else None,
     )
 
 
@@ -269,11 +398,13 @@ def graph_from_run(
     progress: bool = False,
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
+    pre_logits: Tensor | None = None,
 ) -> RawGraph:
     """The edges of a prepared replacement run (any object with ReplacementRun's fields; batch
     copy 0 is used, so a batch of 1 suffices) for the given logit targets, ``batch_size``
     targets per backward pass. Split from compute_graph so the edge bookkeeping can be checked
-    on hand-built frozen networks."""
+    on hand-built frozen networks. Custom targets (``targets.vectors``) need ``pre_logits``:
+    the unembedding's input at the last position, (B, d), in the run's autograd graph."""
     device = run.embeddings.device
     n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
     d_model = int(run.embeddings.shape[-1])
@@ -288,8 +419,11 @@ def graph_from_run(
     n_err = n_layers * (n_pos - 1)
     n_src = n_feat + n_err + n_pos
 
-    targets = LogitTargets(targets.token_ids.to(device), targets.probs.to(device), targets.grads.to(device))
+    targets = targets.to(device)
     n_logit = int(targets.token_ids.shape[0])
+    n_real = int(targets.grads.shape[0])
+    if targets.n_custom and pre_logits is None:
+        raise AttributionError("custom targets need the unembedding's input (pre_logits) of the run")
     budget = n_feat if max_feature_nodes is None else max(0, min(int(max_feature_nodes), n_feat))
 
     reader = _SourceReader(run, tc, layers, pos, feats, acts)
@@ -302,13 +436,20 @@ def graph_from_run(
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(
-        enc_layers: list[int], enc_pos: list[int], enc_vecs: Tensor | None, logit_grads: Tensor | None
+        enc_layers: list[int],
+        enc_pos: list[int],
+        enc_vecs: Tensor | None,
+        logit_grads: Tensor | None,
+        custom_vecs: Tensor | None = None,
     ) -> None:
         # one vmapped backward pass (is_grads_batched) carries n targets through a forward pass
         # of batch 1: the forward is not repeated per target, and the saved tensors stay small.
         # Only batch copy 0 of the run is used.
         outs, grads = [], []
-        n = len(enc_layers) if enc_vecs is not None else int(logit_grads.shape[0])  # type: ignore[union-attr]
+        if enc_vecs is not None:
+            n = len(enc_layers)
+        else:
+            n = int((logit_grads if logit_grads is not None else custom_vecs).shape[0])  # type: ignore[union-attr]
         if enc_vecs is not None:
             el = torch.tensor(enc_layers, device=device)
             ep = torch.tensor(enc_pos, device=device)
@@ -325,15 +466,24 @@ def graph_from_run(
             g[:, 0] = logit_grads.to(g.dtype)
             outs.append(last)
             grads.append(g)
+        if custom_vecs is not None:
+            g = pre_logits.new_zeros((n, *pre_logits.shape))  # type: ignore[union-attr]
+            g[:, 0] = custom_vecs.to(g.dtype)
+            outs.append(pre_logits)
+            grads.append(g)
         got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
         got = [None if g is None else g[:, 0] for g in got]
         store.append(reader.rows(got[0], got[1:], n).cpu())
 
     # logit rows first
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
-    for start in range(0, n_logit, batch_size):
-        stop = min(start + batch_size, n_logit)
+    for start in range(0, n_real, batch_size):
+        stop = min(start + batch_size, n_real)
         backward([], [], None, targets.grads[start:stop])
+        row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
+    for start in range(n_real, n_logit, batch_size):  # custom targets, read after the final norm
+        stop = min(start + batch_size, n_logit)
+        backward([], [], None, None, targets.vectors[start - n_real : stop - n_real])  # type: ignore[index]
         row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
 
     # feature rows: all in order, or greedily by current influence on the logits
@@ -405,7 +555,7 @@ def graph_from_run(
         n_layers=n_layers,
         n_pos=n_pos,
         token_ids=list(token_ids),
-        logits=LogitTargets(targets.token_ids.cpu(), targets.probs.cpu(), targets.grads.cpu()),
+        logits=targets.to("cpu"),
     )
 
 
@@ -444,7 +594,7 @@ def node_table(raw: RawGraph, influence: Tensor | None) -> pd.DataFrame:
             "prob": np.concatenate([np.full(n_sel + n_err + T, nan), raw.logits.probs.float().numpy()]).astype(
                 np.float32
             ),
-            "label": [None] * len(ids),
+            "label": [None] * (len(ids) - raw.logits.n_custom) + list(raw.logits.labels or []),
         }
     )
     return df
@@ -466,9 +616,12 @@ def attribute(
     progress: bool = False,
     prompt_props: dict | None = None,
     on_batch: Callable[[int], None] | None = None,
+    custom_targets: list[CustomTarget | TargetDiff] | None = None,
 ) -> gf.GraphFile:
     """The attribution graph of ``prompt`` under transcoders ``tc``, pruned unless
     ``prune=False`` (then every computed non-zero edge is kept), with both scores in meta.
+    ``custom_targets`` (``CustomTarget`` directions, ``TargetDiff`` token pairs) become logit
+    nodes labelled by their label, with token id ``custom_target_id(label, vocab)``.
 
     pandas and pyarrow (~70 MiB) are imported only once the edges are pruned, after the peak
     of the attribution buffers, rather than when this module is."""
@@ -487,6 +640,7 @@ def attribute(
         desired_logit_prob=desired_logit_prob,
         progress=progress,
         on_batch=on_batch,
+        custom_targets=custom_targets,
     )
     weights = raw.logit_weights
     raw.edges = raw.edges.with_row_index()  # used by every step below
@@ -520,7 +674,11 @@ def attribute(
     nodes = nodes[node_mask.numpy()].reset_index(drop=True)
 
     logit_ids = [int(t) for t in raw.logits.token_ids.tolist()]
-    custom = None if logit_targets is None else logit_ids
+    n_real = len(logit_ids) - raw.logits.n_custom
+    custom = None if logit_targets is None else logit_ids[:n_real]
+    described = _describe_custom(raw.logits)
+    if described:  # part of the graph's identity (settings' logit_targets is an identity setting)
+        custom = (custom or []) + described
     settings = {
         "node_threshold": float(node_threshold),
         "edge_threshold": float(edge_threshold),
@@ -541,10 +699,37 @@ def attribute(
         "model": lm.model_id,
         "scan": tc.scan,
         "n_layers": raw.n_layers,
-        "logit_tokens": dict(zip(map(str, logit_ids), lm.token_strings(logit_ids))),
+        "logit_tokens": {
+            **dict(zip(map(str, logit_ids[:n_real]), lm.token_strings(logit_ids[:n_real]))),
+            **{str(d["token_id"]): d["label"] for d in described},
+        },
         "settings": settings,
         "scores": {"replacement_score": replacement, "completeness_score": completeness},
         "prompt_props": dict(prompt_props or {}),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if described:
+        meta["custom_targets"] = described
     return gf.GraphFile(meta=meta, nodes=nodes, edges=edges)
+
+
+def _describe_custom(targets: LogitTargets) -> list[dict[str, Any]]:
+    """meta.json records of the custom targets: label, node token id, weight, and the vector's
+    norm and digest (float32 bytes), so a reader can tell two same-labelled directions apart."""
+    if not targets.n_custom:
+        return []
+    ids = targets.token_ids[-targets.n_custom :].tolist()
+    weights = targets.probs[-targets.n_custom :].tolist()
+    out = []
+    for label, tid, w, vec in zip(targets.labels or [], ids, weights, targets.vectors):  # type: ignore[arg-type]
+        v = vec.detach().float().cpu().contiguous()
+        out.append(
+            {
+                "label": label,
+                "token_id": int(tid),
+                "weight": float(w),
+                "vector_norm": float(v.norm()),
+                "vector_sha256": hashlib.sha256(v.numpy().tobytes()).hexdigest()[:16],
+            }
+        )
+    return out
