@@ -80,7 +80,7 @@ def ingest_command(
 
 
 def import_command(
-    path: Path = typer.Argument(..., help="A graph directory, a folder of them, a Neuronpedia .json file or folder (graph-metadata.json), or circuit-tracer .pt file(s)."),
+    path: Path = typer.Argument(..., help="A graph directory, a folder of them, a Neuronpedia .json/.json.gz file or folder (graph-metadata.json), or circuit-tracer .pt file(s)."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Keep the converted graph directories here (default: a temporary folder, removed)."),
     overwrite_labels: bool = typer.Option(False, "--overwrite-labels", help="Imported labels (clerps) replace existing feature labels (default: fill empty ones only)."),
@@ -90,9 +90,12 @@ def import_command(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help=".pt files: a Hugging Face tokenizer (directory or hub id) to decode token strings."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help=".pt files: the model id to record (default: from the file)."),
     scan: Optional[str] = typer.Option(None, "--scan", help=".pt files: the transcoder set id to record (default: from the file)."),
+    failures: Optional[Path] = typer.Option(None, "--failures", help="Where to list files that failed, JSON lines path, reason (default: GRAPHS_DIR/import-failures.jsonl, else ~/.circuit-atlas/import-failures.jsonl)."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line."),
 ) -> None:
-    """Import graphs made elsewhere, with their labels and supernodes."""
+    """Import graphs made elsewhere, with their labels and supernodes. Bad files are listed and skipped (exit 2 after the good ones are stored)."""
     from circuit_atlas.ingest.importers import GraphImportError, import_path
+    from circuit_atlas.paths import home
     from circuit_atlas.store import open_store
 
     tok = None
@@ -103,18 +106,28 @@ def import_command(
             tok = AutoTokenizer.from_pretrained(tokenizer)
         except (OSError, ValueError) as exc:
             raise GraphImportError(f"--tokenizer {tokenizer}: cannot load ({exc})") from exc
+    fpath = failures or (graphs_dir / "import-failures.jsonl" if graphs_dir else home() / "import-failures.jsonl")
     with open_store(store) as s:
         rep = import_path(path, s, graphs_dir=graphs_dir, overwrite_labels=overwrite_labels, prune=not no_prune,
                           node_threshold=node_threshold, edge_threshold=edge_threshold, tokenizer=tok,
-                          model=model_name, scan=scan)
+                          model=model_name, scan=scan, failures_path=fpath)
     typer.echo(f"found {rep.found}, written {len(rep.written)}, skipped {len(rep.skipped)} (already stored), "
                f"failed {len(rep.failed)}; {rep.nodes} nodes, {rep.edges} edges, {rep.labels} labels, "
-               f"{rep.supernodes} supernodes in {rep.seconds:.1f}s")
+               f"{rep.supernodes} supernodes ({rep.supernodes_restored} restored) in {rep.seconds:.1f}s")
     for gid in rep.written:
-        typer.echo(gid)
+        typer.echo(f"{gid}  {rep.sources.get(gid, '')}")
+    for src, warning in rep.warnings:
+        typer.echo(f"warning: {src}: {warning}", err=True)
+    for shared in rep.shared_texts:
+        typer.echo(f"{len(shared['graph_ids'])} stored graphs share the prompt text {shared['text']!r}: "
+                   f"{', '.join(shared['graph_ids'])} (see: circuit-atlas query prompt_texts)")
+    if as_json:
+        print(json.dumps(rep.to_dict(), default=str))
     if rep.failed:
-        detail = "; ".join(f"{p}: {r}" for p, r in rep.failed[:3])
-        raise GraphImportError(f"{len(rep.failed)} of {rep.found} graphs could not be imported: {detail}")
+        for src, reason in rep.failed:
+            typer.echo(f"failed: {src}: {reason.splitlines()[0] if reason else ''}", err=True)
+        raise GraphImportError(f"{len(rep.failed)} of {rep.found} graphs could not be imported (listed above and in "
+                               f"{rep.failures_path}); the other graphs were imported")
 
 
 def export_command(

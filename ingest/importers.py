@@ -12,7 +12,12 @@ the formats carry besides the graph:
   method ``import``, CONTAINS their member features; supernodes our own exporter wrote in full
   (``meta.supernode_records``) come back with their keys and methods.
 
-A file that cannot be read is reported and skipped; the rest are still imported.
+Each graph's supernode records ride in its meta.json (``supernode_records``), so the store
+writes them in the graph's own transaction; for graphs already stored, missing supernodes are
+written by key (a re-run after a kill restores what was lost). A file that cannot be read, or
+a graph the store refuses, is listed (one line each, naming the file, also in a failures file)
+and skipped; the rest are still imported. What a reader decided (``import_warnings``) and which
+imported graphs share a prompt text with another stored graph are in the summary.
 """
 
 from __future__ import annotations
@@ -49,11 +54,21 @@ class ImportSummary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what the reader decided)
+    shared_texts: list[dict[str, Any]] = field(default_factory=list)  # {"text", "graph_ids"} with >= 2 stored graphs
+    sources: dict[str, str] = field(default_factory=dict)  # graph id -> the file it came from
     nodes: int = 0
     edges: int = 0
     labels: int = 0
     supernodes: int = 0
+    supernodes_restored: int = 0
+    failures_path: str | None = None
     seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
 def discover(path: str | os.PathLike) -> list[Source]:
@@ -74,7 +89,7 @@ def discover(path: str | os.PathLike) -> list[Source]:
                 continue
             if child.is_dir() and gf.is_graph_dir(child):
                 out.append(Source("graph", child))
-            elif child.is_file() and child.suffix == ".json" and child.name != INDEX_NAME:
+            elif child.is_file() and child.name.endswith((".json", ".json.gz")) and child.name != INDEX_NAME:
                 out.append(Source("neuronpedia", child))
             elif child.is_file() and child.suffix == ".pt":
                 out.append(Source("circuit-tracer", child))
@@ -82,7 +97,7 @@ def discover(path: str | os.PathLike) -> list[Source]:
             raise GraphImportError(f"{p}: no graphs here (expected graph directories with meta.json, nodes.parquet and "
                                "edges.parquet, Neuronpedia .json files or circuit-tracer .pt files)")
         return out
-    if p.suffix == ".json":
+    if p.name.endswith((".json", ".json.gz")):
         return [Source("neuronpedia", p)]
     if p.suffix == ".pt":
         return [Source("circuit-tracer", p)]
@@ -159,6 +174,39 @@ def read_source(src: Source, **pt_options: Any) -> gf.GraphFile:
     return graph
 
 
+_SUPERNODE_KEYS = "MATCH (s:Supernode) WHERE s.key IN $keys RETURN s.key AS key"
+_TEXTS = "MATCH (p:Prompt) WHERE p.text IN $texts RETURN p.text AS text, p.id AS id"
+
+
+def _missing_supernodes(store: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not records:
+        return []
+    have = store.read(_SUPERNODE_KEYS, {"keys": sorted({r["key"] for r in records})})
+    present = set(have["key"]) if len(have) else set()
+    return [r for r in records if r["key"] not in present]
+
+
+def _shared_texts(store: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """Prompt texts (of ``texts``) that more than one stored graph has, with those graphs' ids."""
+    if not texts:
+        return []
+    df = store.read(_TEXTS, {"texts": sorted(set(texts))})
+    by_text: dict[str, list[str]] = {}
+    for t, i in zip(df.get("text", []), df.get("id", [])):
+        by_text.setdefault(str(t), []).append(str(i))
+    return [{"text": t, "graph_ids": sorted(ids)} for t, ids in sorted(by_text.items()) if len(ids) > 1]
+
+
+def write_failures(path: str | os.PathLike, failed: list[tuple[str, str]]) -> Path:
+    """The failed files as JSON lines ``{"path", "reason"}`` (replaced on every run)."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join(json.dumps({"path": f, "reason": r}) + "\n" for f, r in failed))
+    return p
+
+
 def import_path(
     path: str | os.PathLike,
     store: Any,
@@ -172,10 +220,13 @@ def import_path(
     tokenizer: Any = None,
     model: str | None = None,
     scan: str | None = None,
+    failures_path: str | os.PathLike | None = None,
 ) -> ImportSummary:
     """Import every graph under ``path`` into ``store``. Converted graphs (.pt, .json) are written
     as graph directories into ``graphs_dir`` (kept), or a temporary directory (removed).
-    ``prune``/thresholds/``tokenizer``/``model``/``scan`` apply to circuit-tracer .pt files."""
+    ``prune``/thresholds/``tokenizer``/``model``/``scan`` apply to circuit-tracer .pt files.
+    Files that fail are listed in ``summary.failed`` and, when ``failures_path`` is given,
+    written there (JSON lines)."""
     import time
 
     from tqdm.auto import tqdm
@@ -194,34 +245,59 @@ def import_path(
                   "tokenizer": tokenizer, "model": model, "scan": scan}
     try:
         dirs: list[Path] = []
-        graphs: dict[str, tuple[list[dict], dict[str, str]]] = {}
+        origin: dict[str, str] = {}  # graph dir -> source file
+        graphs: dict[str, tuple[list[dict], dict[str, str], str]] = {}
         for src in tqdm(sources, desc="reading graphs", unit="graph", disable=not progress):
             try:
                 graph = read_source(src, **pt_options)
+                if graph.graph_id in graphs:  # the same graph twice in this import
+                    summary.skipped.append(graph.graph_id)
+                    continue
+                records = supernode_records(graph)
+                graphs[graph.graph_id] = (records, feature_labels(graph), str(graph.meta.get("prompt") or ""))
+                for w in graph.meta.get("import_warnings") or []:
+                    summary.warnings.append((str(src.path), str(w)))
+                if src.kind == "graph" and (not records or graph.meta.get("supernode_records")):
+                    d = src.path
+                else:  # the records go into meta.json: the store writes them with the graph
+                    if records:
+                        graph.meta["supernode_records"] = records
+                    d = graph.save(out_dir / graph.graph_id)
             except CircuitAtlasError as exc:
                 summary.failed.append((str(src.path), str(exc)))
                 continue
-            graphs[graph.graph_id] = (supernode_records(graph), feature_labels(graph))
-            dirs.append(src.path if src.kind == "graph" else graph.save(out_dir / graph.graph_id))
+            summary.sources[graph.graph_id] = str(src.path)
+            origin[str(d)] = str(src.path)
+            dirs.append(d)
         report = store.write_graphs(dirs, progress=progress)
-        summary.written, summary.skipped = list(report.written), list(report.skipped)
+        for d, reason in getattr(report, "failed", []) or []:
+            summary.failed.append((origin.get(str(d), str(d)), str(reason)))
+        summary.written, summary.skipped = list(report.written), summary.skipped + list(report.skipped)
         summary.nodes, summary.edges = report.nodes, report.edges
-        records = [r for gid in report.written for r in graphs[gid][0]]
-        if records:
-            store.write_supernodes(records)
-            summary.supernodes = len(records)
+        # supernodes: in the graph's own transaction where the store supports it; any still
+        # missing (an older store, or graphs stored by a run that lost them) are written by key
+        written = [r for gid in report.written for r in graphs[gid][0]]
+        present = [r for gid in report.skipped if gid in graphs for r in graphs[gid][0]]
+        missing_new = _missing_supernodes(store, written)
+        missing_old = _missing_supernodes(store, present)
+        if missing_new or missing_old:
+            store.write_supernodes(missing_new + missing_old)
+        summary.supernodes = len(written)
+        summary.supernodes_restored = len(missing_old)
         if overwrite_labels:
             labels: dict[str, str] = {}
-            for _, lab in graphs.values():
+            for _, lab, _ in graphs.values():
                 labels.update(lab)
             if labels:
                 store.set_feature_labels(labels)
             summary.labels = len(labels)
         else:
             summary.labels = len({k for gid in report.written for k in graphs[gid][1]})
+        summary.shared_texts = _shared_texts(store, [graphs[g][2] for g in report.written if graphs[g][2]])
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    if summary.failed and failures_path is not None:
+        summary.failures_path = str(write_failures(failures_path, summary.failed))
     summary.seconds = time.perf_counter() - t0
     return summary
-
