@@ -171,23 +171,35 @@ class GraphFile:
     def edges_table(self) -> pa.Table:
         return _to_table(self.edges, EDGE_SCHEMA, "edges")
 
-    def validate(self) -> None:
-        """Check the invariants every reader relies on; raise GraphFileError if broken."""
-        for key in ("graph_id", "prompt", "tokens", "token_ids", "model", "scan", "n_layers"):
-            if key not in self.meta:
-                raise GraphFileError(f"meta.json lacks '{key}'")
-        nodes = self.nodes_table()
+    def validate(self, source: str | os.PathLike | None = None) -> None:
+        """Check the invariants every reader relies on; raise GraphFileError if broken.
+        ``source`` (the graph's directory, when read from one) is named in every error."""
+        where = f"{source}: " if source is not None else ""
+        validate_meta(self.meta, Path(source) / "meta.json" if source is not None else "meta.json")
+        try:
+            nodes = self.nodes_table()
+            edges = self.edges_table()
+        except GraphFileError as exc:
+            raise GraphFileError(f"{where}{exc}") from None
+        for table, what in ((nodes, "nodes"), (edges, "edges")):
+            for name in _NOT_NULL[what]:
+                n = table.column(name).null_count
+                if n:
+                    nan = " (NaN or null)" if pa.types.is_floating(table.schema.field(name).type) else ""
+                    raise GraphFileError(f"{where}{what}.parquet: {n} null value(s){nan} in column '{name}', which needs a value")
+        weights = edges.column("weight")
+        if len(weights) and pc.any(pc.is_inf(weights)).as_py():
+            raise GraphFileError(f"{where}edges.parquet: infinite value(s) in column 'weight' (weights must be finite)")
         bad_types = set(nodes.column("type").to_pylist()) - set(NODE_TYPES)
         if bad_types:
-            raise GraphFileError(f"unknown node types {sorted(bad_types)}; expected {NODE_TYPES}")
+            raise GraphFileError(f"{where}unknown node types {sorted(bad_types)}; expected {NODE_TYPES}")
         ids = nodes.column("node_id").to_pylist()
         if len(set(ids)) != len(ids):
-            raise GraphFileError("node ids are not unique")
-        edges = self.edges_table()
+            raise GraphFileError(f"{where}node ids are not unique")
         known = set(ids)
         dangling = (set(edges.column("source").to_pylist()) | set(edges.column("target").to_pylist())) - known
         if dangling:
-            raise GraphFileError(f"edges refer to unknown nodes, e.g. {sorted(dangling)[:3]}")
+            raise GraphFileError(f"{where}edges refer to unknown nodes, e.g. {sorted(dangling)[:3]}")
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write atomically: files go to a temporary sibling directory that is renamed into place,
@@ -219,7 +231,7 @@ class GraphFile:
         except (pa.ArrowInvalid, OSError) as exc:
             raise GraphFileError(f"{path}: corrupt parquet file ({exc})") from exc
         graph = cls(meta=meta, nodes=nodes, edges=edges)
-        graph.validate()
+        graph.validate(source=path)
         return graph
 
 
@@ -253,6 +265,106 @@ def read_meta(directory: str | os.PathLike) -> dict:
         if not (path / name).is_file():
             raise GraphFileError(f"{path}: missing {name} (not a circuit-atlas graph directory)")
     try:
-        return json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / "meta.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GraphFileError(f"{path / 'meta.json'}: not valid JSON ({exc})") from exc
+    return validate_meta(meta, path / "meta.json")
+
+
+# Columns of nodes.parquet / edges.parquet that may not hold nulls: a node's id, type, place and
+# indices (-1 where they do not apply), an edge's ends and weight.
+_NOT_NULL = {"nodes": ("node_id", "type", "layer", "pos", "feature", "token_id"),
+             "edges": ("source", "target", "weight")}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _is_str_list(value: Any) -> bool:
+    return _is_list(value) and all(isinstance(v, str) for v in value)
+
+
+def _is_int_list(value: Any) -> bool:
+    return _is_list(value) and all(_is_int(v) for v in value)
+
+
+# meta.json fields: (check, what it must be). Required fields may not be null; optional ones
+# may be absent or null.
+_META_REQUIRED: dict[str, tuple[Any, str]] = {
+    "graph_id": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+    "prompt": (lambda v: isinstance(v, str), "a string"),
+    "tokens": (_is_str_list, "a list of strings"),
+    "token_ids": (_is_int_list, "a list of integers"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "scan": (lambda v: isinstance(v, str), "a string"),
+    "n_layers": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+}
+_META_OPTIONAL: dict[str, tuple[Any, str]] = {
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "scores": (lambda v: isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values()),
+               "an object of numbers (or nulls)"),
+    "prompt_props": (lambda v: isinstance(v, dict), "an object"),
+    "logit_tokens": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                     "an object of strings"),
+    "supernodes": (lambda v: _is_list(v) and all(_is_list(x) and all(isinstance(y, str) for y in x) for x in v),
+                   "a list of lists of strings"),
+    "supernode_records": (lambda v: _is_list(v) and all(isinstance(r, dict) and isinstance(r.get("key"), str) for r in v),
+                          "a list of objects with a string 'key'"),
+    "import_warnings": (_is_str_list, "a list of strings"),
+    "format_version": (_is_int, "an integer"),
+    "library_version": (lambda v: isinstance(v, str), "a string"),
+    "created_at": (lambda v: isinstance(v, str), "a string"),
+}
+_PROPS_OPTIONAL: dict[str, tuple[Any, str]] = {
+    "tags": (_is_str_list, "a list of strings"),
+    "corpus": (lambda v: isinstance(v, str), "a string"),
+    "group": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a string"),
+    "expected": (lambda v: isinstance(v, str), "a string"),
+    "top_token": (lambda v: isinstance(v, str), "a string"),
+    "external_id": (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a string"),
+    "correct": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it, cut to one short line."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate_meta(meta: Any, source: str | os.PathLike = "meta.json") -> dict[str, Any]:
+    """Check the type of every meta.json field a reader relies on and return ``meta``; a wrong one
+    raises GraphFileError in one line naming ``source`` (the file) and the field, so a bad graph
+    is reported instead of failing later, deep in a load, with a traceback."""
+    if not isinstance(meta, dict):
+        raise GraphFileError(f"{source}: must hold a JSON object, not {_shown(meta)}")
+
+    def check(fields: dict[str, tuple[Any, str]], values: dict[str, Any], prefix: str, required: bool) -> None:
+        for key, (ok, kind) in fields.items():
+            if key not in values or (not required and values[key] is None):
+                if required:
+                    raise GraphFileError(f"{source}: lacks '{prefix}{key}' ({kind})")
+                continue
+            if not ok(values[key]):
+                raise GraphFileError(f"{source}: '{prefix}{key}' must be {kind}, not {_shown(values[key])}")
+
+    check(_META_REQUIRED, meta, "", required=True)
+    if len(meta["tokens"]) != len(meta["token_ids"]):
+        raise GraphFileError(f"{source}: 'tokens' ({len(meta['tokens'])}) and 'token_ids' "
+                             f"({len(meta['token_ids'])}) must have the same length")
+    check(_META_OPTIONAL, meta, "", required=False)
+    check(_PROPS_OPTIONAL, meta.get("prompt_props") or {}, "prompt_props.", required=False)
+    return meta
