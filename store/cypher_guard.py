@@ -10,11 +10,12 @@ word in a clause position, any other function, a second statement, or a characte
 tokenizer does not know is refused.
 
 Why several lexings: the backends disagree on details that decide what is code and what is
-text: which characters end a ``//`` comment (LadybugDB: ``\\n`` only; Neo4j: ``\\r`` too; other
-lexers: unicode line separators), whether a backslash escapes a quote, whether a doubled quote
-is an escaped quote, whether ``\\uXXXX`` is decoded before lexing. A statement is accepted only
-when it is a pure read under every one of these readings that can differ on its text, so no
-quote or line end can be code for the database and text for the guard.
+text: which characters end a ``//`` comment (LadybugDB: ``\\n``; ArcadeDB and Neo4j: ``\\r``
+too; other lexers: unicode line separators), whether a doubled quote is an escaped quote,
+whether a backslash or a doubled backquote escapes inside a backquoted name, whether
+``\\uXXXX`` is decoded before lexing. (A backslash escapes inside strings on every backend.) A
+statement is accepted only when it is a pure read under every one of these readings that can
+differ on its text, so no quote or line end can be code for the database and text for the guard.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ class Refusal:
 
 
 class _Lexing(NamedTuple):
-    line_ends: frozenset[str]
-    backslash: bool  # a backslash escapes the next character in strings and backquoted names
-    doubled: bool  # a doubled quote (or backquote) inside one is an escaped quote
+    line_ends: frozenset[str]  # what ends a `//` comment
+    doubled_quotes: bool  # '' inside a string is an escaped quote (a backslash always escapes)
+    name_backslash: bool  # a backslash escapes the next character in a backquoted name
+    name_doubled: bool  # `` inside a backquoted name is an escaped backquote
     unicode_first: bool  # \uXXXX is decoded before lexing
 
     def describe(self) -> str:
@@ -112,16 +114,19 @@ class _Lexing(NamedTuple):
             parts.append("a // comment ends only at \\n")
         elif self.line_ends == LINE_ENDS_ALL:
             parts.append("a // comment ends at any unicode line break")
-        if not self.backslash:
-            parts.append("backslashes escape nothing")
-        if self.doubled:
+        if self.doubled_quotes:
             parts.append("a doubled quote is an escaped quote")
+        if self.name_backslash:
+            parts.append("a backslash escapes in backquoted names")
+        if not self.name_doubled:
+            parts.append("a doubled backquote ends a name")
         if self.unicode_first:
             parts.append("\\u escapes are decoded before lexing")
         return " and ".join(parts)
 
 
-_DEFAULT = _Lexing(frozenset("\n\r"), True, False, False)
+# What LadybugDB 0.22 and ArcadeDB's Bolt server do (Neo4j ends comments at \r as well).
+_DEFAULT = _Lexing(frozenset("\n\r"), False, False, True, False)
 
 
 class Token(NamedTuple):
@@ -133,33 +138,40 @@ class Token(NamedTuple):
 def _readings(text: str) -> list[_Lexing]:
     """The lexings that can differ on this text, the usual one first."""
     ends = _LINE_END_READINGS if any(c in LINE_ENDS_ALL for c in text if c != "\n") else (_DEFAULT.line_ends,)
-    slash = (True, False) if "\\" in text else (True,)
-    doubled = (False, True) if any(q * 2 in text for q in "'\"`") else (False,)
+    doubled = (False, True) if ("''" in text or '""' in text) else (False,)
+    name_slash = (False, True) if ("\\" in text and "`" in text) else (False,)
+    name_doubled = (True, False) if "``" in text else (True,)
     uni = (False, True) if _UNICODE_ESCAPE.search(text) else (False,)
     out = [_DEFAULT]
-    for combo in itertools.product(ends, slash, doubled, uni):
+    for combo in itertools.product(ends, doubled, name_slash, name_doubled, uni):
         lexing = _Lexing(*combo)
         if lexing not in out:
             out.append(lexing)
     return out
 
 
-def _quoted(text: str, i: int, lexing: _Lexing) -> int:
+def _quoted(text: str, i: int, backslash: bool, doubled: bool) -> int:
     """The offset just past the string or backquoted name that opens at ``i``."""
     quote, j, n = text[i], i + 1, len(text)
     while j < n:
         c = text[j]
-        if c == "\\" and lexing.backslash:
+        if c == "\\" and backslash:
             j += 2
             continue
         if c == quote:
-            if lexing.doubled and j + 1 < n and text[j + 1] == quote:
+            if doubled and j + 1 < n and text[j + 1] == quote:
                 j += 2
                 continue
             return j + 1
         j += 1
     what = "backquoted name" if quote == "`" else "string"
     raise Refused(text[i:i + 20], i, f"unterminated {what}")
+
+
+def _quoted_by(text: str, i: int, lexing: _Lexing) -> int:
+    if text[i] == "`":
+        return _quoted(text, i, lexing.name_backslash, lexing.name_doubled)
+    return _quoted(text, i, True, lexing.doubled_quotes)
 
 
 def tokens(text: str, lexing: _Lexing = _DEFAULT, out: list[Token] | None = None) -> list[Token]:
@@ -185,7 +197,7 @@ def tokens(text: str, lexing: _Lexing = _DEFAULT, out: list[Token] | None = None
                 raise Refused("/*", nested, "a comment opened inside a comment")
             i = end + 2
         elif c in "'\"`":
-            j = _quoted(text, i, lexing)
+            j = _quoted_by(text, i, lexing)
             kind = "name" if c == "`" else "str"
             if kind == "str" and out and out[-1].kind == "str":
                 raise Refused(text[i:j], i, "two strings in a row")
@@ -197,7 +209,7 @@ def tokens(text: str, lexing: _Lexing = _DEFAULT, out: list[Token] | None = None
                 out.append(Token("param", m.group(), i))
                 i = m.end()
             elif text.startswith("`", i + 1):
-                j = _quoted(text, i + 1, lexing)
+                j = _quoted_by(text, i + 1, lexing)
                 out.append(Token("param", text[i + 2:j - 1], i))
                 i = j
             else:
@@ -239,9 +251,6 @@ def _check(toks: list[Token]) -> None:
     """Raise Refused unless the tokens form one statement of reading clauses and listed functions."""
     if not toks:
         raise Refused("", 0, "empty statement")
-    for k, t in enumerate(toks[:-1]):
-        if _punct(t, ";"):
-            raise Refused(toks[k + 1].text, toks[k + 1].start, "a second statement after ';' (one statement only)")
     if not _word(toks[0], *START_WORDS):
         raise Refused(toks[0].text, toks[0].start, _STARTS)
     expr_end = False  # the previous token ends an expression: a clause word may follow, a variable may not
@@ -249,6 +258,8 @@ def _check(toks: list[Token]) -> None:
         prev = toks[k - 1] if k else None
         nxt = toks[k + 1] if k + 1 < len(toks) else None
         up = t.text.upper()
+        if _punct(t, ";") and nxt is not None:
+            raise Refused(nxt.text, nxt.start, "a second statement after ';' (one statement only)")
         if t.kind in ("word", "name") and _punct(nxt, "("):
             if t.kind == "word" and up in READ_WORDS and not _punct(prev, "."):
                 expr_end = False
