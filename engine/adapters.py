@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -39,6 +40,7 @@ class Adapter:
     embed: Callable[[nn.Module], nn.Module]
     mlp: Callable[[nn.Module], nn.Module]  # layer -> the module whose input is the MLP input
     mlp_out: Callable[[nn.Module], nn.Module]  # layer -> the module whose output joins the residual
+    mlp_norm: Callable[[nn.Module], nn.Module]  # layer -> the norm whose output is the MLP input
     position_embed: Callable[[nn.Module], nn.Module | None] = lambda m: None
 
     def __reduce__(self):
@@ -70,6 +72,7 @@ def _decoder(name: str, norm: str = "rms", post_mlp_norm: bool = False) -> Adapt
         embed=lambda m: m.model.embed_tokens,
         mlp=lambda layer: layer.mlp,
         mlp_out=(lambda layer: layer.post_feedforward_layernorm) if post_mlp_norm else (lambda layer: layer.mlp),
+        mlp_norm=(lambda layer: layer.pre_feedforward_layernorm) if post_mlp_norm else (lambda layer: layer.post_attention_layernorm),
     )
 
 
@@ -80,6 +83,7 @@ GPT2 = Adapter(
     embed=lambda m: m.transformer.wte,
     mlp=lambda block: block.mlp,
     mlp_out=lambda block: block.mlp,
+    mlp_norm=lambda block: block.ln_2,
     position_embed=lambda m: m.transformer.wpe,
 )
 
@@ -95,18 +99,80 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+# ---- hook points ---------------------------------------------------------------------------
+class HookPointError(CircuitAtlasError, ValueError):
+    """A transcoder set's feature_input_hook / feature_output_hook that we cannot place."""
+
+
+# TransformerLens names (circuit-tracer's config.yaml vocabulary), per block, -> what they are.
+INPUT_HOOKS: dict[str, str] = {
+    "mlp.hook_in": "the MLP's input: after the pre-MLP norm, its weight applied",
+    "ln2.hook_normalized": "the pre-MLP norm's input divided by its (frozen) scale, before its weight (GemmaScope)",
+    "hook_resid_mid": "the residual stream before the pre-MLP norm",
+    "hook_mlp_in": "the residual stream before the pre-MLP norm (TransformerLens's copy of hook_resid_mid)",
+}
+OUTPUT_HOOKS: dict[str, str] = {
+    "hook_mlp_out": "what the MLP block adds to the residual stream (after Gemma 2/3's post-MLP norm)",
+    "mlp.hook_out": "the MLP's own output (before Gemma 2/3's post-MLP norm)",
+}
+DEFAULT_HOOKS = ("mlp.hook_in", "hook_mlp_out")
+_BLOCK_PREFIX = re.compile(r"^blocks\.(\{[a-z_]*\}|\d+)\.")
+
+
+def hook_point(name: str, which: str = "input") -> str:
+    """The canonical name of a feature hook point (a ``blocks.{l}.`` prefix dropped), or a
+    one-line HookPointError naming it and the supported ones."""
+    table = INPUT_HOOKS if which == "input" else OUTPUT_HOOKS
+    canon = _BLOCK_PREFIX.sub("", str(name).strip())
+    if canon not in table:
+        raise HookPointError(
+            f"unsupported feature_{which}_hook {name!r}; supported: {', '.join(table)}"
+        )
+    return canon
+
+
+def check_hook_points(input_hook: str, output_hook: str) -> tuple[str, str]:
+    """Both hook points, canonical; raises HookPointError for an unknown one."""
+    return hook_point(input_hook, "input"), hook_point(output_hook, "output")
+
+
+def _normalized(norm: nn.Module, kind: str, x: Tensor) -> Tensor:
+    """``ln2.hook_normalized``: the norm's input (centred for LayerNorm) times its scale, before
+    the weight. Under a Freeze the scale is the frozen one (detached, or the replayed record),
+    so the value is linear in x exactly as the norm itself is; with none, the live scale."""
+    state = _STATE.get()
+    xf = x.float()
+    if kind == "layer":
+        xf = xf - xf.mean(-1, keepdim=True)
+    if state is not None and state.mode == "replay":
+        scale = state.saved[id(norm)].expand(*x.shape[:-1], 1)
+    else:
+        fwd = norm.forward if isinstance(norm.forward, _SwitchingForward) else _SwitchingForward(norm, kind)
+        scale = fwd.scale_of(x)
+        if state is not None:
+            scale = scale.detach()
+    return (xf * scale).to(x.dtype)
+
+
 @contextlib.contextmanager
 def mlp_hooks(
     model: nn.Module,
     adapter: Adapter,
     pre: Callable[[int, Tensor], None],
     post: Callable[[int, Tensor], Tensor | None],
+    *,
+    input_hook: str = DEFAULT_HOOKS[0],
+    output_hook: str = DEFAULT_HOOKS[1],
 ) -> Iterator[None]:
-    """Inside: every layer calls ``pre(i, mlp_input)`` before its MLP and ``post(i, mlp_output)``
-    on what joins the residual stream; a tensor returned by ``post`` replaces that output.
-    Tensors are (B, T, d). The one place that knows how to hook a layer's MLP."""
+    """Inside: every layer calls ``pre(i, x)`` with the tensor at the transcoders' input hook
+    point (default: the MLP input) and ``post(i, y)`` with the tensor at their output hook point
+    (default: what joins the residual stream); a tensor returned by ``post`` replaces it there.
+    Tensors are (B, T, d). The one place that knows how to hook a layer for transcoders."""
+    inp, out = check_hook_points(input_hook, output_hook)
 
     def pre_hook(i: int):
+        if inp == "ln2.hook_normalized":
+            return lambda module, args: pre(i, _normalized(module, adapter.norm, args[0]))
         return lambda module, args: pre(i, args[0])
 
     def out_hook(i: int):
@@ -122,8 +188,10 @@ def mlp_hooks(
     handles = []
     try:
         for i, layer in enumerate(adapter.layers(model)):
-            handles.append(adapter.mlp(layer).register_forward_pre_hook(pre_hook(i)))
-            handles.append(adapter.mlp_out(layer).register_forward_hook(out_hook(i)))
+            in_module = adapter.mlp(layer) if inp == "mlp.hook_in" else adapter.mlp_norm(layer)
+            out_module = adapter.mlp_out(layer) if out == "hook_mlp_out" else adapter.mlp(layer)
+            handles.append(in_module.register_forward_pre_hook(pre_hook(i)))
+            handles.append(out_module.register_forward_hook(out_hook(i)))
         yield
     finally:
         for h in handles:

@@ -10,6 +10,7 @@ from config.yaml's ``transcoders`` list, in order.
 from __future__ import annotations
 
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from circuit_atlas.engine.transcoders import (
 )
 
 REQUIRED = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+# GemmaScope's Gemma-2 transcoders read the pre-MLP residual divided by the RMSNorm scale, before
+# the norm's weight, and write what joins the residual (circuit-tracer's config for them)
+GEMMASCOPE_HOOKS = ("ln2.hook_normalized", "hook_mlp_out")
 _LAYER = re.compile(r"layer_(\d+)")
 
 
@@ -76,13 +80,19 @@ def load_gemmascope_files(
 ) -> TranscoderSet:
     """A JumpReLU PLT from one params.npz per layer (layer i = files[i])."""
     cfg = cfg or {}
+    if not cfg.get("feature_input_hook") or not cfg.get("feature_output_hook"):
+        print(
+            f"note: {files[0]}: no feature_input_hook/feature_output_hook given; assuming GemmaScope's "
+            f"{GEMMASCOPE_HOOKS[0]} -> {GEMMASCOPE_HOOKS[1]} (recorded in the set's config.yaml when saved)",
+            file=sys.stderr,
+        )
     layers = [read_npz(Path(f)) for f in files]
     d_tc, d_model = layers[0]["W_enc"].shape
     with torch.device("meta"):
         tc = TranscoderSet(
             "plt", len(files), d_model, d_tc, activation="jumprelu",
-            feature_input_hook=cfg.get("feature_input_hook") or "mlp.hook_in",
-            feature_output_hook=cfg.get("feature_output_hook") or "hook_mlp_out",
+            feature_input_hook=cfg.get("feature_input_hook") or GEMMASCOPE_HOOKS[0],
+            feature_output_hook=cfg.get("feature_output_hook") or GEMMASCOPE_HOOKS[1],
             model_name=cfg.get("model_name"),
         )
     for l, (f, d) in enumerate(zip(files, layers)):

@@ -6,7 +6,10 @@ The model runs with every layer's MLP output (at positions >= 1) replaced by
     + skip path (linear in the current MLP input, when the transcoders have one)
     + error node (frozen: the clean run's true MLP output minus its reconstruction and skip)
 
-so with no intervention the logits are exactly the clean ones. Intervened features are set at
+so with no intervention the logits are exactly the clean ones. At BOS the output is the clean
+one except that a skip path stays live there too (as in circuit-tracer and the attribution
+graph). "MLP input" and "output" are the transcoders' hook points (config.yaml's
+``feature_input_hook`` / ``feature_output_hook``). Intervened features are set at
 their positions (``clamp`` to a value, ``scale`` by a factor, ``zero``); what the other
 features do depends on the mode:
 
@@ -201,16 +204,18 @@ class CleanRun:
         return int(self.ids.shape[0])
 
 
-def _hooked_pass(lm, ids: Tensor, pre, post) -> Tensor:
-    """One forward pass of the real model with a pre-hook on each layer's MLP (``pre(i, x)``) and
-    a hook on its output (``post(i, out) -> new out or None``); returns the logits (T, V)."""
+def _hooked_pass(lm, tc, ids: Tensor, pre, post) -> Tensor:
+    """One forward pass of the real model with a hook at each layer's feature input point
+    (``pre(i, x)``) and one at its output point (``post(i, out) -> new out or None``), the
+    transcoders' hook points; returns the logits (T, V)."""
     from circuit_atlas.engine.adapters import mlp_hooks
 
     def post_one(i: int, output: Tensor) -> Tensor | None:
         new = post(i, output[0])
         return None if new is None else new.unsqueeze(0)
 
-    with mlp_hooks(lm.model, lm.adapter, lambda i, x: pre(i, x[0]), post_one):
+    points = {"input_hook": tc.feature_input_hook, "output_hook": tc.feature_output_hook}
+    with mlp_hooks(lm.model, lm.adapter, lambda i, x: pre(i, x[0]), post_one, **points):
         return lm.model(input_ids=ids.unsqueeze(0), use_cache=False).logits[0]
 
 
@@ -233,11 +238,11 @@ def clean_run(lm, tc, token_ids: Sequence[int] | Tensor, *, freeze_attention: bo
     record = None
     if freeze_attention:
         with recording() as record:
-            logits = _hooked_pass(lm, ids, lambda i, x: None, lambda i, o: None)
+            logits = _hooked_pass(lm, tc, ids, lambda i, x: None, lambda i, o: None)
         with replaying(record):
-            ref_logits = _hooked_pass(lm, ids, pre, post)
+            ref_logits = _hooked_pass(lm, tc, ids, pre, post)
     else:
-        logits = _hooked_pass(lm, ids, pre, post)
+        logits = _hooked_pass(lm, tc, ids, pre, post)
         ref_logits = logits
     acts, skips = [], []
     for i in range(n):
@@ -352,8 +357,9 @@ def _intervened_pass(lm, tc, clean: CleanRun, resolved: list[_Resolved], layer_r
                 _apply(a, r)
         deltas.append(a - ref_acts)
         change = tc.decode(deltas, i) - tc.b_dec[i]
-        if clean.skip[i] is not None:
-            change = change + (tc.skip(i, x) - clean.skip[i])
+        skip_change = None if clean.skip[i] is None else tc.skip(i, x) - clean.skip[i]
+        if skip_change is not None:
+            change = change + skip_change
         if errs:
             err = clean.errors(tc)[i]
             new_err = err.clone()
@@ -362,11 +368,13 @@ def _intervened_pass(lm, tc, clean: CleanRun, resolved: list[_Resolved], layer_r
             change = change + (new_err - err)
         new = clean.out[i] + change.to(clean.out[i].dtype)
         new[0] = clean.out[i][0]
+        if skip_change is not None:  # the skip path stays live at BOS (circuit-tracer's choice)
+            new[0] += skip_change[0].to(new.dtype)
         return new
 
     ctx = replaying(clean.record) if clean.record is not None else contextlib.nullcontext()
     with ctx:
-        logits = _hooked_pass(lm, clean.ids, pre, post)
+        logits = _hooked_pass(lm, tc, clean.ids, pre, post)
     if torch.equal(clean.ref_logits, clean.logits):
         return logits
     return clean.logits + (logits - clean.ref_logits)

@@ -88,9 +88,13 @@ class LoadedModel:
         return self.model(input_ids=self._as_batch(input_ids), use_cache=False).logits
 
     @torch.no_grad()
-    def mlp_io(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    def mlp_io(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, hooks: tuple[str, str] | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Every layer's MLP input and output (as added to the residual), (B, T, d) each, from
-        one forward pass that stops after the last layer's MLP (no unembedding)."""
+        one forward pass that stops after the last layer's MLP (no unembedding). ``hooks``
+        (feature_input_hook, feature_output_hook) reads at a transcoder set's hook points instead
+        (``adapters.INPUT_HOOKS`` / ``OUTPUT_HOOKS``)."""
         ins: list[Tensor] = [None] * self.n_layers  # type: ignore[list-item]
         outs: list[Tensor] = [None] * self.n_layers  # type: ignore[list-item]
 
@@ -101,7 +105,8 @@ class LoadedModel:
 
         base = self.model.base_model if hasattr(self.model, "base_model") else self.model
         try:
-            with mlp_hooks(self.model, self.adapter, ins.__setitem__, keep):
+            points = {} if hooks is None else {"input_hook": hooks[0], "output_hook": hooks[1]}
+            with mlp_hooks(self.model, self.adapter, ins.__setitem__, keep, **points):
                 base(input_ids=self._as_batch(input_ids), attention_mask=attention_mask, use_cache=False)
         except _Stop:
             pass

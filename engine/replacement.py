@@ -5,13 +5,22 @@ frozen (detached: they keep their values, but no gradient flows through them), i
 layer's MLP output at positions >= 1 is rebuilt as
 
     transcoder reconstruction (constant: decoders times the activations of this prompt)
-    + skip path (linear in the MLP input, when the transcoders have one)
+    + skip path (linear in the features' input, when the transcoders have one)
     + error node (constant: true MLP output minus the two above)
 
-and the BOS position keeps the true MLP output as a constant. The values are exactly the real
-model's (the rebuilt output *is* the true output), and everything is linear in the embeddings,
-feature activations and errors, so edges are exact gradients. The prompt is repeated
-``batch_size`` times along the batch so one backward pass can carry that many targets.
+and the BOS position keeps its true MLP output less the skip term as a constant, the skip term
+staying live there as at every position (circuit-tracer's choice: W_skip x is part of the
+replacement, so the BOS embedding's path through it is a real edge; see README "Transcoders").
+The values are exactly the real model's (the rebuilt output *is* the true output), and
+everything is linear in the embeddings, feature activations and errors, so edges are exact
+gradients. The prompt is repeated ``batch_size`` times along the batch so one backward pass can
+carry that many targets.
+
+"MLP input" and "MLP output" are the transcoders' hook points (config.yaml's
+``feature_input_hook`` / ``feature_output_hook``, placed by ``adapters.mlp_hooks``): the input
+may sit before the pre-MLP norm or between its frozen scale and its weight, the output before
+Gemma's post-MLP norm; whatever lies between the two points and the residual stream is frozen
+linear arithmetic, so the map stays exact.
 """
 
 from __future__ import annotations
@@ -24,12 +33,17 @@ from torch import Tensor
 from circuit_atlas.engine.adapters import Freeze, frozen, mlp_hooks, recording, replaying
 
 
+def hook_points(tc) -> dict[str, str]:
+    """``mlp_hooks``'s keywords for a transcoder set: where its features read and write."""
+    return {"input_hook": tc.feature_input_hook, "output_hook": tc.feature_output_hook}
+
+
 @dataclass
 class ReplacementRun:
     input_ids: Tensor  # (T,)
     embeddings: Tensor  # (B, T, d) leaf, requires grad: the embedding nodes' vectors
-    mlp_in: list[Tensor]  # per layer (B, T, d), in the autograd graph
-    mlp_out: list[Tensor]  # per layer (B, T, d), in the autograd graph (what joins the residual)
+    mlp_in: list[Tensor]  # per layer (B, T, d) at the features' input hook, in the autograd graph
+    mlp_out: list[Tensor]  # per layer (B, T, d) at the features' output hook, in the autograd graph
     logits: Tensor  # (B, T, V)
     activations: list[Tensor]  # per layer (T, d_tc), detached; row 0 (BOS) is zero
     errors: list[Tensor]  # per layer (T, d), detached; row 0 (BOS) is zero
@@ -86,16 +100,15 @@ def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: b
             err = true[0] - recon - (skip[0].detach() if skip is not None else 0)
             err[0] = 0
             errors[i] = err
-        # value: exactly the true output; gradient: through the skip path only
+        # value: exactly the true output; gradient: through the skip path only (BOS included)
         if skip is None:
             new = true.clone().requires_grad_(True)
         else:
             new = true + (skip - skip.detach())
-            new[:, 0] = true[:, 0]
         mlp_out[i] = new
         return new
 
-    with mlp_hooks(model, adapter, pre, post), (recording() if record else frozen()) as state, torch.enable_grad():
+    with mlp_hooks(model, adapter, pre, post, **hook_points(tc)), (recording() if record else frozen()) as state, torch.enable_grad():
         logits = model(inputs_embeds=fed, use_cache=False).logits
     return ReplacementRun(
         input_ids=ids,
@@ -113,14 +126,15 @@ def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: b
 @dataclass
 class FrozenState:
     """A clean pass's frozen constants: attention patterns and norm scales (``record``), the
-    feature activations, error vectors and BOS MLP outputs, and the embeddings fed."""
+    feature activations, error vectors and the BOS MLP outputs less their skip term, and the
+    embeddings fed."""
 
     input_ids: Tensor
     record: Freeze
     embeddings: Tensor  # (T, d)
     activations: list[Tensor]  # per layer (T, d_tc)
     errors: list[Tensor]  # per layer (T, d), row 0 zero
-    bos_out: list[Tensor]  # per layer (d,)
+    bos_out: list[Tensor]  # per layer (d,): the BOS MLP output less its skip term (the constant part)
     logits: Tensor  # (T, V)
 
 
@@ -129,7 +143,10 @@ def frozen_state(lm, tc, input_ids: Tensor) -> FrozenState:
     """One clean pass recording everything the local replacement model holds fixed."""
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=lm.device).reshape(-1)
     run = replacement_run(lm, tc, ids, batch_size=1, record=True)
-    bos = [out[0, 0].detach() for out in run.mlp_out]
+    bos = []
+    for i, out in enumerate(run.mlp_out):
+        skip = tc.skip(i, run.mlp_in[i][0, 0].detach().to(tc.dtype))
+        bos.append(out[0, 0].detach() - (0 if skip is None else skip.to(out.dtype)))
     return FrozenState(ids, run.record, run.embeddings[0].detach(), run.activations, run.errors, bos, run.logits[0].detach())
 
 
@@ -164,9 +181,9 @@ def frozen_forward(
         if skip is not None:
             new = new + skip.to(output.dtype)
         new = new.clone()
-        new[0] = state.bos_out[i]
+        new[0] = state.bos_out[i] + (0 if skip is None else skip[0].to(output.dtype))
         return new.unsqueeze(0)
 
-    with mlp_hooks(model, adapter, pre, post), replaying(state.record):
+    with mlp_hooks(model, adapter, pre, post, **hook_points(tc)), replaying(state.record):
         logits = model(inputs_embeds=fed, use_cache=False).logits[0]
     return logits, mlp_in

@@ -1,7 +1,8 @@
 """Train per-layer (PLT) and cross-layer (CLT) transcoders on any LoadedModel.
 
 Activations are made on the fly: one forward pass per batch records every layer's MLP input and
-output (`lm.mlp_io`) and all layers train together, so nothing holds the whole activation set.
+output (`lm.mlp_io`, at the configured hook points `feature_input_hook` / `feature_output_hook`)
+and all layers train together, so nothing holds the whole activation set.
 The method follows "Circuit Tracing" (2025): JumpReLU with a straight-through estimator for the
 threshold, sparsity penalty λ·Σ tanh(c·‖W_dec,i‖·a_i) (a CLT feature's decoder norm is the norm
 of all its decoders concatenated), an optional pre-activation loss, a linear λ warm-up; TopK and
@@ -89,6 +90,9 @@ class TrainConfig:
     lr_decay: float = 0.2  # final fraction of steps with linear learning-rate decay to 0
     scan: str | None = None  # transcoder set id; default {model-short}-{kind}-{features}
     activation_cache: str | None = None  # directory for an on-disk activation cache
+    # where the features read and write (TransformerLens names, as config.yaml's; see adapters.INPUT_HOOKS)
+    feature_input_hook: str = "mlp.hook_in"
+    feature_output_hook: str = "hook_mlp_out"
     progress: bool = True
 
     @property
@@ -125,6 +129,16 @@ class TrainConfig:
             raise TrainError("--lr must be positive, --lambda non-negative, --checkpoint-every at least 1")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise TrainError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        from circuit_atlas.engine.adapters import HookPointError, check_hook_points
+
+        try:
+            check_hook_points(self.feature_input_hook, self.feature_output_hook)
+        except HookPointError as exc:
+            raise TrainError(str(exc)) from exc
+
+    @property
+    def hooks(self) -> tuple[str, str]:
+        return self.feature_input_hook, self.feature_output_hook
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that must match for a checkpoint to be resumed."""
@@ -132,7 +146,10 @@ class TrainConfig:
                 "seq_len", "lr", "seed", "lambda_", "tanh_c", "lambda_warmup", "preact_lambda", "skip",
                 "threshold_init", "bandwidth", "init_fire_fraction", "norm_batches", "lr_decay", "dtype",
                 "steps_per_batch", "outlier_factor", "model_text")
-        return {k: getattr(self, k) for k in keep}
+        out = {k: getattr(self, k) for k in keep}
+        if self.hooks != ("mlp.hook_in", "hook_mlp_out"):  # so checkpoints from before hook points still resume
+            out["hooks"] = list(self.hooks)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,8 +486,8 @@ class _Activations:
     later runs with the same model, corpus and window settings.
     """
 
-    def __init__(self, lm, batches: _Batches, cache_dir: str | None, key: str):
-        self.lm, self.batches = lm, batches
+    def __init__(self, lm, batches: _Batches, cache_dir: str | None, key: str, hooks: tuple[str, str] | None = None):
+        self.lm, self.batches, self.hooks = lm, batches, hooks
         self.cache = Path(cache_dir) / key if cache_dir else None
         if self.cache:
             self.cache.mkdir(parents=True, exist_ok=True)
@@ -482,7 +499,7 @@ class _Activations:
                 d = torch.load(f)
                 return d["x"].float().to(self.lm.device), d["y"].float().to(self.lm.device)
         ids = self.batches(step).to(self.lm.device)
-        ins, outs = self.lm.mlp_io(ids)
+        ins, outs = self.lm.mlp_io(ids, hooks=self.hooks)
         xs = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in ins]).float()
         ys = torch.stack([t[:, 1:].reshape(-1, t.shape[-1]) for t in outs]).float()
         if self.cache is not None:
@@ -584,10 +601,11 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
     stream = token_stream(lm, texts, progress=cfg.progress)
     windows = token_windows(stream, _bos_prefix(lm), cfg.seq_len)
     batches = _Batches(windows, cfg.batch_size, cfg.seed)
-    key = hashlib.sha256(
-        json.dumps([lm.model_id, cfg.dtype, cfg.seq_len, cfg.batch_size, cfg.seed, hashlib.sha256(stream.tobytes()).hexdigest()]).encode()
-    ).hexdigest()[:16]
-    acts = _Activations(lm, batches, cfg.activation_cache, key)
+    keyed = [lm.model_id, cfg.dtype, cfg.seq_len, cfg.batch_size, cfg.seed, hashlib.sha256(stream.tobytes()).hexdigest()]
+    if "hooks" in cfg.fingerprint():  # activations read at other points are another cache
+        keyed.append(list(cfg.hooks))
+    key = hashlib.sha256(json.dumps(keyed).encode()).hexdigest()[:16]
+    acts = _Activations(lm, batches, cfg.activation_cache, key, hooks=cfg.hooks)
 
     dev = torch.device(lm.device)
     trainer = TranscoderTrainer(lm.n_layers, lm.d_model, cfg).to(dev)  # transcoders train where the model runs
@@ -665,18 +683,9 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
     if bar is not None:
         bar.close()
     scan = cfg.scan or default_scan(lm.model_id, cfg)
-    hooks = _hooks(lm)
-    ts = trainer.to_transcoder_set(scan=scan, model_name=lm.model_id, hooks=hooks)
+    ts = trainer.to_transcoder_set(scan=scan, model_name=lm.model_id, hooks=cfg.hooks)
     ts.save(out)
     return out
-
-
-def _hooks(lm) -> tuple[str, str] | None:
-    adapter = getattr(lm, "adapter", None)
-    for a, b in (("feature_input_hook", "feature_output_hook"), ("mlp_input_hook", "mlp_output_hook")):
-        if adapter is not None and hasattr(adapter, a) and hasattr(adapter, b):
-            return str(getattr(adapter, a)), str(getattr(adapter, b))
-    return None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from circuit_atlas.engine.adapters import DEFAULT_HOOKS, HookPointError, check_hook_points
 from circuit_atlas.errors import CircuitAtlasError
 
 KINDS = ("plt", "clt")
@@ -38,8 +39,7 @@ ACTIVATIONS = ("jumprelu", "relu", "topk")
 MODEL_KINDS = {"plt": "transcoder_set", "clt": "cross_layer_transcoder"}
 CONFIG_NAME = "config.yaml"
 FORMAT = "circuit-atlas-transcoders/1"
-DEFAULT_INPUT_HOOK = "mlp.hook_in"
-DEFAULT_OUTPUT_HOOK = "hook_mlp_out"
+DEFAULT_INPUT_HOOK, DEFAULT_OUTPUT_HOOK = DEFAULT_HOOKS  # where the features read and write
 
 
 class TranscoderMismatchError(CircuitAtlasError, ValueError):
@@ -84,6 +84,7 @@ class TranscoderSet(nn.Module):
             raise ValueError(f"topk needs 0 < k <= d_transcoder ({d_transcoder}), got k={k}")
         if n_layers < 1 or d_model < 1 or d_transcoder < 1:
             raise ValueError("n_layers, d_model and d_transcoder must be positive")
+        check_hook_points(feature_input_hook, feature_output_hook)
         self.kind = kind
         self.n_layers = int(n_layers)
         self.d_model = int(d_model)
@@ -414,6 +415,10 @@ def _shape(t: Tensor, want: tuple[int, ...], name: str, path: Path) -> Tensor:
 
 def _load_dir(directory: Path, *, device, dtype) -> TranscoderSet:
     cfg = _read_config(directory)
+    try:  # before reading any weights: an unplaceable hook point is the config's error
+        check_hook_points(cfg.get("feature_input_hook") or DEFAULT_INPUT_HOOK, cfg.get("feature_output_hook") or DEFAULT_OUTPUT_HOOK)
+    except HookPointError as exc:
+        raise HookPointError(f"{directory / CONFIG_NAME}: {exc}") from exc
     model_kind = cfg.get("model_kind")
     plt_files = _layer_files(directory, r"layer_{i}\.safetensors")
     clt_files = _layer_files(directory, r"W_enc_{i}\.safetensors")

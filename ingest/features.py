@@ -168,7 +168,7 @@ def compute_feature_contexts(
     bar = tqdm(total=n_win * (t_len - skip), desc="feature activations", unit="tok", unit_scale=True, disable=not progress)
     for start in range(0, n_win, batch_size):
         batch = torch.from_numpy(windows[start : start + batch_size]).to(lm.device)
-        ins, _ = lm.mlp_io(batch)
+        ins, _ = lm.mlp_io(batch, hooks=(tc.feature_input_hook, tc.feature_output_hook))  # where the features read
         b = batch.shape[0]
         flat = (torch.arange(start, start + b)[:, None] * t_len + torch.arange(skip, t_len)[None, :]).reshape(-1)
         for layer in range(tc.n_layers):
