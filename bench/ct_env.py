@@ -17,6 +17,9 @@ from pathlib import Path
 
 CT_VERSION = "0.5.0"
 TORCH_PIN = "torch==2.13.0"
+# circuit-tracer 0.5.0 on PyPI admits nnsight>=0.6.0, but its nnsight backend imports modules that
+# nnsight 0.7+ dropped; its own repository pins 0.6.1
+NNSIGHT_PIN = "nnsight==0.6.1"
 
 
 def venv_dir() -> Path:
@@ -60,7 +63,7 @@ def ensure_venv(*, quiet: bool = False) -> Path:
             subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, stdout=out)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, TORCH_PIN], check=True, stdout=out)
-        subprocess.run([*pip, f"circuit-tracer=={CT_VERSION}", TORCH_PIN], check=True, stdout=out)
+        subprocess.run([*pip, f"circuit-tracer=={CT_VERSION}", NNSIGHT_PIN, TORCH_PIN], check=True, stdout=out)
         if not is_ready(python):
             raise OSError(f"{root}: circuit-tracer {CT_VERSION} installed but does not import")
     return python
