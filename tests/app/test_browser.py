@@ -142,3 +142,37 @@ def test_every_page_in_chromium(served_app):
             page.screenshot(path=str(ARTIFACTS / "cypher_console_run.png"), full_page=True)
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_console_refuses_a_hidden_file_read_in_chromium(served_app):
+    """Issue 21: in a real browser, a LOAD glued to a digit is refused with the token named (it
+    printed /etc/passwd before), a table function does not kill the server, and a read still runs."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium); browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{served_app}/cypher_console")
+            area = page.locator("textarea").first
+            area.wait_for(timeout=30_000)
+            _settle(page)
+            for statement, token in [
+                ("UNWIND [1] AS x WITH x LIMIT 1LOAD FROM '/etc/passwd' (file_format='csv', header=false, delim=':') RETURN *", "'LOAD'"),
+                ("CALL READ_CSV_SERIAL('/etc/passwd') RETURN *", "'CALL'"),
+            ]:
+                area.fill(statement)
+                page.get_by_role("button", name="Run").click()
+                page.get_by_text("Refused: the console is read-only").first.wait_for(timeout=30_000)
+                _settle(page)
+                body = page.inner_text("body")
+                assert token in body and "root:x:0:0" not in body, statement
+            area.fill("MATCH (p:Prompt) RETURN p.id AS load")
+            page.get_by_role("button", name="Run").click()
+            page.get_by_text("15 rows").first.wait_for(timeout=30_000)
+            _settle(page)
+            _no_exception(page, "cypher_console (refusals)")
+        finally:
+            browser.close()

@@ -148,3 +148,43 @@ def test_ad_hoc_parameters_parse_as_json_within_range():
         parse_params(['m={"k": [9223372036854775808]}'], typed=True)
     with pytest.raises(ReadOnlyViolation, match="'CHECKPOINT' at line 1, column 11"):
         refuse_writes("RETURN 1; CHECKPOINT")
+
+
+def test_the_app_console_refuses_in_one_line_and_still_answers(url, tmp_path, monkeypatch):
+    """The app's Cypher console (Streamlit AppTest on the real page and store): obfuscated
+    statements of the issue are refused with the token named, a secret file is never shown, the
+    store's files do not change, and a read with keywords in its names still runs."""
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the-secret-line:/root:/bin/bash\n")
+    monkeypatch.setenv("CIRCUIT_ATLAS_STORE", url)
+    store_dir = Path(url.removeprefix("embedded:"))
+
+    def tree() -> dict[str, str]:
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+
+    before = tree()
+    page = Path(__file__).resolve().parents[2] / "app" / "pages" / "cypher_console.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    assert not at.exception
+    for statement, token in [
+        (f"UNWIND [1] AS x WITH x LIMIT 1LOAD FROM '{secret}' (file_format='csv', header=false, delim=':') RETURN *", "'LOAD'"),
+        ("MATCH (p:Prompt) //'\rDETACH DELETE p //'", "'DETACH'"),
+        (f"CALL READ_CSV_SERIAL('{secret}') RETURN *", "'CALL'"),
+        ("RETURN 1; CHECKPOINT", "'CHECKPOINT'"),
+        ("MATCH (p:Prompt) RETURN p.id AS id; MATCH (q:Prompt) RETURN q.id AS id", "'MATCH'"),
+    ]:
+        at.text_area(key="cc_text").input(statement)
+        at.button(key="cc_run").click().run()
+        assert not at.exception, statement
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and errors[0].startswith("Refused: the console is read-only.") and token in errors[0], (statement, errors)
+        assert "the-secret-line" not in str([m.value for m in at.markdown]) + str(errors)
+    at.text_area(key="cc_text").input("MATCH (p:Prompt) // DELETE all\r\nRETURN count(p) AS load;")
+    at.button(key="cc_run").click().run()
+    assert not at.error and int(at.dataframe[0].value["load"].iloc[0]) == 2
+    assert tree() == before
