@@ -37,7 +37,7 @@ def ingest_command(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     transcoders: str = typer.Option(..., "--transcoders", "-t", help=TC_HELP),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
-    graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Where graph files go, one folder per graph id (default ~/.circuit-atlas/graphs). Kept: a re-run reuses them."),
+    graphs_dir: Optional[Path] = typer.Option(None, "--graphs-dir", help="Where graph files go, one folder per request key (model, scan, tokens, settings; default ~/.circuit-atlas/graphs). Kept: a re-run reuses them."),
     node_threshold: float = typer.Option(0.8, "--node-threshold", help="Keep nodes up to this share of cumulative influence."),
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Keep edges up to this share of cumulative edge influence."),
     max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", help="Visit at most this many features per prompt, most influential first (default: all)."),

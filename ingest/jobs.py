@@ -19,7 +19,7 @@ from circuit_atlas.errors import CircuitAtlasError
 
 @dataclass(frozen=True)
 class AttributionSettings:
-    """The engine settings of a run; the identity ones go into every graph id."""
+    """The engine settings of a run; the identity ones go into every request key and graph id."""
 
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
@@ -27,7 +27,7 @@ class AttributionSettings:
     batch_size: int = 64
 
     def identity(self) -> dict[str, Any]:
-        """The settings as ``engine.attribution.attribute`` records them for ``graph_id``
+        """The settings as ``engine.attribution.attribute`` records them for ``request_key``
         (pruned, default logit targets)."""
         return {
             "node_threshold": float(self.node_threshold),
@@ -38,10 +38,14 @@ class AttributionSettings:
         }
 
 
-def expected_graph_id(model_id: str, scan: str, token_ids: list[int], settings: AttributionSettings) -> str:
-    """The id the engine will give this prompt's graph: known before attributing, so prompts
-    already stored or already written as graph files are skipped without any model work."""
-    return gf.graph_id(model_id, scan, token_ids, settings.identity())
+def request_key(model_id: str, scan: str, token_ids: list[int], settings: AttributionSettings) -> str:
+    """The prompt's request key (``graph_files.request_key``): known before attributing, so
+    prompts already stored or already written as graph files are skipped without model work.
+    (The graph id also hashes the graph's content, so it is known only afterwards.)"""
+    return gf.request_key(model_id, scan, token_ids, settings.identity())
+
+
+expected_graph_id = request_key  # the older name; it always meant "what a re-run can skip by"
 
 
 @dataclass
@@ -51,7 +55,7 @@ class AttributionJob:
     external_id: str | None
     text: str
     token_ids: list[int]
-    graph_id: str  # expected id
+    request_key: str  # gf.request_key of this prompt and run (the graph id is known only after attributing)
     prompt_props: dict[str, Any] = field(default_factory=dict)
 
 

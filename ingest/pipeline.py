@@ -4,9 +4,11 @@
 finishes the rest with exact counts and no duplicates:
 
 1. read and validate every row (``ingest.prompts``); bad rows go to the failures file;
-2. tokenize and compute each prompt's graph id *before* any model work
-   (``jobs.expected_graph_id``): prompts already in the store are skipped, prompts whose graph
-   file already exists in the graphs directory (from a killed run) are loaded, not recomputed;
+2. tokenize and compute each prompt's request key *before* any model work (``jobs.request_key``:
+   model, scan, token ids, settings; a graph id also hashes the graph's content, so it is only
+   known afterwards): prompts whose request key a stored Prompt has (recomputed from its model,
+   scan, token_ids and settings columns) are skipped, prompts whose graph file already exists in
+   the graphs directory (from a killed run; one folder per request key) are loaded, not recomputed;
 3. attribute the rest (``scaleout``: in this process, a local process pool or Ray actors);
 4. write each graph file atomically (``GraphFile.save``: temp directory renamed into place);
 5. bulk-load graph files into the store in batches on a loader thread, so batch k loads while
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from circuit_atlas.engine import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.ingest.jobs import AttributionJob, AttributionSettings, JobResult, expected_graph_id
+from circuit_atlas.ingest.jobs import AttributionJob, AttributionSettings, JobResult, request_key
 from circuit_atlas.ingest.prompts import FailureLog, PromptRow, RowFailure, iter_prompt_rows, validate_tokens
 from circuit_atlas.ingest.scaleout import ModelSpec, make_attributor
 from circuit_atlas.paths import home
@@ -159,6 +161,11 @@ def _clean_partial(graphs_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _meta_request_key(meta: dict[str, Any]) -> str:
+    return gf.request_key(str(meta.get("model")), str(meta.get("scan")), list(meta.get("token_ids") or []),
+                          meta.get("settings") or {})
+
+
 def _graph_meta(path: Path) -> dict[str, Any] | None:
     """meta.json of a finished graph directory, or None if it is not one (or unreadable)."""
     if not gf.is_graph_dir(path):
@@ -167,6 +174,25 @@ def _graph_meta(path: Path) -> dict[str, Any] | None:
         return json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+_STORED_REQUESTS = "MATCH (p:Prompt) RETURN p.model AS model, p.scan AS scan, p.token_ids AS token_ids, p.settings AS settings"
+
+
+def stored_request_keys(store: Any) -> set[str]:
+    """The request keys of every stored prompt, recomputed from its columns (no schema change:
+    the Prompt keeps model, scan, token_ids and its settings as JSON)."""
+    df = store.read(_STORED_REQUESTS)
+    keys = set()
+    for model, scan, token_ids, settings in zip(df.get("model", []), df.get("scan", []), df.get("token_ids", []),
+                                                 df.get("settings", [])):
+        try:
+            s = json.loads(settings) if isinstance(settings, str) and settings else {}
+        except json.JSONDecodeError:
+            s = {}
+        ids = [] if token_ids is None else [int(t) for t in list(token_ids)]
+        keys.add(gf.request_key(str(model), str(scan), ids, s if isinstance(s, dict) else {}))
+    return keys
 
 
 def _props(row: PromptRow, corpus_name: str, extra_tags: Sequence[str]) -> dict[str, Any]:
@@ -234,7 +260,7 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
          tags: Sequence[str], progress: bool, field_name: str, load_batch: int, model_spec: ModelSpec | None,
          ray_address: str | None) -> IngestSummary:
     # 1-2: read, validate, tokenize, identify; decide skip / reuse / compute
-    present = store.prompt_ids()
+    present = stored_request_keys(store)
     seen: dict[str, int] = {}
     reuse: list[tuple[str, Path, dict]] = []
     jobs: list[AttributionJob] = []
@@ -248,22 +274,22 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
             summary.failed += 1
             log.add(item)
             continue
-        gid = expected_graph_id(lm.model_id, tc.scan, item.token_ids or [], settings)
-        if gid in seen:
+        key = request_key(lm.model_id, tc.scan, item.token_ids or [], settings)
+        if key in seen:
             summary.skipped += 1
             summary.skipped_duplicate += 1
             continue
-        seen[gid] = item.row
-        if gid in present:
+        seen[key] = item.row
+        if key in present:
             summary.skipped += 1
             summary.skipped_present += 1
             continue
-        meta = _graph_meta(gdir / gid)
-        if meta is not None and meta.get("graph_id") == gid:
-            reuse.append((gid, gdir / gid, meta))
+        meta = _graph_meta(gdir / key)
+        if meta is not None and _meta_request_key(meta) == key:
+            reuse.append((str(meta.get("graph_id")), gdir / key, meta))
             continue
         jobs.append(AttributionJob(index=len(jobs), row=item.row, external_id=item.external_id, text=item.text,
-                                   token_ids=list(item.token_ids or []), graph_id=gid,
+                                   token_ids=list(item.token_ids or []), request_key=key,
                                    prompt_props=_props(item, corpus_name, tags)))
     rows_bar.close()
 
@@ -336,11 +362,11 @@ def _accept(result: JobResult, gdir: Path, log: FailureLog, scores: dict[str, tu
         log.add(RowFailure(row=job.row, id=job.external_id, reason=result.error or "attribution failed", raw=job.text))
         return None
     graph = result.graph
-    if graph.graph_id != job.graph_id:
-        # The engine named the graph differently than predicted: still correct (the store keys on
-        # the real id), but a re-run could not skip it before attributing. Keep the real id.
-        graph.meta.setdefault("ingest_warnings", []).append(f"expected graph id {job.graph_id}")
-    path = graph.save(gdir / graph.graph_id)
+    if _meta_request_key(graph.meta) != job.request_key:
+        # The engine recorded other settings than predicted: the graph is still right, but a
+        # re-run could not skip it before attributing. Said where a later reader finds it.
+        graph.meta.setdefault("ingest_warnings", []).append(f"expected request key {job.request_key}")
+    path = graph.save(gdir / job.request_key)  # one folder per request: a killed run's graph is found again
     sc = graph.meta.get("scores") or {}
     scores[graph.graph_id] = (sc.get("replacement_score"), sc.get("completeness_score"))
     return path

@@ -16,7 +16,7 @@ import pytest
 from ingest_helpers import assert_close, store_state
 
 from circuit_atlas.engine import graph_files as gf
-from circuit_atlas.ingest.jobs import AttributionSettings, expected_graph_id
+from circuit_atlas.ingest.jobs import AttributionSettings, request_key
 from circuit_atlas.ingest.pipeline import ingest_corpus
 from circuit_atlas.ingest.prompts import PromptRowError, read_failures
 from circuit_atlas.store import open_store
@@ -62,11 +62,17 @@ def test_corpus_of_20_prompts_into_the_store(tmp_path, tiny):
                                 **SETTINGS)
     assert (summary.rows, summary.succeeded, summary.skipped, summary.failed) == (20, 20, 0, 0)
     assert summary.computed == 20 and summary.reused == 0
-    graphs = [gf.GraphFile.load(d) for d in sorted(gdir.iterdir()) if gf.is_graph_dir(d)]
+    dirs = [d for d in sorted(gdir.iterdir()) if gf.is_graph_dir(d)]
+    graphs = [gf.GraphFile.load(d) for d in dirs]
     assert len(graphs) == 20
     settings = AttributionSettings(SETTINGS["node_threshold"], SETTINGS["edge_threshold"], None, SETTINGS["batch_size"])
-    for g in graphs:  # the id predicted before attributing is the engine's
-        assert g.graph_id == expected_graph_id(lm.model_id, tc.scan, g.meta["token_ids"], settings)
+    for d, g in zip(dirs, graphs):  # the request key predicted before attributing names the folder
+        key = request_key(lm.model_id, tc.scan, g.meta["token_ids"], settings)
+        assert d.name == key == gf.request_key(g.meta["model"], g.meta["scan"], g.meta["token_ids"], g.meta["settings"])
+        # the graph id hashes the content too: the same request with other edges is another graph
+        assert g.graph_id == gf.graph_id(g.meta["model"], g.meta["scan"], g.meta["token_ids"], g.meta["settings"], g.nodes, g.edges)
+        assert g.graph_id != gf.graph_id(g.meta["model"], g.meta["scan"], g.meta["token_ids"], g.meta["settings"], g.nodes,
+                                         g.edges.assign(weight=g.edges["weight"] * 2))
     n_feat = sum(int((g.nodes["type"] == "feature").sum()) for g in graphs)
     n_nodes = sum(len(g.nodes) for g in graphs)
     n_edges = sum(len(g.edges) for g in graphs)
