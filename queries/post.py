@@ -436,3 +436,15 @@ def untrusted_graphs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df = _str(df, ["prompt_id", "text", "grp"]).rename(columns={"grp": "group"})
     df = df.sort_values(["error_share", "replacement_score", "prompt_id"], ascending=[False, True, True])
     return df.head(params["limit"])
+
+
+def prompt_texts(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    df = frames["main"].copy()
+    if df.empty:
+        return _empty(["text"])
+    df = _num(df, ["graphs"], "int")
+    df = df[df["graphs"] >= params["min_graphs"]].copy()
+    df["graph_ids"] = df["graph_ids"].map(_ids)
+    df["scans"] = df["scans"].map(_ids)
+    df = _str(df, ["text"]).sort_values(["graphs", "text"], ascending=[False, True])
+    return df.head(params["limit"])
