@@ -708,8 +708,9 @@ def attribute(
         "prompt_props": dict(prompt_props or {}),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if described:
-        meta["custom_targets"] = described
+    if described:  # with the vectors, which head loadings and re-runs need (settings keep the digest)
+        vectors = raw.logits.vectors.float().cpu().tolist()  # type: ignore[union-attr]
+        meta["custom_targets"] = [{**d, "vector": v} for d, v in zip(described, vectors)]
     return gf.GraphFile(meta=meta, nodes=nodes, edges=edges)
 
 

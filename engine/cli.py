@@ -10,6 +10,7 @@ _MODULES = (
     "circuit_atlas.engine.attribute_cli",  # attribute
     "circuit_atlas.engine.train_cli",  # train, evaluate-transcoders
     "circuit_atlas.engine.intervene_cli",  # intervene, validate-circuit
+    "circuit_atlas.engine.heads_cli",  # heads
 )
 
 

@@ -113,7 +113,10 @@ def test_custom_targets_are_logit_nodes_in_graph_files(tmp_path) -> None:
     assert float(logits.loc["my dir", "prob"]) == 2.0
     assert graph.meta["logit_tokens"][str(tid)] == "my dir"
     assert [c["label"] for c in graph.meta["custom_targets"]] == ["logit(c)-logit(e)", "my dir"]
-    assert graph.meta["settings"]["logit_targets"] == graph.meta["custom_targets"]
+    assert graph.meta["settings"]["logit_targets"] == [
+        {k: v for k, v in c.items() if k != "vector"} for c in graph.meta["custom_targets"]
+    ]
+    assert np.allclose(graph.meta["custom_targets"][1]["vector"], vec.numpy())
     assert len(graph.edges[graph.edges["target"] == logits.loc["my dir", "node_id"]]) > 0
     again = GraphFile.load(graph.save(tmp_path / "g"))
     assert again.nodes[again.nodes["type"] == "logit"]["label"].tolist() == graph.nodes[graph.nodes["type"] == "logit"]["label"].tolist()
