@@ -15,6 +15,7 @@
 //   min_prompts: {type: int, default: 2, min: 2, help: "least prompts (both sides together) for a row"}
 //   alpha: {type: float, default: 0.5, help: "additive smoothing of the log-odds"}
 //   kind: {type: str, default: "", help: "'feature' or 'edge' rows only ('' = both; 'feature' skips the edge statement)"}
+//   enriched: {type: str, default: a, help: "which side's enriched rows come first: 'a' (highest log-odds first) or 'b' (lowest first); the limit cuts after this order, so each side gets its own top rows"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   kind: feature | edge
@@ -33,6 +34,7 @@
 // examples:
 //   - circuit-atlas query contrastive --param a=capitals
 //   - circuit-atlas query contrastive --param field=correct --param a=true --param b=false
+//   - circuit-atlas query contrastive --param a=capitals --param enriched=b
 // @part features
 MATCH (f:Feature)
 WHERE f.prompts >= 2 AND f.prompts >= $min_prompts  // the literal lets LadybugDB skip the chunks of one-off features

@@ -235,6 +235,8 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError("query 'contrastive': parameter 'alpha' must be positive")
     if params["kind"] not in ("", "feature", "edge"):
         raise QueryError(f"query 'contrastive': parameter 'kind' must be feature or edge ('' = both), not {params['kind']!r}")
+    if params["enriched"] not in ("a", "b"):
+        raise QueryError(f"query 'contrastive': parameter 'enriched' must be a or b, not {params['enriched']!r}")
     n_a, n_b = len(params.get("ids_a") or []), len(params.get("ids_b") or [])  # the sides, from let_sides
     if n_a == 0:
         raise QueryError(f"query 'contrastive': no prompt has {params['field']} = {params['a']!r}")
@@ -263,7 +265,10 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df["freq_b"] = df["count_b"] / n_b if n_b else 0.0
     df["log_odds"] = _log_odds(df["count_a"], n_a, df["count_b"], n_b, params["alpha"])
     df = _str(df, ["kind", "key", "source_key", "target_key", "label"])
-    df = df.sort_values(["log_odds", "count_a", "kind", "key"], ascending=[False, False, False, True])
+    if params["enriched"] == "a":
+        df = df.sort_values(["log_odds", "count_a", "kind", "key"], ascending=[False, False, False, True])
+    else:  # side B's rows first, with A's and B's columns unchanged (count_a stays A's count)
+        df = df.sort_values(["log_odds", "count_b", "kind", "key"], ascending=[True, False, False, True])
     return df.head(params["limit"])
 
 

@@ -25,9 +25,12 @@ def _values(prompts: pd.DataFrame, field: str) -> list[str]:
     return sorted(vals.unique().tolist())
 
 
-def _run(field: str, a: str, b: str, min_prompts: int, limit: int, kind: str) -> pd.DataFrame:
+def _run(field: str, a: str, b: str, min_prompts: int, limit: int, kind: str, enriched: str) -> pd.DataFrame:
+    """One side's top rows: the same A/B split (columns keep their meaning: count_a is A's count),
+    ordered for side `enriched`, so the limit never cuts one side away."""
     rows = "" if kind == "both" else kind  # only the rows shown: edge rows cost most of the query
-    return data.query("contrastive", {"field": field, "a": a, "b": b, "min_prompts": min_prompts, "limit": limit, "kind": rows})
+    return data.query("contrastive", {"field": field, "a": a, "b": b, "min_prompts": min_prompts, "limit": limit,
+                                      "kind": rows, "enriched": enriched})
 
 
 def main() -> None:
@@ -48,8 +51,8 @@ def main() -> None:
     limit = int(c5.number_input("Rows per side", 5, 1000, 30, key="cg_limit"))
     kind = c6.radio("Show", ["feature", "edge", "both"], horizontal=True, key="cg_kind")
     try:
-        ab = _run(field, a, b, min_prompts, limit, kind)
-        ba = _run(field, b, a, min_prompts, limit, kind) if b else pd.DataFrame(columns=ab.columns)
+        ab = _run(field, a, b, min_prompts, limit, kind, "a")
+        ba = _run(field, a, b, min_prompts, limit, kind, "b")
     except QueryError as exc:
         st.error(str(exc))
         return
@@ -59,7 +62,7 @@ def main() -> None:
     st.caption(f"A = {field} '{a}'" + (f" ({n_a} prompts)" if n_a else "") + f" · B = {b_choice} · "
                "log-odds > 0: enriched in A. Edge rows need the LINKS layer.")
     side_a = ab[ab["log_odds"] > 0].assign(side="A")
-    side_b = (ba[ba["log_odds"] > 0].assign(log_odds=lambda d: -d["log_odds"]) if b else ab[ab["log_odds"] < 0]).assign(side="B")
+    side_b = ba[ba["log_odds"] < 0].assign(side="B")
     ranked = pd.concat([side_a, side_b], ignore_index=True).sort_values("log_odds", ascending=False)
     if ranked.empty:
         st.info("Nothing differs between the two sides at these settings.")
@@ -72,19 +75,25 @@ def main() -> None:
                  height=max(300, 22 * len(plot)), hover_data=["count_a", "count_b", "freq_a", "freq_b"])
     fig.update_layout(yaxis_title="", margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="cg_plot")
-    left, right = st.columns(2)
-    cols = ["kind", "source_key", "target_key", "label", "count_a", "count_b", "freq_a", "freq_b", "log_odds"]
+    # one table under the other at full width: side by side, the score and count columns were cut off
+    cols = ["source_key", "target_key", "label", "log_odds", "count_a", "count_b", "freq_a", "freq_b", "kind"]
     if kind == "feature":
         cols.remove("target_key")
-    for col, side, title in ((left, "A", f"Enriched in A ({a})"), (right, "B", f"Enriched in B ({b_choice})")):
+    if kind != "both":
+        cols.remove("kind")
+    config_extra = {"log_odds": st.column_config.NumberColumn("log-odds (A over B)", format="%.2f"),
+                    "count_a": st.column_config.NumberColumn("prompts in A"), "count_b": st.column_config.NumberColumn("prompts in B"),
+                    "freq_a": st.column_config.NumberColumn("freq A", format="%.2f"),
+                    "freq_b": st.column_config.NumberColumn("freq B", format="%.2f")}
+    for side, title in (("A", f"Enriched in A ({a})"), ("B", f"Enriched in B ({b_choice})")):
         part = ranked[ranked["side"] == side].sort_values("log_odds", ascending=(side == "B"))[cols]
         shown, config = data.linkify(part)
-        with col:
-            st.subheader(title)
-            if part.empty:
-                st.caption("None.")
-            else:
-                st.dataframe(shown, hide_index=True, column_config=config, key=f"cg_table_{side}")
+        st.subheader(title)
+        if part.empty:
+            st.caption("None at these settings.")
+        else:
+            st.dataframe(shown, hide_index=True, column_config={**config_extra, **config}, key=f"cg_table_{side}",
+                         width="stretch")
 
 
 try:

@@ -156,6 +156,23 @@ def test_compare_groups_ranks_each_sides_features(store_url):
         assert odds[P.key("H")] < min(odds[P.key(n)] for n in ("A", "B", "C"))
 
 
+def test_compare_groups_side_b_is_not_cut_by_side_as_rows(store_url):
+    """Against every other prompt, with fewer rows per side than A has, B's table still lists the
+    opposites' features, and its count columns are A's and B's counts (not swapped)."""
+    at = ok(page("compare_groups").run())
+    ok(at.number_input(key="cg_limit").set_value(5).run())
+    side_a, side_b = at.dataframe[0].value, at.dataframe[1].value
+    assert {P.key(n) for n in ("A", "B", "C")} <= set(keys_in(side_a["source_key"]))
+    assert {P.key(n) for n in ("D", "E")} <= set(keys_in(side_b["source_key"]))
+    assert (side_b["log_odds"] < 0).all()
+    rows = dict(zip(keys_in(side_b["source_key"]), zip(side_b["count_a"], side_b["count_b"])))
+    assert rows[P.key("D")] == (0, 6) and rows[P.key("E")] == (0, 6)  # 0 capitals, 6 of the 8 others
+    ok(at.selectbox(key="cg_b_group").select("opposites").run())
+    side_b = at.dataframe[1].value
+    rows = dict(zip(keys_in(side_b["source_key"]), zip(side_b["count_a"], side_b["count_b"])))
+    assert rows[P.key("D")] == (0, 6) and rows[P.key("E")] == (0, 6)  # 0 capitals, 6 opposites
+
+
 def test_cypher_console_reads_and_refuses_writes(store_url):
     at = ok(page("cypher_console").run())
     at.text_area(key="cc_text").input("MATCH (p:Prompt) RETURN p.id AS id, p.prompt_group AS grp")

@@ -180,6 +180,24 @@ def test_contrastive(store, planted):
 
 
 
+def test_contrastive_enriched_b_puts_side_bs_rows_first_with_the_same_columns(store, planted):
+    """Side B's top rows must survive a limit smaller than side A's row count (the app's B table
+    read "None." when A's rows filled the limit), and count_a stays A's count."""
+    full = run_query(store, "contrastive", {"a": "capitals", "min_prompts": MIN, "limit": 100_000, "kind": "feature"})
+    n_a_rows = int((full.log_odds > 0).sum())
+    assert n_a_rows >= 3
+    top_a = run_query(store, "contrastive", {"a": "capitals", "min_prompts": MIN, "limit": n_a_rows, "kind": "feature"})
+    assert (top_a.log_odds > 0).all()  # the limit is used up by side A
+    top_b = run_query(store, "contrastive", {"a": "capitals", "min_prompts": MIN, "limit": 2, "kind": "feature",
+                                             "enriched": "b"})
+    assert set(top_b["key"]) == {key(D), key(E)} and (top_b.log_odds < 0).all()
+    assert set(top_b["count_a"]) == {0} and set(top_b["count_b"]) == {6}  # A's and B's counts, not swapped
+    expect = full.sort_values(["log_odds", "count_b", "key"], ascending=[True, False, True]).head(2)
+    assert _normal(top_b) == _normal(expect)
+    with pytest.raises(QueryError, match="enriched"):
+        run_query(store, "contrastive", {"a": "capitals", "enriched": "c"})
+
+
 def test_contrastive_kind_keeps_one_kind_of_row(store, planted):
     both = run_query(store, "contrastive", {"a": "capitals", "min_prompts": 2, "limit": 10_000})
     for kind in ("feature", "edge"):
