@@ -51,6 +51,13 @@ class BoltStore(Store):
         self.database = os.environ.get("NEO4J_DATABASE") or None
         user = os.environ.get("NEO4J_USER", "neo4j")
         password = os.environ.get("NEO4J_PASSWORD", "")
+        if not read_only:  # a deployment may serve reads as a reader account and write as another
+            if os.environ.get("NEO4J_WRITE_USER") and os.environ.get("NEO4J_WRITE_PASSWORD"):
+                user, password = os.environ["NEO4J_WRITE_USER"], os.environ["NEO4J_WRITE_PASSWORD"]
+            elif os.environ.get("NEO4J_READER_ONLY", "").strip().lower() in ("1", "true", "yes"):
+                raise StoreError(f"{url}: writes are disabled here: the account {user!r} is read-only "
+                                 "(NEO4J_READER_ONLY); set NEO4J_WRITE_USER and NEO4J_WRITE_PASSWORD to a writer "
+                                 "account to save labels and supernodes")
         try:
             self._driver = neo4j.GraphDatabase.driver(url, auth=(user, password))
             self._driver.verify_connectivity()
