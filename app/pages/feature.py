@@ -1,5 +1,10 @@
-"""Feature: search a feature by key or label; its top-activating contexts, activations, logit
-effects, the prompts where it is active, its recurring partners; and an editable label."""
+"""Feature: search a feature by key, label, context text or the tokens it fires on; its
+top-activating contexts, activations, logit effects, the prompts where it is active, its
+recurring partners; and an editable label.
+
+Contexts are shown as escaped HTML, never as Markdown: text from a corpus holds backticks,
+underscores and asterisks that Markdown would turn into code spans and italics, and a token that
+is only whitespace must still be seen."""
 
 from __future__ import annotations
 
@@ -12,10 +17,20 @@ import streamlit as st
 
 from circuit_atlas.app import data
 
-SEARCH = (
-    "MATCH (f:Feature) WHERE f.key = $q OR f.key STARTS WITH $q OR f.label CONTAINS $q "
+SEARCH = (  # key or key prefix, label, stored contexts (their text and tokens), case-insensitive
+    "MATCH (f:Feature) WHERE f.key = $q OR f.key STARTS WITH $q OR toLower(f.label) CONTAINS $lq "
+    "OR toLower(f.contexts) CONTAINS $lq "
     "RETURN f.key AS key, f.label AS label, f.layer AS layer LIMIT 200"
 )
+# features active on a stored prompt's token that contains the words (what a researcher means by
+# "the features on ' capital'")
+SEARCH_TOKENS = (
+    "MATCH (e:Embedding) WHERE toLower(e.token) CONTAINS $lq "
+    "WITH e.prompt_id AS pid, e.pos AS pos "
+    "MATCH (a:Active) WHERE a.prompt_id = pid AND a.pos = pos "
+    "RETURN a.feature_key AS key, count(*) AS hits ORDER BY hits DESC, key LIMIT 200"
+)
+WHITESPACE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
 INFO = (
     "MATCH (f:Feature) WHERE f.key = $key RETURN f.key AS key, f.label AS label, f.layer AS layer, "
     "f.`index` AS idx, f.scan AS scan, f.frequency AS frequency, f.max_activation AS max_activation, "
@@ -23,9 +38,27 @@ INFO = (
 )
 
 
+def visible(token: str) -> str:
+    """A token as text a reader can see: whitespace-only tokens spelled with visible marks
+    (space, newline, tab), line breaks inside others shown as a mark so a context stays one line."""
+    if token and not token.strip():
+        return "".join(WHITESPACE.get(ch, ch) for ch in token)
+    return token.replace("\r", "").replace("\n", WHITESPACE["\n"])
+
+
 def _highlight(left: str, token: str, right: str) -> str:
-    return (f"{html.escape(left)}<mark style='background:#ffd54f'><b>{html.escape(token)}</b></mark>"
-            f"{html.escape(right)}")
+    """One context as HTML: everything escaped, the active token marked and made visible."""
+    return (f"{html.escape(visible(left) if left.strip() else left)}"
+            f"<mark style='background:#ffd54f'><b>{html.escape(visible(token))}</b></mark>"
+            f"{html.escape(visible(right) if right.strip() else right)}")
+
+
+def _show(rows: list[tuple[float, str]]) -> None:
+    """Contexts (activation, escaped HTML) as one block rendered as HTML, not Markdown."""
+    lines = "".join(
+        f"<div style='margin:2px 0;white-space:pre-wrap;font-family:sans-serif'>"
+        f"<code style='margin-right:0.6em'>{act:.3g}</code>{text}</div>" for act, text in rows)
+    st.html(f"<div class='ft-contexts'>{lines}</div>")
 
 
 def _contexts(info: dict, occ: pd.DataFrame, prompts: pd.DataFrame) -> None:
@@ -38,20 +71,21 @@ def _contexts(info: dict, occ: pd.DataFrame, prompts: pd.DataFrame) -> None:
         ctx = []
     if ctx:
         st.caption("Top-activating contexts from the feature-context corpus.")
-        for c in ctx[:20]:
-            st.markdown(f"`{c.get('activation', 0):.3g}` &nbsp; " + _highlight(c.get("left", ""), c.get("token", ""),
-                        c.get("right", "")), unsafe_allow_html=True)
+        _show([(float(c.get("activation", 0)), _highlight(str(c.get("left", "")), str(c.get("token", "")),
+                                                          str(c.get("right", "")))) for c in ctx[:20]])
         return
     st.caption("No stored contexts (run `circuit-atlas features`); the prompts where it is most active:")
     toks = dict(zip(prompts["prompt_id"], prompts["tokens"]))
+    rows = []
     for r in occ.sort_values("activation", ascending=False).head(20).itertuples():
         tokens = [str(t) for t in (toks.get(r.prompt_id) if toks.get(r.prompt_id) is not None else [])]
         p = int(r.pos)
         if 0 <= p < len(tokens):
             text = _highlight("".join(tokens[:p]), tokens[p], "".join(tokens[p + 1:]))
         else:
-            text = html.escape(str(r.token))
-        st.markdown(f"`{r.activation:.3g}` &nbsp; {text}", unsafe_allow_html=True)
+            text = html.escape(visible(str(r.token)))
+        rows.append((float(r.activation), text))
+    _show(rows)
 
 
 def _logit_effects(info: dict, logits: pd.DataFrame) -> None:
@@ -78,8 +112,8 @@ def _pick_key() -> str | None:
     if wanted and st.session_state.get("_ft_from_url") != wanted:
         st.session_state["ft_search"] = wanted
         st.session_state["_ft_from_url"] = wanted
-    q = st.text_input("Search by feature key or label", key="ft_search",
-                      placeholder="scan:layer:index, a key prefix, or words of a label")
+    q = st.text_input("Search features", key="ft_search",
+                      placeholder="scan:layer:index, a key prefix, words of a label or a context, or a token it fires on")
     if not q.strip():
         hubs = data.query("hubs", {"by": "prompts", "min_prompts": 1, "limit": 50})
         if hubs.empty:
@@ -88,16 +122,31 @@ def _pick_key() -> str | None:
         options = hubs["key"].tolist()
         labels = dict(zip(hubs["key"], hubs["label"]))
     else:
-        found = data.read(SEARCH, {"q": q.strip()})
+        found = _search(q.strip())
         if found.empty:
             st.warning(f"No feature matches '{q.strip()}'.")
             return None
-        found = found.sort_values(["layer", "key"])
         exact = found[found["key"] == q.strip()]
         options = exact["key"].tolist() + [k for k in found["key"] if k != q.strip()]
         labels = dict(zip(found["key"], found["label"]))
     return st.selectbox("Feature", options, key=f"ft_pick_{q.strip()}",
                         format_func=lambda k: f"{k} — {labels.get(k)}" if isinstance(labels.get(k), str) and labels.get(k) else k)
+
+
+def _search(q: str) -> pd.DataFrame:
+    """Features whose key, label or stored contexts match, then those active on a stored prompt's
+    token containing the words (most occurrences first)."""
+    lq = q.lower()
+    found = data.read(SEARCH, {"q": q, "lq": lq}).sort_values(["layer", "key"])
+    on_tokens = data.read(SEARCH_TOKENS, {"lq": lq})
+    if not on_tokens.empty:
+        extra = [k for k in on_tokens["key"] if k not in set(found["key"])]
+        if extra:
+            info = data.read("MATCH (f:Feature) WHERE f.key IN $keys RETURN f.key AS key, f.label AS label, "
+                             "f.layer AS layer", {"keys": extra})
+            order = {k: i for i, k in enumerate(extra)}  # most occurrences first
+            found = pd.concat([found, info.sort_values("key", key=lambda c: c.map(order))], ignore_index=True)
+    return found
 
 
 def main() -> None:
@@ -156,6 +205,7 @@ def main() -> None:
     table = occ[["prompt_id", "pos", "token", "activation", "influence"]].copy()
     table.insert(0, "open", [data.link("prompt_graph", prompt=p) for p in table["prompt_id"]])
     table.insert(2, "text", table["prompt_id"].map(texts))
+    table["token"] = [visible(str(t)) for t in table["token"]]
     st.dataframe(table, hide_index=True, column_config={"open": st.column_config.LinkColumn("open", display_text="graph")})
 
     a, b = st.columns(2)

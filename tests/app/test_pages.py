@@ -118,12 +118,46 @@ def test_feature_page_profiles_and_relabels(writable_store_url, planted):
     assert len(occurrences) == 7 and set(occurrences["token"]) == {" is"}
     assert {P.key(n) for n in ("A", "B", "S1", "S2")} <= set(upstream["key"])
     assert any(c.value.startswith("None") for c in at.caption)  # C feeds no feature downstream
-    assert any("<mark" in m.value and "capital of France" in m.value for m in at.markdown)
+    html_blocks = [h.proto.body for h in at.get("html")]
+    assert any("<mark" in b and "capital of France" in b for b in html_blocks)
     at.text_input(key=f"ft_label_{key}").input("says Paris")
     ok(at.button[0].click().run())
     assert any(f"Label of {key} saved: 'says Paris'" in s.value for s in at.success)
     ok(at.text_input(key="ft_search").input("says Par").run())
     assert at.header[0].value == key
+
+
+def test_feature_contexts_are_escaped_text_with_whitespace_tokens_visible(writable_store_url, planted):
+    """Corpus text full of Markdown (backticks, underscores, asterisks, HTML) is shown as it is, the
+    active token highlighted, a whitespace-only token as visible marks; search finds a feature by
+    the text of its contexts and by the token it fires on in the stored prompts."""
+    import json
+
+    import pandas as pd
+
+    from circuit_atlas.store import open_store
+
+    key = P.key("D")
+    contexts = [{"activation": 2.5, "left": "see `code_span` and *stars* <b>x</b> __init__", "token": " ",
+                 "right": "then_more_text"},
+                {"activation": 1.5, "left": "zebra crossing", "token": "\n", "right": " next line"}]
+    layer, index = int(key.split(":")[1]), int(key.split(":")[2])
+    with open_store(writable_store_url) as s:
+        s.write_feature_info(pd.DataFrame([{"key": key, "scan": P.SCAN, "layer": layer, "index": index, "frequency": 0.1,
+                                            "max_activation": 2.5, "contexts": json.dumps(contexts), "logit_effects": None}]))
+    at = page("feature")
+    at.query_params["key"] = key
+    ok(at.run())
+    body = next(h.proto.body for h in at.get("html") if "ft-contexts" in h.proto.body)
+    assert "see `code_span` and *stars* &lt;b&gt;x&lt;/b&gt; __init__" in body  # literal, escaped, no Markdown
+    assert "<mark style='background:#ffd54f'><b>\u2423</b></mark>then_more_text" in body  # the space token, visible
+    assert "<b>\u21b5</b>" in body  # the newline token, visible
+    assert not any("code_span" in m.value for m in at.markdown)  # nothing went through Markdown
+    ok(at.text_input(key="ft_search").input("ZEBRA cross").run())  # context text, any case
+    assert at.selectbox(key="ft_pick_ZEBRA cross").options[0].startswith(key)
+    ok(at.text_input(key="ft_search").input("capital").run())  # features active on ' capital' in the prompts
+    options = [o.split(" ")[0] for o in at.selectbox(key="ft_pick_capital").options]
+    assert options[0] == P.key("A")  # the planted feature that reads ' capital' in every capitals prompt
 
 
 def test_circuit_search_finds_the_planted_circuits(store_url, planted):
