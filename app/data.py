@@ -1,6 +1,13 @@
 """Store access for the app: one cached read-only connection per store URL, query results
 cached per store version, and short-lived writer connections for user annotations.
 
+Another process may write the store while the app reads it (an ingest, an import). The cached
+reader notices (an embedded store compares its files' size and time before every statement;
+every write changes Meta.write_token) and reopens on what is there now, so pages never show the
+old data as current; while a write is in the middle of a checkpoint, or the derived layer is
+being rebuilt, a page says so and when to retry instead of failing (``NoData`` of kind
+``busy`` / ``stale``).
+
 Pages never speak a database API: they read through ``run_query`` (the query library) or
 ``read`` (a few small statements of their own, read-only), and write only labels and
 supernodes through the store's annotation helpers.
@@ -19,6 +26,7 @@ import streamlit as st
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.store import Store, StoreError, default_url, open_store
+from circuit_atlas.store.base import DerivedLayerStale, StoreBusy
 
 EMPTY_HELP = (
     "Load some attribution graphs first:\n\n"
@@ -26,18 +34,32 @@ EMPTY_HELP = (
     "- `circuit-atlas ingest CORPUS --model M --transcoders T` attributes your prompts into the store, or\n"
     "- `circuit-atlas import PATH` loads graphs you already have (graph directories, Neuronpedia JSON, "
     "circuit-tracer .pt).\n\n"
-    "An embedded store cannot be written while this app reads it: stop the app, load, and start it again "
-    "(or pick another store with `circuit-atlas app --store URL`)."
+    "You can load while this app runs: the pages show the new graphs on their next run (reload the page); "
+    "while a load is being written they may say so and ask you to retry in a few seconds. "
+    "Pick another store with `circuit-atlas app --store URL`."
 )
 
 
 class NoData(Exception):
-    """The store holds no prompts (an empty state), or cannot be reached (``unreachable``: an
-    error the user must fix, such as a stopped server or wrong credentials)."""
+    """The store holds no prompts (an empty state), cannot be reached (``unreachable``: an
+    error the user must fix, such as a stopped server or wrong credentials), is being written by
+    another process (kind ``busy``: retry shortly) or its derived layer is stale (``stale``)."""
 
-    def __init__(self, message: str, unreachable: bool = False) -> None:
+    def __init__(self, message: str, unreachable: bool = False, kind: str | None = None) -> None:
         super().__init__(message)
-        self.unreachable = unreachable
+        self.kind = kind or ("unreachable" if unreachable else "empty")
+        self.unreachable = self.kind != "empty"
+
+
+@contextmanager
+def _answering() -> Iterator[None]:
+    """A busy store or a stale derived layer as NoData, which every page shows as a message."""
+    try:
+        yield
+    except StoreBusy as exc:
+        raise NoData(str(exc), kind="busy") from exc
+    except DerivedLayerStale as exc:
+        raise NoData(str(exc), kind="stale") from exc
 
 
 def store_url() -> str:
@@ -60,6 +82,8 @@ def get_store(url: str | None = None) -> Store:
             raise NoData(f"There is no store at `{url}` yet.")
     try:
         return _reader(url)
+    except StoreBusy as exc:
+        raise NoData(str(exc), kind="busy") from exc
     except (CircuitAtlasError, OSError, RuntimeError) as exc:
         raise NoData(f"Cannot open the store `{url}`: {exc}", unreachable=True) from exc
 
@@ -67,12 +91,15 @@ def get_store(url: str | None = None) -> Store:
 def version(store: Store) -> str:
     """A token that changes on every write, so cached results stay fresh (falls back to counts)."""
     token = getattr(store, "version_token", None)
-    if token is not None:
-        try:
-            return str(token())
-        except CircuitAtlasError:
-            pass
-    return json.dumps(store.stats(), sort_keys=True, default=str)
+    with _answering():
+        if token is not None:
+            try:
+                return str(token())
+            except StoreBusy:
+                raise
+            except CircuitAtlasError:
+                pass
+        return json.dumps(store.stats(), sort_keys=True, default=str)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -95,18 +122,21 @@ def _cached_stats(url: str, ver: str) -> dict[str, Any]:
 def query(name: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
     """A library query's result, cached per store URL and version."""
     store = get_store()
-    return _cached_query(store.url, version(store), name, dict(params or {}))
+    with _answering():
+        return _cached_query(store.url, version(store), name, dict(params or {}))
 
 
 def read(cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
     """A small read-only statement of the app's own, cached like `query`."""
     store = get_store()
-    return _cached_read(store.url, version(store), cypher, dict(params or {}))
+    with _answering():
+        return _cached_read(store.url, version(store), cypher, dict(params or {}))
 
 
 def stats() -> dict[str, Any]:
     store = get_store()
-    return _cached_stats(store.url, version(store))
+    with _answering():
+        return _cached_stats(store.url, version(store))
 
 
 PROMPTS = (
@@ -142,6 +172,13 @@ def prompt_label(row: pd.Series | dict) -> str:
 
 def empty_state(exc: NoData) -> None:
     """What to do when there is nothing to show, or the store cannot be reached."""
+    if exc.kind == "busy":
+        st.info(str(exc))
+        st.markdown("Another process is writing this store. Reload the page in a few seconds.")
+        return
+    if exc.kind == "stale":
+        st.warning(str(exc))
+        return
     if exc.unreachable:
         st.error(str(exc))
         st.markdown("Check that the server is running and the URL is right (credentials come from `NEO4J_USER` / "

@@ -1,4 +1,5 @@
 // name: contrastive
+// needs: derived
 // description: Features and edges enriched in one prompt group versus another (by group, tag, corpus or correctness), with counts, frequencies and a smoothed log-odds score.
 // uses_links: true
 // notes: >

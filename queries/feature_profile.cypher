@@ -1,4 +1,5 @@
 // name: feature_profile
+// needs: derived
 // description: Where a feature is active (prompts, positions, tokens), activation/influence stats, its recurring upstream and downstream partners, and the logits it feeds.
 // uses_links: true
 // notes: >

@@ -1,4 +1,5 @@
 // name: hubs
+// needs: derived
 // description: Features ranked by total influence, number of prompts, or number of recurring partners.
 // uses_links: true
 // notes: >

@@ -1,4 +1,5 @@
 // name: motifs
+// needs: derived
 // description: "Recurring small motifs among features counted across prompts: feed-forward loops (A->B->C with A->C), fan-in (A->C, B->C) and fan-out (A->B, A->C)."
 // uses_links: true
 // notes: >

@@ -1,4 +1,5 @@
 // name: recurring_edges
+// needs: derived
 // description: Feature->feature edges (through their global features) present in at least min_prompts prompts with |weight| >= min_weight.
 // uses_links: true
 // notes: >

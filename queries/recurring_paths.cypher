@@ -1,4 +1,5 @@
 // name: recurring_paths
+// needs: derived
 // uses_links: true
 // notes: >
 //   Paths are counted in the per-prompt graphs. A path's prompt count is at most the number of

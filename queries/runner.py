@@ -1,7 +1,7 @@
 """The runner of the Cypher library: load `.cypher` files, validate parameters, run read-only.
 
 Every query is one file in this folder. It starts with a header of ``//`` comment lines that
-hold YAML (name, description, params, columns, post, uses_links); the Cypher follows. Text
+hold YAML (name, description, params, columns, post, uses_links, needs); the Cypher follows. Text
 shared by all backends comes first; a line ``// @variant bolt`` (or ``// @variant embedded``)
 starts a replacement text for that backend only, used instead of the shared one there. A line
 ``// @part NAME`` starts another statement of the same query (each runs read-only; the ``post``
@@ -140,6 +140,7 @@ class Query:
     when: dict[str, tuple[str, frozenset[str], bool]] = field(default_factory=dict)  # part -> (param, values, negated)
     post: str | None = None
     uses_links: bool = False
+    needs: tuple[str, ...] = ()  # header `needs: derived`: refuses a store whose derived layer is stale
     notes: str = ""
     examples: list[str] = field(default_factory=list)
     path: Path | None = None
@@ -261,10 +262,32 @@ def parse_query(text: str, path: Path | None = None) -> Query:
         when=when,
         post=meta.get("post"),
         uses_links=bool(meta.get("uses_links", False)),
+        needs=_needs(meta.get("needs"), where),
         notes=str(meta.get("notes", "") or "").strip(),
         examples=[str(e) for e in meta.get("examples", []) or []],
         path=path,
     )
+
+
+NEEDS = ("derived",)  # what a query may declare it needs (`needs:` in its header)
+
+
+def _needs(value: Any, where: str) -> tuple[str, ...]:
+    """The header's `needs:` (one name or a list) checked against NEEDS."""
+    items = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or any(v not in NEEDS for v in items):
+        raise QueryError(f"{where}: 'needs' takes {', '.join(NEEDS)} (one or a list), got {value!r}")
+    return tuple(items)
+
+
+def require_fresh(store: Any, query: Query) -> None:
+    """Refuse (DerivedLayerStale, one line saying what to run) a query that needs the derived
+    layer on a store where it is stale, rather than answer from an out-of-date one."""
+    stale = getattr(store, "derived_stale", None)
+    if "derived" in query.needs and callable(stale) and stale():
+        from circuit_atlas.store.base import DerivedLayerStale, stale_message
+
+        raise DerivedLayerStale(stale_message(getattr(store, "url", "the store"), f"query '{query.name}'"))
 
 
 def column_docs(query: Query) -> dict[str, str]:
@@ -347,6 +370,7 @@ def run_query(store: Any, name: str, params: Mapping[str, Any] | None = None) ->
     query = load_query(name)
     backend = backend_of(store)
     declared = query.validate(params)
+    require_fresh(store, query)
     values = let_values(store, query, declared)
     frames = {}
     for part in (p for p in query.parts if not p.startswith("let_")):

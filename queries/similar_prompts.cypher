@@ -1,4 +1,5 @@
 // name: similar_prompts
+// needs: derived
 // description: Prompts sharing the most features with a given prompt, by weighted Jaccard of their feature activations.
 // notes: >
 //   A prompt's weight for a feature is its largest activation over positions; similarity =

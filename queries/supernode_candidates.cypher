@@ -1,4 +1,5 @@
 // name: supernode_candidates
+// needs: derived
 // description: "Groups of features that co-occur across prompts and feed the same targets: a starting point for supernodes."
 // uses_links: true
 // notes: >

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -47,12 +48,30 @@ class ReadOnlyViolation(StoreError):
     """A write statement was sent down a read-only path (the console, the query runner)."""
 
 
+class StoreBusy(StoreError):
+    """Another process is writing the store right now: retry once it has finished."""
+
+
+class DerivedLayerStale(StoreError):
+    """A query needs the derived layer (LINKS, the recurring features and subgraph), and graphs
+    were written or deleted since it was last built (or a write was interrupted)."""
+
+
+def stale_message(url: str, what: str) -> str:
+    """The one line a query that needs the derived layer prints on a stale store."""
+    return (f"{what} needs the derived layer of {url}, which is stale (graphs were written or deleted since "
+            f"it was built, or a write was interrupted): run `circuit-atlas store rebuild-links --store {url}` "
+            "(or wait for the write in progress to finish)")
+
+
 @dataclass
 class WriteReport:
-    """What a bulk write did: graphs written, graphs skipped as already present, and counts."""
+    """What a bulk write did: graphs written, graphs skipped as already present, graphs refused
+    (directory, one-line reason: the others are still written), and counts."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
     nodes: int = 0
     edges: int = 0
     seconds: float = 0.0
@@ -103,6 +122,36 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- freshness of the derived layer ----------------------------------------------------
+    # Every write that changes the per-prompt graphs marks the derived layer stale in Meta in the
+    # same transaction, and the write command rebuilds it before it returns (rebuild_links marks
+    # it fresh as its last step); a kill in between leaves it marked stale, and the next writer
+    # open rebuilds it. Queries that need it refuse a stale one (queries/runner.py).
+    _defer_derived = 0
+
+    def derived_stale(self) -> bool:
+        """True when Meta says the derived layer is stale (a store written before the mark
+        existed is taken as fresh)."""
+        return False
+
+    @contextmanager
+    def deferred_derived(self) -> Iterator["Store"]:
+        """Writes inside only mark the derived layer stale; it is rebuilt once on leaving (a
+        loader that writes batch after batch rebuilds once, not after every batch). On an
+        exception it stays marked stale, and the next writer open rebuilds it."""
+        self._defer_derived += 1
+        try:
+            yield self
+        finally:
+            self._defer_derived -= 1
+        if not self._defer_derived and self.derived_stale():
+            self.rebuild_links()
+
+    def _refresh_derived(self) -> None:
+        """After a write of per-prompt graphs: rebuild the derived layer unless deferred."""
+        if not self._defer_derived:
+            self.rebuild_links()
 
     def __enter__(self) -> "Store":
         return self

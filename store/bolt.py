@@ -26,7 +26,9 @@ from tqdm import tqdm
 
 from circuit_atlas.store import dialect
 from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
-from circuit_atlas.store.embedded import FEATURE_WEIGHT, feature_weight, read_graph_dir, read_graph_meta
+from circuit_atlas.engine.graph_files import GraphFileError
+from circuit_atlas.store import recovery
+from circuit_atlas.store.embedded import FEATURE_WEIGHT, feature_weight, one_line, read_graph_dir, read_graph_meta
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
               "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key", "RActive": "id"}
@@ -76,6 +78,10 @@ class BoltStore(Store):
             self.init_schema()
             if version is not None and version != SCHEMA_VERSION:
                 self._upgrade(version)
+            elif self.derived_stale():
+                recovery.note(None, f"{url}: the derived layer was left stale (a write was interrupted before it was "
+                                    "rebuilt); rebuilding it now")
+                self.rebuild_links()
 
     # -- low level -------------------------------------------------------------------------
     def _session(self, write: bool):
@@ -145,12 +151,25 @@ class BoltStore(Store):
         return {r["id"] for r in self._run("MATCH (p:Prompt) RETURN p.id AS id", write=False)}
 
     def delete_prompt(self, prompt_id: str) -> bool:
-        rows = self._run("MATCH (p:Prompt {id: $id}) OPTIONAL MATCH (p)-[:HAS]->(n) DETACH DELETE n "
-                         "WITH DISTINCT p DETACH DELETE p RETURN count(p) AS c", {"id": prompt_id})
-        self._run("MATCH (s:Supernode {prompt_id: $id}) DETACH DELETE s", {"id": prompt_id})
-        self._run("MATCH (r:RActive {prompt_id: $id}) DETACH DELETE r", {"id": prompt_id})
-        self._touch()
-        return bool(rows and rows[0]["c"])
+        """The prompt, its nodes, supernodes and derived instances in one transaction (with the
+        stale mark), then the derived layer rebuilt."""
+        if not self._run("MATCH (p:Prompt {id: $id}) RETURN p.id AS id", {"id": prompt_id}, write=False):
+            return False
+
+        def work(tx) -> None:
+            tx.run(STALE, t=uuid.uuid4().hex).consume()
+            tx.run("MATCH (p:Prompt {id: $id}) OPTIONAL MATCH (p)-[:HAS]->(n) DETACH DELETE n "
+                   "WITH DISTINCT p DETACH DELETE p", id=prompt_id).consume()
+            tx.run("MATCH (s:Supernode {prompt_id: $id}) DETACH DELETE s", id=prompt_id).consume()
+            tx.run("MATCH (r:RActive {prompt_id: $id}) DETACH DELETE r", id=prompt_id).consume()
+
+        self._transaction(work, doing=f"deleting prompt {prompt_id}")
+        self._refresh_derived()
+        return True
+
+    def derived_stale(self) -> bool:
+        rows = self._run("MATCH (m:Meta {key: 'schema'}) RETURN m.derived_stale AS s", write=False)
+        return bool(rows and rows[0]["s"])
 
     def read(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         dialect.require_read(cypher)  # one pure read (store/cypher_guard.py), else ReadOnlyViolation
@@ -175,7 +194,8 @@ class BoltStore(Store):
     # -- bulk write ------------------------------------------------------------------------
     def write_graphs(self, graph_dirs: Iterable[str | os.PathLike], progress: bool = False) -> WriteReport:
         """One transaction per prompt; while the server runs one prompt's transaction, a thread
-        reads and prepares the next graph (file reading, validation, parameter lists)."""
+        reads and prepares the next graph (file reading, validation, parameter lists). A bad
+        graph is listed in report.failed and the others are written."""
         if self.read_only:
             raise ReadOnlyViolation(f"{self.url}: store opened read-only")
         t0 = time.perf_counter()
@@ -183,30 +203,45 @@ class BoltStore(Store):
         present = self.prompt_ids()
         todo: list[tuple[str | os.PathLike, dict]] = []
         for d in graph_dirs:
-            meta = read_graph_meta(d)
+            try:
+                meta = read_graph_meta(d)
+            except GraphFileError as exc:
+                report.failed.append((str(d), one_line(exc)))
+                continue
             if meta["graph_id"] in present:
                 report.skipped.append(meta["graph_id"])
                 continue
             present.add(meta["graph_id"])  # a graph listed twice is written once
             todo.append((d, meta))
-        bar = tqdm(total=len(todo) + len(report.skipped), initial=len(report.skipped), desc="loading graphs",
-                   unit="graph", disable=not progress)
+        done = len(report.skipped) + len(report.failed)
+        bar = tqdm(total=len(todo) + done, initial=done, desc="loading graphs", unit="graph", disable=not progress)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bolt-prepare") as pool:
             ahead = [pool.submit(_prepare, d, meta) for d, meta in todo[:PREFETCH]]
             for i in range(len(todo)):
-                prepared = ahead.pop(0).result()
+                future = ahead.pop(0)
                 if i + PREFETCH < len(todo):
                     ahead.append(pool.submit(_prepare, *todo[i + PREFETCH]))
-                self._write_one(prepared)
+                bar.update(1)
+                try:
+                    prepared = future.result()
+                except GraphFileError as exc:
+                    report.failed.append((str(todo[i][0]), one_line(exc)))
+                    continue
+                try:
+                    self._write_one(prepared)
+                except StoreError as exc:
+                    if "connection lost" in str(exc) or isinstance(exc, ReadOnlyViolation):
+                        raise
+                    report.failed.append((str(todo[i][0]), one_line(exc)))
+                    continue
                 report.written.append(prepared.graph_id)
                 report.nodes += prepared.n_nodes
                 report.edges += prepared.n_edges
-                bar.update(1)
             for f in ahead:
                 f.cancel()
         bar.close()
         if report.written:
-            self._touch()
+            self._refresh_derived()
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -239,6 +274,9 @@ class BoltStore(Store):
                          "CREATE (s)-[:EDGE {weight: w}]->(t)")
         parts.append("RETURN count(*) AS c")
         tx.run(" ".join(parts), params).consume()
+        if g.supernodes:  # an import's supernodes, in the graph's own transaction
+            _write_supernodes(tx, g.supernodes)
+        tx.run(STALE, t=uuid.uuid4().hex).consume()
         return g.n_nodes, g.n_edges
 
     def _write_one(self, g: "PreparedGraph") -> tuple[int, int]:
@@ -254,6 +292,7 @@ class BoltStore(Store):
         LINKS is aggregated a chunk of source features (at most LINKS_CHUNK_EDGES of their edges)
         per transaction. Idempotent: a failed rebuild is completed by running it again."""
         m = LINKS_MIN_PROMPTS
+        self._run(STALE, {"t": uuid.uuid4().hex})  # until the last step: a rebuild cut short stays marked stale
         self._delete_chunked("MATCH ()-[x:LINKS]->()", "DELETE x")
         self._delete_chunked("MATCH ()-[x:REDGE]->()", "DELETE x")
         self._delete_chunked("MATCH (x:RActive)", "DETACH DELETE x")
@@ -302,7 +341,7 @@ class BoltStore(Store):
                 "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, "
                 "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c", {"keys": chunk, "m": m})
             n += int(rows[0]["c"]) if rows else 0
-        self._touch()
+        self._run("MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = false, m.write_token = $t", {"t": uuid.uuid4().hex})
         return n
 
     def _delete_chunked(self, match: str, action: str) -> None:
@@ -334,15 +373,10 @@ class BoltStore(Store):
         self._touch()
 
     def write_supernodes(self, supernodes: list[dict]) -> None:
-        for s in supernodes:
-            props = {"key": s["key"], "scan": s.get("scan"), "label": s.get("label"), "method": s.get("method", "user"),
-                     "score": None if s.get("score") is None else float(s["score"]), "prompt_id": s.get("prompt_id"),
-                     "node_ids": [str(x) for x in s.get("node_ids") or []]}
-            self._run("MATCH (s:Supernode {key: $key}) DETACH DELETE s", {"key": s["key"]})
-            self._run("CREATE (s:Supernode) SET s = $p WITH s MATCH (f:Feature) WHERE f.key IN $m "
-                      "CREATE (s)-[:CONTAINS]->(f)",
-                      {"p": {k: v for k, v in props.items() if v is not None}, "m": list(s.get("members") or [])})
-        self._touch()
+        """Create or replace supernodes by key, all in one transaction."""
+        if supernodes:
+            self._transaction(lambda tx: _write_supernodes(tx, supernodes), doing="writing supernodes")
+            self._touch()
 
     def delete_supernodes(self, method: str | None = None, scan: str | None = None) -> int:
         conds, params = ["true"], {}
@@ -357,6 +391,7 @@ class BoltStore(Store):
         return int(n)
 
 
+STALE = "MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = true, m.write_token = $t"
 PREFETCH = 2  # graphs read and prepared ahead of the one being written
 DELETE_CHUNK = 20_000  # derived nodes / relationships deleted per transaction by rebuild_links
 LINKS_CHUNK_EDGES = 20_000  # recurring-subgraph edges whose LINKS are aggregated per transaction
@@ -376,6 +411,18 @@ class PreparedGraph:
     weight: list[float]
     n_nodes: int
     n_edges: int
+    supernodes: list[dict]
+
+
+def _write_supernodes(tx, supernodes: list[dict]) -> None:
+    """Create or replace supernodes by key inside transaction `tx`, each -[:CONTAINS]-> its members."""
+    for s in supernodes:
+        props = {"key": s["key"], "scan": s.get("scan"), "label": s.get("label"), "method": s.get("method", "user"),
+                 "score": None if s.get("score") is None else float(s["score"]), "prompt_id": s.get("prompt_id"),
+                 "node_ids": [str(x) for x in s.get("node_ids") or []]}
+        tx.run("MATCH (s:Supernode {key: $key}) DETACH DELETE s", key=s["key"]).consume()
+        tx.run("CREATE (s:Supernode) SET s = $p WITH s MATCH (f:Feature) WHERE f.key IN $m CREATE (s)-[:CONTAINS]->(f)",
+               p={k: v for k, v in props.items() if v is not None}, m=[str(k) for k in s.get("members") or []]).consume()
 
 
 def _prepare(directory: str | os.PathLike, meta: dict[str, Any]) -> PreparedGraph:
@@ -440,7 +487,7 @@ def _prepare(directory: str | os.PathLike, meta: dict[str, Any]) -> PreparedGrap
     dst = position[g.dst_row.to_numpy(zero_copy_only=False)].tolist() if n_edges else []
     weight = g.edges.column("weight").cast(pa.float64()).to_pylist() if n_edges else []
     return PreparedGraph(pid, _props(prompt), list(feats.values()), list(toks.values()), rows, src, dst, weight,
-                         n_nodes, n_edges)
+                         n_nodes, n_edges, [dict(r) for r in m.get("supernode_records") or []])
 
 
 def _props(d: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def doctor(
     from circuit_atlas.store.connect import default_url
 
     url = store or default_url()
-    with _open(url) as s:
+    with _open(url, read_only=True) as s:  # a check reads: it never creates or changes a store
         st = s.stats()
         typer.echo(f"store: {url} (backend {st['backend']}, schema version {st['schema_version']})")
         typer.echo("counts: " + ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("backend", "url", "schema_version")))
@@ -51,8 +51,8 @@ def stats(
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Counts of every node and relationship type."""
-    with _open(store, read_only=False) as s:
+    """Counts of every node and relationship type (read-only: never creates or changes a store)."""
+    with _open(store, read_only=True) as s:
         st = s.stats()
     typer.echo(json.dumps(st) if as_json else "\n".join(f"{k}: {v}" for k, v in st.items()))
 
@@ -70,10 +70,19 @@ def load(
     graphs: list[Path] = typer.Argument(..., help="Graph directories (nodes.parquet, edges.parquet, meta.json)."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
-    """Bulk-load graph directories; graphs already stored are skipped."""
+    """Bulk-load graph directories; graphs already stored are skipped, bad ones listed (exit 2)
+    after the good ones are written; the derived layer is rebuilt before it returns."""
+    from circuit_atlas.store import StoreError
+
     with _open(store) as s:
         rep = s.write_graphs(graphs, progress=True)
-    typer.echo(f"written {len(rep.written)}, skipped {len(rep.skipped)}, {rep.nodes} nodes, {rep.edges} edges in {rep.seconds:.1f}s")
+    typer.echo(f"written {len(rep.written)}, skipped {len(rep.skipped)}, failed {len(rep.failed)}, {rep.nodes} nodes, "
+               f"{rep.edges} edges in {rep.seconds:.1f}s")
+    for directory, reason in rep.failed:
+        typer.echo(f"failed: {directory}: {reason}", err=True)
+    if rep.failed:
+        raise StoreError(f"{len(rep.failed)} of {len(graphs)} graph directories could not be loaded (listed above); "
+                         "the others were written")
 
 
 @store_app.command("delete-prompt")

@@ -27,15 +27,17 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
-from circuit_atlas.store import dialect
-from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
+from circuit_atlas.store import dialect, recovery
+from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreBusy, StoreError, WriteReport, version_error
 
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
 DB_FILE = "atlas.lbdb"
 
 # (table, columns with types); the first column is the primary key. Column order = parquet order.
 NODE_TABLES: dict[str, list[tuple[str, str]]] = {
-    "Meta": [("key", "STRING"), ("schema_version", "INT64"), ("write_token", "STRING")],
+    # derived_stale: set in the transaction of every write of per-prompt graphs, cleared when the
+    # derived layer has been rebuilt (NULL on stores written before it existed: taken as fresh)
+    "Meta": [("key", "STRING"), ("schema_version", "INT64"), ("write_token", "STRING"), ("derived_stale", "BOOLEAN")],
     "Feature": [("key", "STRING"), ("scan", "STRING"), ("layer", "INT64"), ("index", "INT64"), ("label", "STRING"),
                 ("frequency", "DOUBLE"), ("max_activation", "DOUBLE"), ("contexts", "STRING"), ("logit_effects", "STRING"),
                 ("prompts", "INT64"), ("prompt_ids", "STRING[]")],  # the last two: derived (rebuild_links)
@@ -109,8 +111,6 @@ class EmbeddedStore(Store):
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False, batch_prompts: int = 64,
                  batch_edges: int = 3_000_000) -> None:
-        import ladybug
-
         self.path = Path(path).expanduser()
         self.url = f"embedded:{self.path}"
         self.read_only = read_only
@@ -119,38 +119,109 @@ class EmbeddedStore(Store):
         # fewer, larger batches load faster; the cap bounds the memory a batch holds.
         self.batch_prompts = batch_prompts
         self.batch_edges = batch_edges
+        self._db = self._conn = None
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.url}: not a directory (an embedded store is a directory)")
         if read_only and not (self.path / DB_FILE).exists():
-            raise StoreError(f"{self.url}: no store here (run an ingest first, or check CIRCUIT_ATLAS_STORE)")
+            raise StoreError(f"{self.url}: no store here (run an ingest first, or check the path and CIRCUIT_ATLAS_STORE)")
+        self._open()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._db = ladybug.Database(str(self.path / DB_FILE), read_only=read_only)
+            self._check_ours()
+            version = self.schema_version()
+            if version is not None and version != SCHEMA_VERSION and (read_only or version not in UPGRADABLE):
+                raise version_error(self.url, version, read_only)
+            if not read_only:
+                self.init_schema()  # IF NOT EXISTS: adds what an older store lacks, changes nothing else
+                if version is not None and version != SCHEMA_VERSION:
+                    self._upgrade(version)
+                self._cleanup_incomplete()
+                shutil.rmtree(self.path / "staging", ignore_errors=True)  # left by a killed load (recovered above)
+                if self.derived_stale():
+                    recovery.note(self.path, f"{self.url}: the derived layer was left stale (a write was interrupted "
+                                             "before it was rebuilt); rebuilding it now")
+                    self.rebuild_links()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        """Open the database (recovering an interrupted checkpoint first, see store/recovery.py)."""
+        import ladybug
+
+        db = self.path / DB_FILE
+        recovery.ensure_openable(db, self.url)
+        try:
+            if not self.read_only:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._db = ladybug.Database(str(db), read_only=self.read_only)
             self._conn = ladybug.Connection(self._db)
         except (RuntimeError, OSError) as exc:
-            raise StoreError(f"{self.url}: cannot open the embedded store ({exc}); is another process writing to it?") from exc
-        version = self.schema_version()
-        if version is not None and version != SCHEMA_VERSION and (read_only or version not in UPGRADABLE):
             self.close()
-            raise version_error(self.url, version, read_only)
-        if not read_only:
-            if version is not None and version != SCHEMA_VERSION:
-                self._upgrade(version)
-            self.init_schema()
-            self._cleanup_incomplete()
-            shutil.rmtree(self.path / "staging", ignore_errors=True)  # left by a killed load (recovered above)
+            msg = " ".join(str(exc).split())
+            if "lock" in msg.lower() or "checkpoint" in msg.lower():
+                raise StoreBusy(f"{self.url}: another process is writing the store ({msg}); retry once it has "
+                                "finished") from exc
+            raise StoreError(f"{self.url}: cannot open the embedded store ({msg})") from exc
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple:
+        """What changes on disk when another process writes: the database file's and the WAL's
+        size and time, and which checkpoint files exist."""
+        out: list[Any] = []
+        for suffix in ("", ".wal", *recovery.CHECKPOINT_FILES):
+            try:
+                st = os.stat(f"{self.path / DB_FILE}{suffix}")
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _fresh(self) -> bool:
+        """A reader: reopen when another process has written since this one opened (LadybugDB
+        lets a writer in beside readers, whose open snapshot then goes stale). True if reopened."""
+        if not self.read_only or self._conn is None or self._signature() == self._seen:
+            return False
+        self.close()
+        self._open()
+        return True
+
+    def _check_ours(self) -> None:
+        """Refuse a LadybugDB database that is not a circuit-atlas store (other tables, or tables
+        and no Meta), rather than add our schema to it."""
+        try:
+            names = set(self._conn.execute("CALL show_tables() RETURN name").get_as_df()["name"])
+        except RuntimeError as exc:
+            raise StoreError(f"{self.url}: cannot read the database's tables ({exc})") from exc
+        ours = set(NODE_TABLES) | {"HAS", "OF", "EDGE", "LINKS", "REDGE", "CONTAINS"}
+        if names and ("Meta" not in names or names - ours):
+            other = sorted(names - ours) or sorted(names)
+            raise StoreError(f"{self.url}: a LadybugDB database that is not a circuit-atlas store (tables "
+                             f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}); use another path")
 
     # -- low level -------------------------------------------------------------------------
     def _exec(self, cypher: str, params: dict[str, Any] | None = None) -> Any:
+        self._fresh()
         try:
             return self._conn.execute(cypher, params or {})
         except RuntimeError as exc:
-            msg = str(exc)
-            if "read-only" in msg:
-                raise ReadOnlyViolation(f"{self.url}: store opened read-only: {msg}") from exc
-            if "No space" in msg or "disk" in msg.lower() and "full" in msg.lower():
-                raise StoreError(f"{self.url}: disk full ({msg})") from exc
-            raise StoreError(f"{self.url}: {msg}") from exc
+            if self._fresh():  # a reader whose store was written meanwhile: once more, on what is there now
+                try:
+                    return self._conn.execute(cypher, params or {})
+                except RuntimeError as again:
+                    exc = again
+            raise self._error(exc) from exc
+
+    def _error(self, exc: RuntimeError) -> StoreError:
+        msg = " ".join(str(exc).split())
+        if "read-only" in msg:
+            return ReadOnlyViolation(f"{self.url}: store opened read-only: {msg}")
+        if "No space" in msg or "disk" in msg.lower() and "full" in msg.lower():
+            return StoreError(f"{self.url}: disk full ({msg})")
+        if self.read_only and msg.startswith(("Storage exception", "IO exception")):
+            # pages changed under a reader by a writer in another process
+            return StoreBusy(f"{self.url}: the store is being written by another process ({msg}); retry in a few "
+                             "seconds")
+        return StoreError(f"{self.url}: {msg}")
 
     def _df(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self._exec(cypher, params).get_as_df()
@@ -168,8 +239,25 @@ class EmbeddedStore(Store):
             raise ReadOnlyViolation(f"{self.url}: store opened read-only")
         for stmt in _schema_statements():
             self._exec(stmt)
+        cols = set(self._df("CALL table_info('Meta') RETURN name")["name"])
+        for col, typ in NODE_TABLES["Meta"]:
+            if col not in cols:  # a store of schema 3 written before the column existed
+                self._exec(f"ALTER TABLE Meta ADD IF NOT EXISTS {col} {typ}")
         self._exec("MERGE (m:Meta {key: 'schema'}) ON CREATE SET m.schema_version = $v, m.write_token = $t",
                    {"v": SCHEMA_VERSION, "t": uuid.uuid4().hex})
+
+    def derived_stale(self) -> bool:
+        try:
+            df = self._df("MATCH (m:Meta {key: 'schema'}) RETURN m.derived_stale AS s")
+        except StoreError:
+            return False  # no Meta, or a store from before the mark: nothing known to be stale
+        value = None if df.empty else df["s"].iloc[0]
+        return bool(value) if value is not None and not pd.isna(value) else False
+
+    def _mark_stale(self) -> None:
+        """Mark the derived layer stale (inside the transaction of a write of prompts)."""
+        self._exec("MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = true, m.write_token = $t",
+                   {"t": uuid.uuid4().hex})
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
@@ -211,9 +299,25 @@ class EmbeddedStore(Store):
     def delete_prompt(self, prompt_id: str) -> bool:
         self._require_writer()
         exists = not self._df("MATCH (p:Prompt {id: $id}) RETURN p.id", {"id": prompt_id}).empty
-        self._delete_ids([prompt_id])
-        self._touch()
-        return exists
+        if not exists:
+            return False
+        self._transaction(lambda: (self._mark_stale(), self._delete_ids([prompt_id])))
+        self._refresh_derived()
+        return True
+
+    def _transaction(self, work: Any) -> Any:
+        """`work()` in one transaction: committed whole, or rolled back (a kill included)."""
+        self._exec("BEGIN TRANSACTION")
+        try:
+            out = work()
+            self._exec("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except RuntimeError:
+                pass  # LadybugDB already rolled back the transaction that failed
+            raise
+        return out
 
     def _require_writer(self) -> None:
         if self.read_only:
@@ -254,27 +358,52 @@ class EmbeddedStore(Store):
         batch_edges = 0
         bar = tqdm(total=len(dirs), desc="loading graphs", unit="graph", disable=not progress)
         for d in dirs:
-            meta = read_graph_meta(d)
-            gid = meta.get("graph_id")
-            if gid in present or gid in queued:
-                report.skipped.append(gid)
+            try:
+                meta = read_graph_meta(d)
+                gid = meta["graph_id"]
+                if gid in present or gid in queued:
+                    report.skipped.append(gid)
+                    bar.update(1)
+                    continue
+                batch.append(read_graph_dir(d, meta))
+            except GraphFileError as exc:  # a bad graph is reported; the others are still written
+                report.failed.append((str(d), one_line(exc)))
                 bar.update(1)
                 continue
-            batch.append(read_graph_dir(d, meta))
             queued.add(gid)
             batch_edges += batch[-1].edges.num_rows
             if len(batch) >= self.batch_prompts or batch_edges >= self.batch_edges:
-                self._write_batch(batch, report)
+                self._write_isolating(batch, report)
                 bar.update(len(batch))
                 batch, batch_edges = [], 0
         if batch:
-            self._write_batch(batch, report)
+            self._write_isolating(batch, report)
             bar.update(len(batch))
         bar.close()
         if report.written:
-            self._touch()
+            self._refresh_derived()
         report.seconds = time.perf_counter() - t0
         return report
+
+    def _write_isolating(self, graphs: list[LoadedGraph], report: WriteReport) -> None:
+        """Write a batch; if the database refuses it, write its graphs one by one so that only the
+        graphs it refuses are left out (and listed in report.failed)."""
+        try:
+            self._write_batch(graphs, report)
+            return
+        except StoreError as exc:
+            if not _graphs_fault(exc):
+                raise
+            if len(graphs) == 1:
+                report.failed.append((graphs[0].directory, one_line(exc)))
+                return
+        for g in graphs:
+            try:
+                self._write_batch([g], report)
+            except StoreError as exc:
+                if not _graphs_fault(exc):
+                    raise
+                report.failed.append((g.directory, one_line(exc)))
 
     def _copy(self, table: str, data: pa.Table | pd.DataFrame, types: list[tuple[str, str]], options: str = "") -> None:
         """COPY `data` (its columns named by `types`, in that order) into `table` via a staging parquet file."""
@@ -291,7 +420,7 @@ class EmbeddedStore(Store):
         # Uncompressed, no dictionaries: the file lives for one COPY; encoding it costs more than it saves.
         pq.write_table(arrow, f, compression="none", use_dictionary=False, write_statistics=False)
         try:
-            self._exec(f"COPY {table} FROM '{f.as_posix()}'{options}")
+            self._exec(f"COPY {table} FROM {_literal(f.as_posix())}{options}")
         finally:
             f.unlink(missing_ok=True)
 
@@ -299,27 +428,29 @@ class EmbeddedStore(Store):
         prompts = [_prompt_row(g) for g in graphs]
         nodes, edges = _prepare_batch(graphs)
         ids = [g.graph_id for g in graphs]
+        supernodes = [r for g in graphs for r in g.meta.get("supernode_records") or []]
         # One transaction per batch: every COPY of a batch commits (and checkpoints) once, not
-        # ~30 times, and a failure rolls the whole batch back. The `complete` flag stays as a
-        # second line of defence (a store written by an older version, a failed rollback).
-        self._exec("BEGIN TRANSACTION")
-        report.written.extend(ids)
-        try:
+        # ~30 times, and a failure or a kill rolls the whole batch back, with the supernodes the
+        # graphs' meta.json carries (an import's) and the mark that the derived layer is stale.
+        # The `complete` flag stays as a second line of defence (a store written by an older
+        # version, a failed rollback).
+        def work() -> None:
+            self._mark_stale()
             self._copy("Prompt", pa.Table.from_pylist(prompts, schema=_PROMPT_SCHEMA), NODE_TABLES["Prompt"])
             self._load_nodes_edges(nodes, edges)
+            if supernodes:
+                self._write_supernodes(supernodes)
             self._exec("MATCH (p:Prompt) WHERE p.id IN $ids SET p.complete = true", {"ids": ids})
-            self._exec("COMMIT")
+
+        try:
+            self._transaction(work)
         except BaseException:
-            del report.written[-len(graphs):]
-            try:
-                self._conn.execute("ROLLBACK")
-            except RuntimeError:
-                pass  # LadybugDB already rolled back the transaction that failed
             try:
                 self._delete_ids(ids)
             except Exception:
                 pass  # the next writer's cleanup removes them
             raise
+        report.written.extend(ids)
         report.nodes += sum(g.nodes.num_rows for g in graphs)
         report.edges += sum(g.edges.num_rows for g in graphs)
 
@@ -381,6 +512,7 @@ class EmbeddedStore(Store):
     # -- derived layer and annotations ----------------------------------------------------
     def rebuild_links(self, progress: bool = False) -> int:
         self._require_writer()  # a few whole-table statements: nothing to show progress on
+        self._mark_stale()  # until the last step: a rebuild killed half-way stays marked stale
         # drop and recreate rather than DELETE: deleted rels stay in the table's storage and every
         # later scan of LINKS pays for them (and deleting millions of rels takes minutes)
         for table in DERIVED_TABLES:
@@ -405,7 +537,7 @@ class EmbeddedStore(Store):
             "WITH s, t, count(DISTINCT p) AS n, avg(CAST(w AS DOUBLE)) AS mw, avg(abs(CAST(w AS DOUBLE))) AS maw, "
             "list_sort(collect(DISTINCT p)) AS ps "
             f"WHERE n >= {m} RETURN s, t, n, mw, maw, ps, s AS sk, t AS tk)")
-        self._touch()
+        self._exec("MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = false, m.write_token = $t", {"t": uuid.uuid4().hex})
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 
     def set_feature_labels(self, labels: dict[str, str]) -> None:
@@ -433,8 +565,15 @@ class EmbeddedStore(Store):
         self._touch()
 
     def write_supernodes(self, supernodes: list[dict]) -> None:
-        """Create or replace supernodes by key, each -[:CONTAINS]-> its member features."""
+        """Create or replace supernodes by key, each -[:CONTAINS]-> its member features; all of
+        them in one transaction."""
         self._require_writer()
+        if supernodes:
+            self._transaction(lambda: self._write_supernodes(supernodes))
+            self._touch()
+
+    def _write_supernodes(self, supernodes: list[dict]) -> None:
+        """The statements of write_supernodes, inside the caller's transaction."""
         for s in supernodes:
             self._exec("MATCH (s:Supernode {key: $key}) DETACH DELETE s", {"key": s["key"]})
             self._exec("CREATE (s:Supernode {key: $key, scan: $scan, label: $label, method: $method, score: $score, "
@@ -442,9 +581,9 @@ class EmbeddedStore(Store):
                        {"key": s["key"], "scan": s.get("scan"), "label": s.get("label"), "method": s.get("method", "user"),
                         "score": None if s.get("score") is None else float(s["score"]), "pid": s.get("prompt_id"),
                         "nids": [str(x) for x in s.get("node_ids") or []]})
-            self._exec("MATCH (s:Supernode {key: $key}), (f:Feature) WHERE f.key IN $m CREATE (s)-[:CONTAINS]->(f)",
-                       {"key": s["key"], "m": list(s.get("members") or [])})
-        self._touch()
+            if s.get("members"):
+                self._exec("UNWIND $m AS k MATCH (s:Supernode {key: $key}), (f:Feature {key: k}) CREATE (s)-[:CONTAINS]->(f)",
+                           {"key": s["key"], "m": [str(k) for k in s["members"]]})
 
     def delete_supernodes(self, method: str | None = None, scan: str | None = None) -> int:
         self._require_writer()
@@ -455,13 +594,31 @@ class EmbeddedStore(Store):
             conds.append("s.scan = $s"); params["s"] = scan
         where = " AND ".join(conds)
         n = int(self._df(f"MATCH (s:Supernode) WHERE {where} RETURN count(s) AS c", params)["c"].iloc[0])
-        self._exec(f"MATCH (s:Supernode) WHERE {where} DETACH DELETE s", params)
-        self._touch()
+        if n:
+            self._exec(f"MATCH (s:Supernode) WHERE {where} DETACH DELETE s", params)
+            self._touch()
         return n
 
 
 def _s(v: Any) -> str | None:
     return None if v is None else str(v)
+
+
+def _literal(text: str) -> str:
+    """A Cypher string literal (COPY FROM takes no parameter for its file): backslashes and
+    quotes escaped, so a store path holding a quote cannot end the literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(exc).split())
+
+
+def _graphs_fault(exc: StoreError) -> bool:
+    """Whether a failed write is the graphs' fault (retry them one by one), not the store's
+    (busy, disk full: stop)."""
+    return not isinstance(exc, StoreBusy) and "disk full" not in str(exc)
 
 
 # -- reading graph directories and preparing COPY tables (pyarrow only, no pandas) -------------
@@ -481,21 +638,66 @@ class LoadedGraph:
     edges: pa.Table
     src_row: pa.Array
     dst_row: pa.Array
+    directory: str = ""
 
     @property
     def graph_id(self) -> str:
         return self.meta["graph_id"]
 
 
+# meta.json fields a load reads, and the types they must have (None: may be absent or null)
+_META_TYPES: dict[str, tuple[type, ...]] = {"graph_id": (str,), "prompt": (str,), "tokens": (list,), "token_ids": (list,),
+                                            "model": (str,), "scan": (str,), "n_layers": (int,)}
+_META_OPTIONAL: dict[str, tuple[type, ...]] = {"settings": (dict,), "scores": (dict,), "prompt_props": (dict,),
+                                               "logit_tokens": (dict,), "supernode_records": (list,)}
+
+
+def _in(directory: str | os.PathLike, exc: GraphFileError) -> GraphFileError:
+    """The error with the graph directory in front of its message (once)."""
+    text = one_line(exc)
+    return exc if text.startswith(str(directory)) else GraphFileError(f"{directory}: {text}")
+
+
 def read_graph_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """meta.json of a graph directory (enough to know whether the graph is already stored)."""
+    """meta.json of a graph directory (enough to know whether the graph is already stored), its
+    fields checked for the types a load needs; errors name the directory."""
     from circuit_atlas.engine.graph_files import read_meta
 
-    meta = read_meta(directory)
-    for key in ("graph_id", "prompt", "tokens", "token_ids", "model", "scan", "n_layers"):
-        if key not in meta:
-            raise GraphFileError(f"meta.json lacks '{key}'")
+    try:
+        meta = read_meta(directory)
+        if not isinstance(meta, dict):
+            raise GraphFileError("meta.json is not a JSON object")
+        for key, types in _META_TYPES.items():
+            if key not in meta:
+                raise GraphFileError(f"meta.json lacks '{key}'")
+            if not isinstance(meta[key], types) or isinstance(meta[key], bool):
+                raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
+        for key, types in _META_OPTIONAL.items():
+            if meta.get(key) is not None and not isinstance(meta[key], types):
+                raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
+        if not meta["graph_id"]:
+            raise GraphFileError("meta.json 'graph_id' is empty")
+        if not all(isinstance(t, str) for t in meta["tokens"]):
+            raise GraphFileError("meta.json 'tokens' must be a list of strings")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in meta["token_ids"]):
+            raise GraphFileError("meta.json 'token_ids' must be a list of integers")
+        tags = (meta.get("prompt_props") or {}).get("tags")
+        if tags is not None and not isinstance(tags, list):
+            raise GraphFileError("meta.json 'prompt_props.tags' must be a list")
+        for r in meta.get("supernode_records") or []:
+            if not isinstance(r, dict) or not isinstance(r.get("key"), str):
+                raise GraphFileError("meta.json 'supernode_records' must be objects with a string 'key'")
+    except GraphFileError as exc:
+        raise _in(directory, exc) from None
     return meta
+
+
+def _kind(types: tuple[type, ...]) -> str:
+    return {"str": "a string", "list": "a list", "int": "an integer", "dict": "an object"}[types[0].__name__]
+
+
+# Columns that may not hold nulls (a node's id, type, place and indices; an edge's ends and weight)
+_NOT_NULL = {"nodes": ("node_id", "type", "layer", "pos", "feature", "token_id"), "edges": ("source", "target", "weight")}
 
 
 def _read_table(path: Path, schema: pa.Schema, what: str) -> pa.Table:
@@ -518,11 +720,30 @@ def _read_table(path: Path, schema: pa.Schema, what: str) -> pa.Table:
 
 def read_graph_dir(directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> LoadedGraph:
     """Read and validate one graph directory with the checks of `GraphFile.validate` (node types,
-    unique node ids, no dangling edges), vectorised in pyarrow."""
+    unique node ids, no dangling edges), vectorised in pyarrow, plus no nulls where a value is
+    needed and finite numbers only (a NaN or infinite edge weight is refused); errors name the
+    directory."""
     path = Path(directory)
     meta = read_graph_meta(path) if meta is None else meta
+    try:
+        return _read_graph_dir(path, meta)
+    except GraphFileError as exc:
+        raise _in(directory, exc) from None
+
+
+def _read_graph_dir(path: Path, meta: dict[str, Any]) -> LoadedGraph:
     nodes = _read_table(path / "nodes.parquet", NODE_SCHEMA, "nodes")
     edges = _read_table(path / "edges.parquet", EDGE_SCHEMA, "edges")
+    for what, table in (("nodes", nodes), ("edges", edges)):
+        for col in _NOT_NULL[what]:
+            n = table.column(col).null_count
+            if n:
+                extra = " (NaN or null)" if col == "weight" else ""
+                raise GraphFileError(f"{what}.parquet: {n} null value(s){extra} in column '{col}', which needs a value")
+        for col in table.column_names:
+            c = table.column(col)
+            if pa.types.is_floating(c.type) and len(c) and pc.any(pc.is_inf(c)).as_py():
+                raise GraphFileError(f"{what}.parquet: infinite value(s) in column '{col}' (values must be finite)")
     code = pc.index_in(nodes.column("type"), value_set=_TYPE_CODES)
     if code.null_count:
         bad = pc.unique(nodes.column("type").filter(pc.is_null(code))).to_pylist()
@@ -536,7 +757,7 @@ def read_graph_dir(directory: str | os.PathLike, meta: dict[str, Any] | None = N
         dangling = set(edges.column("source").filter(pc.is_null(src)).to_pylist())
         dangling |= set(edges.column("target").filter(pc.is_null(dst)).to_pylist())
         raise GraphFileError(f"edges refer to unknown nodes, e.g. {sorted(map(str, dangling))[:3]}")
-    return LoadedGraph(meta, nodes.append_column("code", code), edges, src, dst)
+    return LoadedGraph(meta, nodes.append_column("code", code), edges, src, dst, str(path))
 
 
 def _prompt_row(g: LoadedGraph) -> dict[str, Any]:
