@@ -31,6 +31,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -442,13 +443,16 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
     kinds = {nid: (rows[ks[0]]["type"], rows[ks[0]]["layer"]) for nid, ks in seen.items()}
 
     links = doc["links"]
-    try:
-        src = [str(x["source"]) for x in links]
-        tgt = [str(x["target"]) for x in links]
-        w64 = np.fromiter((x["weight"] for x in links), dtype=np.float64, count=len(links))
+    try:  # one C-level pass over the link dicts (the bulk of a file)
+        cols = list(zip(*map(itemgetter("source", "target", "weight"), links))) if links else [(), (), ()]
+        src, tgt = list(cols[0]), list(cols[1])
+        if not all(type(x) is str for x in src) or not all(type(x) is str for x in tgt):
+            src, tgt = [str(x) for x in src], [str(x) for x in tgt]
+        w64 = np.asarray(cols[2], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise NeuronpediaFormatError(f"{source}: a link lacks source/target/weight or has a non-numeric weight ({exc})") from None
-    w = w64.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        w = w64.astype(np.float32)
     finite = np.isfinite(w)
     if not finite.all():
         k = int(np.flatnonzero(~finite)[0])
@@ -459,8 +463,12 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
     if rename:
         src = [rename.get(i, i) for i in src]
         tgt = [rename.get(i, i) for i in tgt]
-    nodes = pd.DataFrame(rows, columns=gf.NODE_SCHEMA.names)
-    edges = pd.DataFrame({"source": pd.Series(src, dtype=object), "target": pd.Series(tgt, dtype=object), "weight": w})
+    nodes = _node_frame(rows)
+    edges = pd.DataFrame({"source": np.asarray(src, dtype=object), "target": np.asarray(tgt, dtype=object), "weight": w})
+    known = set(nodes["node_id"])
+    dangling = (set(src) | set(tgt)) - known
+    if dangling:
+        raise NeuronpediaFormatError(f"{source}: links refer to unknown nodes, e.g. {sorted(dangling)[:3]}")
 
     tokens = [str(t) for t in md.get("prompt_tokens") or []]
     if "token_ids" in ours:
@@ -497,11 +505,6 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         "top_extra": {k: v for k, v in doc.items() if k not in ("metadata", "qParams", "nodes", "links")},
     }
     graph = gf.GraphFile(meta={}, nodes=nodes, edges=edges)
-    try:
-        graph.nodes = graph.nodes_table().to_pandas()  # the schema's dtypes (float32 values, int ids)
-        graph.edges = graph.edges_table().to_pandas()
-    except gf.GraphFileError as exc:
-        raise NeuronpediaFormatError(f"{source}: {exc}") from exc
     gid = str(ours["graph_id"]) if "graph_id" in ours else gf.graph_id(model, scan, token_ids, settings, graph.nodes, graph.edges)
     meta: dict[str, Any] = {
         "graph_id": gid,
@@ -522,12 +525,25 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         meta["created_at"] = ours["created_at"]
     if warnings:
         meta["import_warnings"] = list(warnings)
-    graph.meta = meta
-    try:
-        graph.validate()
-    except gf.GraphFileError as exc:
-        raise NeuronpediaFormatError(f"{source}: {exc}") from exc
+    graph.meta = meta  # ids unique, types known, no dangling link: what GraphFile.validate checks, done above
     return graph
+
+
+def _node_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The node rows with the dtypes of ``NODE_SCHEMA`` (what a saved and loaded graph has)."""
+    col = {name: [r[name] for r in rows] for name in gf.NODE_SCHEMA.names}
+    return pd.DataFrame({
+        "node_id": np.asarray(col["node_id"], dtype=object),
+        "type": np.asarray(col["type"], dtype=object),
+        "layer": np.asarray(col["layer"], dtype=np.int32),
+        "pos": np.asarray(col["pos"], dtype=np.int32),
+        "feature": np.asarray(col["feature"], dtype=np.int64),
+        "token_id": np.asarray(col["token_id"], dtype=np.int64),
+        "activation": np.asarray(col["activation"], dtype=np.float32),
+        "influence": np.asarray(col["influence"], dtype=np.float32),
+        "prob": np.asarray(col["prob"], dtype=np.float32),
+        "label": np.asarray(col["label"], dtype=object),
+    })
 
 
 def _loads(raw: bytes, source: str) -> Any:

@@ -171,3 +171,95 @@ def test_bad_files(tmp_path):
     doc["links"].append({"source": "9_9_9", "target": "20_9_5", "weight": 1.0})
     with pytest.raises(npd.NeuronpediaFormatError, match="unknown nodes"):
         npd.from_neuronpedia(doc, source="x.json")
+
+
+# ---------------------------------------------------------------- forms found in the wild
+def _node(nid: str, ft: str, layer: str, pos: int, **extra) -> dict:
+    return {"node_id": nid, "feature": 0, "layer": layer, "ctx_idx": pos, "feature_type": ft, "clerp": "", **extra}
+
+
+def clash_doc() -> dict:
+    """circuit-tracer's old error ids colliding with layer-0 features: 0_1_1 (error at layer 1)
+    and 0_0_1 (error at layer 0), each also a layer-0 feature; links in circuit-tracer's order."""
+    F, E = "cross layer transcoder", "mlp reconstruction error"
+    nodes = [
+        _node("0_1_1", F, "0", 1, activation=1.0), _node("0_0_1", F, "0", 1, activation=2.0),
+        _node("1_7_1", F, "1", 1, activation=1.5), _node("1_8_1", F, "1", 1, activation=0.5),
+        _node("1_9_1", F, "1", 1, activation=0.25),
+        _node("0_1_1", E, "1", 1), _node("0_0_1", E, "0", 1),
+        _node("E_5_0", "embedding", "E", 0), _node("E_6_1", "embedding", "E", 1),
+        _node("3_9_1", "logit", "3", 1, token_prob=0.5),
+    ]
+    links = [
+        ("E_6_1", "0_1_1", 1.0),  # into the id: the feature (errors have no incoming links)
+        ("0_1_1", "1_7_1", 2.0),  # target at layer 1 <= the error's layer 1: the feature
+        ("0_1_1", "3_9_1", 0.5), ("0_1_1", "3_9_1", 0.25),  # the pair twice: feature first, then the error
+        ("0_0_1", "1_8_1", 3.0),  # nothing tells: ambiguous, given to the error and reported
+        ("E_5_0", "1_9_1", 4.0), ("0_0_1", "1_9_1", 5.0),  # after an embedding in the target's links: the error
+    ]
+    return {"metadata": {"slug": "clash", "scan": "s", "prompt_tokens": ["a", "b"], "prompt": "ab"},
+            "qParams": {"supernodes": []}, "nodes": nodes,
+            "links": [{"source": s, "target": t, "weight": w} for s, t, w in links]}
+
+
+def test_clashing_ids_are_resolved_from_the_graph_and_the_rest_reported():
+    g = npd.from_neuronpedia(clash_doc(), source="clash.json")
+    got = sorted(zip(g.edges["source"], g.edges["target"], g.edges["weight"].astype(float)))
+    assert got == sorted([("E_6_1", "0_1_1", 1.0), ("0_1_1", "1_7_1", 2.0), ("0_1_1", "3_9_1", 0.5),
+                          ("1_-1_1", "3_9_1", 0.25), ("0_-1_1", "1_8_1", 3.0), ("E_5_0", "1_9_1", 4.0),
+                          ("0_-1_1", "1_9_1", 5.0)])
+    types = dict(zip(g.nodes["node_id"], g.nodes["type"]))
+    assert types["0_1_1"] == types["0_0_1"] == "feature" and types["1_-1_1"] == types["0_-1_1"] == "error"
+    (w,) = [x for x in g.meta["import_warnings"] if "name both" in x]
+    assert "of 6 links naming them, 1 are the feature's as targets" in w
+    assert "1 by the target's layer, 2 by a repeated pair" in w and "1 by link order" in w
+    assert "1 still ambiguous (given to the error): 0_0_1->1_8_1" in w
+    assert g.meta["settings"]["import_warnings"] == g.meta["import_warnings"]
+
+
+def test_other_repeated_ids_and_non_finite_numbers_are_refused():
+    doc = clash_doc()
+    doc["nodes"].append(dict(doc["nodes"][2]))
+    with pytest.raises(npd.NeuronpediaFormatError, match=r"x.json: node id '1_7_1' appears 2 times \(as feature, feature\)"):
+        npd.from_neuronpedia(doc, source="x.json")
+    for bad in (float("nan"), float("inf"), 1e300):
+        doc = clash_doc()
+        doc["links"][1]["weight"] = bad
+        with pytest.raises(npd.NeuronpediaFormatError, match=r"x.json: 1 links have non-finite weights .* 0_1_1 -> 1_7_1"):
+            npd.from_neuronpedia(doc, source="x.json")
+    doc = clash_doc()
+    doc["nodes"][2]["activation"] = float("inf")
+    with pytest.raises(npd.NeuronpediaFormatError, match=r"non-finite node values .* 1_7_1.activation"):
+        npd.from_neuronpedia(doc, source="x.json")
+
+
+def test_nan_in_a_file_is_refused_with_one_line(tmp_path):
+    doc = clash_doc()
+    doc["links"][0]["weight"] = float("nan")
+    f = tmp_path / "nan.json"
+    f.write_text(json.dumps(doc))  # Python writes the invalid token NaN
+    with pytest.raises(npd.NeuronpediaFormatError, match=r"nan.json: 1 links have non-finite weights") as e:
+        npd.read_neuronpedia(f)
+    assert "\n" not in str(e.value)
+
+
+def test_the_id_covers_the_content_and_the_request_key_does_not():
+    a = npd.from_neuronpedia(clash_doc())
+    assert npd.from_neuronpedia(clash_doc()).graph_id == a.graph_id
+    doc = clash_doc()
+    doc["links"][0]["weight"] = 1.5
+    b = npd.from_neuronpedia(doc)
+    assert b.graph_id != a.graph_id
+    key = [gf.request_key(g.meta["model"], g.meta["scan"], g.meta["token_ids"], g.meta["settings"]) for g in (a, b)]
+    assert key[0] == key[1]
+
+
+def test_export_refuses_non_finite_weights_and_writes_null_for_non_finite_values(tmp_path):
+    g = small_graph()
+    g.nodes.loc[0, "influence"] = np.inf
+    doc = npd.to_neuronpedia(g)
+    assert doc["nodes"][0]["influence"] is None
+    g.edges.loc[0, "weight"] = np.nan
+    with pytest.raises(npd.NeuronpediaFormatError, match="1 edges have non-finite weights"):
+        npd.write_neuronpedia(g, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
