@@ -31,7 +31,6 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -443,12 +442,10 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
     kinds = {nid: (rows[ks[0]]["type"], rows[ks[0]]["layer"]) for nid, ks in seen.items()}
 
     links = doc["links"]
-    try:  # one C-level pass over the link dicts (the bulk of a file)
-        cols = list(zip(*map(itemgetter("source", "target", "weight"), links))) if links else [(), (), ()]
-        src, tgt = list(cols[0]), list(cols[1])
-        if not all(type(x) is str for x in src) or not all(type(x) is str for x in tgt):
-            src, tgt = [str(x) for x in src], [str(x) for x in tgt]
-        w64 = np.asarray(cols[2], dtype=np.float64)
+    try:  # plain comprehensions: the fastest way through the link dicts (the bulk of a file)
+        src = [x["source"] for x in links]
+        tgt = [x["target"] for x in links]
+        w64 = np.asarray([x["weight"] for x in links], dtype=np.float64)  # null -> NaN, refused below
     except (KeyError, TypeError, ValueError) as exc:
         raise NeuronpediaFormatError(f"{source}: a link lacks source/target/weight or has a non-numeric weight ({exc})") from None
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
@@ -458,17 +455,18 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         k = int(np.flatnonzero(~finite)[0])
         raise NeuronpediaFormatError(f"{source}: {int((~finite).sum())} links have non-finite weights (NaN/inf, or beyond "
                                      f"float32), e.g. {src[k]} -> {tgt[k]}: {w64[k]}; refused")
+    sources, targets = set(src), set(tgt)
+    dangling = (sources | targets) - seen.keys()  # a non-string id is unknown too
+    if dangling:
+        raise NeuronpediaFormatError(f"{source}: links refer to unknown nodes, e.g. {sorted(map(repr, dangling))[:3]}")
     if clash:
         _resolve_clashes(clash, kinds, src, tgt, warnings)
-    if rename:
+    if not sources.isdisjoint(rename):
         src = [rename.get(i, i) for i in src]
+    if not targets.isdisjoint(rename):
         tgt = [rename.get(i, i) for i in tgt]
     nodes = _node_frame(rows)
     edges = pd.DataFrame({"source": np.asarray(src, dtype=object), "target": np.asarray(tgt, dtype=object), "weight": w})
-    known = set(nodes["node_id"])
-    dangling = (set(src) | set(tgt)) - known
-    if dangling:
-        raise NeuronpediaFormatError(f"{source}: links refer to unknown nodes, e.g. {sorted(dangling)[:3]}")
 
     tokens = [str(t) for t in md.get("prompt_tokens") or []]
     if "token_ids" in ours:
