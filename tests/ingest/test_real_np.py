@@ -305,3 +305,19 @@ def test_our_export_loads_with_circuit_tracers_own_graph_model(ct_files, store_u
     doc = json.loads(path.read_text())
     assert res == {"nodes": len(doc["nodes"]), "links": len(doc["links"]), "node_ids_unique": True}
     assert res["links"] == len(json.loads(Path(ct_files["json"]).read_text())["links"])
+
+
+def test_supernodes_come_with_the_graph_and_lost_ones_are_restored_by_a_reimport(store_url):
+    src = ANTHROPIC / "capital-state-dallas.json"
+    n_super = len(json.loads(src.read_text())["qParams"]["supernodes"])
+    with open_store(store_url) as s:
+        first = import_path(src, s, progress=False)
+        (pid,) = first.written
+        count = "MATCH (x:Supernode) WHERE x.prompt_id = $id RETURN count(*) AS n"
+        assert int(s.read(count, {"id": pid})["n"].iloc[0]) == n_super == first.supernodes > 0
+        assert s.delete_supernodes(method="import") == n_super  # what a run killed by an older version lost
+        again = import_path(src, s, progress=False)
+        assert again.skipped == [pid] and again.supernodes_restored == n_super
+        assert int(s.read(count, {"id": pid})["n"].iloc[0]) == n_super
+        third = import_path(src, s, progress=False)
+        assert third.supernodes_restored == 0
