@@ -103,7 +103,7 @@ def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store
         else:
             with stage(4, total, "derived layer, feature contexts, supernodes"):
                 done_marker.unlink(missing_ok=True)
-                store.rebuild_links()
+                # the derived layer is already fresh: every write of graphs rebuilds it before returning
                 compute_feature_contexts(None, lm, tc, store, max_tokens=4_000 if quick else 20_000, progress=True)
                 groups = write_auto_supernodes(store, tc.scan)
                 summary["supernodes"] = len(groups)
