@@ -24,8 +24,10 @@ def reference_markdown(level: int = 4) -> str:
     out: list[str] = []
     for q in list_queries():
         out.append(f"{'#' * level} `{q.name}`\n\n{q.description}\n")
-        if q.uses_links:
-            out.append("*Depends on the derived layer (LINKS, the recurring features and subgraph) being fresh: `circuit-atlas store rebuild-links` after loading.*\n")
+        if "derived" in q.needs or q.uses_links:
+            out.append("*Needs the derived layer (LINKS, the recurring features and subgraph), which every write keeps "
+                       "fresh; on a store where it is stale (a write was interrupted) the query refuses and says to run "
+                       "`circuit-atlas store rebuild-links`.*\n")
         if q.notes:
             out.append(q.notes + "\n")
         out.append("| parameter | type | default | meaning |\n|---|---|---|---|")
