@@ -65,11 +65,10 @@ def _library_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[B
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        for names, into in ((("ClickException",), errors), (("Abort",), aborts), (("Exit",), exits)):
-            for name in names:
-                cls = getattr(module, name, None)
-                if isinstance(cls, type) and cls not in into:
-                    into.append(cls)
+        for name, into in (("ClickException", errors), ("Abort", aborts), ("Exit", exits)):
+            cls = getattr(module, name, None)
+            if isinstance(cls, type) and cls not in into:
+                into.append(cls)
     return tuple(errors), tuple(aborts), tuple(exits)
 
 
@@ -99,8 +98,8 @@ def _print_error(message: str) -> None:
 def main() -> None:
     """Entry point: user-facing errors become a one-line message and a non-zero exit.
 
-    Usage errors (unknown command or option, missing or badly typed argument) exit 2, as
-    click does; a CircuitAtlasError exits with its own code (2 for bad input)."""
+    Usage errors (unknown command or option, missing or badly typed argument, a file click
+    could not open) exit 2; a CircuitAtlasError exits with its own code (2 for bad input)."""
     errors, aborts, exits = _library_exceptions()
     try:
         result = app(standalone_mode=False)
@@ -123,7 +122,7 @@ def main() -> None:
             exc.show()  # type: ignore[attr-defined]
         else:
             _print_error(_usage_line(exc))
-        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        raise SystemExit(2) from None  # click gives 1 to a few of these (FileError): all are the user's
     # Without standalone mode, click returns (not raises) the code of an explicit Exit(code).
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)
