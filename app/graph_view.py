@@ -177,6 +177,21 @@ def neighbours(edges: pd.DataFrame, nodes: pd.DataFrame, selected: Iterable[str]
     return describe(edges[edges["target"].isin(sel)], "source"), describe(edges[edges["source"].isin(sel)], "target")
 
 
+def heads_figure(heads: Iterable[float], bypass: float, edge: float, title: str = "", height: int = 320) -> go.Figure:
+    """An edge's head loadings at one layer: one bar per head, then the bypass (what does not
+    pass through the layer's attention), signed; the caption line says what they sum to."""
+    values = [float(v) for v in heads]
+    names = [f"head {h}" for h in range(len(values))] + ["bypass"]
+    values.append(float(bypass))
+    colors = [POSITIVE if v >= 0 else NEGATIVE for v in values[:-1]] + ["#7f7f7f"]
+    share = [f"{100 * v / edge:.1f}% of the edge" if edge else "" for v in values]
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors, hovertext=share, hoverinfo="x+y+text"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+                      title=title or None, yaxis=dict(title="effect on the target", gridcolor="#eee", zeroline=True),
+                      xaxis=dict(title=f"parts sum to {sum(values):+.4g} (edge {edge:+.4g})"))
+    return fig
+
+
 def key_layer(key: str) -> int:
     """The layer of a feature key ``{scan}:{layer}:{index}``."""
     try:

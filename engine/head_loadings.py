@@ -361,7 +361,7 @@ def custom_vectors_of(meta: dict[str, Any]) -> dict[int, Tensor]:
 def graph_head_loadings(lm: Any, tc: Any, graph: Any, source: str, target: str, layers: list[int] | None = None) -> list[HeadLoadings]:
     """Head loadings of an edge of a graph directory's graph (``graph_files.GraphFile``), with
     the graph's own weight of that edge attached (None where the graph pruned it)."""
-    _check_origin(lm, tc, graph.meta)
+    check_origin(lm, tc, graph.meta)
     prep = prepare(lm, tc, [int(t) for t in graph.meta["token_ids"]], custom_vectors_of(graph.meta))
     e = graph.edges
     hit = e[(e["source"] == source) & (e["target"] == target)]
@@ -375,7 +375,8 @@ def graph_head_loadings(lm: Any, tc: Any, graph: Any, source: str, target: str, 
     return out
 
 
-def _check_origin(lm: Any, tc: Any, meta: dict[str, Any]) -> None:
+def check_origin(lm: Any, tc: Any, meta: dict[str, Any]) -> None:
+    """Refuse a graph (its meta) made with other transcoders or a model of another depth."""
     scan = meta.get("scan")
     if scan is not None and str(scan) != str(tc.scan):
         raise HeadLoadingError(f"the graph was made with transcoders {scan!r}, not {tc.scan!r}: load the same ones")
@@ -390,7 +391,7 @@ def stored_head_loadings(lm: Any, tc: Any, store: Any, prompt_id: str, source: s
     if frame.empty:
         raise HeadLoadingError(f"no prompt {prompt_id!r} in the store")
     row = frame.iloc[0]
-    _check_origin(lm, tc, {"scan": row["scan"]})
+    check_origin(lm, tc, {"scan": row["scan"]})
     weights = store.read(
         "MATCH (p:Prompt)-[:HAS]->(s)-[e:EDGE]->(t) WHERE p.id = $pid AND s.node_id = $s AND t.node_id = $t "
         "RETURN e.weight AS weight",

@@ -4,6 +4,8 @@ node inspection (inputs and outputs), pinning, and supernodes saved to the store
 from __future__ import annotations
 
 import hashlib
+import os
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -67,6 +69,84 @@ def _selected_from_event(event) -> list[str]:
     return out
 
 
+@st.cache_resource(show_spinner="Loading the model…")
+def _load_model(ref: str) -> Any:
+    from circuit_atlas.engine.models import load_model
+
+    return load_model(ref)
+
+
+@st.cache_resource(show_spinner="Loading the transcoders…")
+def _load_transcoders(ref: str) -> Any:
+    from circuit_atlas.engine.transcoders import load_transcoders
+
+    return load_transcoders(ref)
+
+
+def _model_and_transcoders() -> tuple[Any, Any] | str:
+    """As the Intervene page finds them: session state (``intervene_lm``/``intervene_tc``), else
+    $CIRCUIT_ATLAS_MODEL and $CIRCUIT_ATLAS_TRANSCODERS; or why there are none."""
+    lm, tc = st.session_state.get("intervene_lm"), st.session_state.get("intervene_tc")
+    if lm is not None and tc is not None:
+        return lm, tc
+    model_ref, tc_ref = os.environ.get("CIRCUIT_ATLAS_MODEL"), os.environ.get("CIRCUIT_ATLAS_TRANSCODERS")
+    if not (model_ref and tc_ref):
+        return ("Head loadings need the model and transcoders on this machine: set CIRCUIT_ATLAS_MODEL and "
+                "CIRCUIT_ATLAS_TRANSCODERS and restart the app.")
+    try:
+        return _load_model(model_ref), _load_transcoders(tc_ref)
+    except Exception as exc:  # missing files, offline hub, bad config: all the user's to fix
+        return f"Could not load model `{model_ref}` / transcoders `{tc_ref}`: {exc}"
+
+
+def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -> None:
+    """The node card's per-head split of one edge touching the inspected nodes."""
+    from circuit_atlas.engine import head_loadings as hl
+    from circuit_atlas.errors import CircuitAtlasError
+
+    with st.expander("Head loadings: which attention heads carried an edge"):
+        loaded = _model_and_transcoders()
+        if isinstance(loaded, str):
+            st.caption(loaded)
+            return
+        lm, tc = loaded
+        touching = edges[edges["source"].isin(inspect) | edges["target"].isin(inspect)]
+        touching = touching.reindex(touching["weight"].abs().sort_values(ascending=False).index)
+        if touching.empty:
+            st.caption("The inspected nodes have no edges shown.")
+            return
+        weights = {f"{s} -> {t}": float(w) for s, t, w in zip(touching["source"], touching["target"], touching["weight"])}
+        choice = st.selectbox("Edge", list(weights), key="pg_hl_edge", format_func=lambda k: f"{k} ({weights[k]:+.4g})")
+        source, target = choice.split(" -> ")
+        try:
+            layers = hl.valid_layers(hl.parse_node(source, lm.n_layers), hl.parse_node(target, lm.n_layers), lm.n_layers)
+        except CircuitAtlasError as exc:
+            st.caption(str(exc))
+            return
+        if not len(layers):
+            st.caption(f"No attention layer lies between {source} and {target}: the edge passes no head.")
+            return
+        layer = st.selectbox("Attention layer", list(layers), key="pg_hl_layer")
+        if not st.button("Split across heads", key="pg_hl_run"):
+            return
+        try:
+            hl.check_origin(lm, tc, {"scan": prompt["scan"]})
+            token_ids = [int(t) for t in (prompt["token_ids"] if prompt["token_ids"] is not None else [])]
+            cache = st.session_state.setdefault("_pg_hl_prepared", {})
+            key = (str(prompt["prompt_id"]), id(lm), id(tc))
+            if key not in cache:
+                cache.clear()  # one prompt's frozen run at a time
+                cache[key] = hl.prepare(lm, tc, token_ids)
+            (r,) = hl.head_loadings(cache[key], source, target, [int(layer)])
+        except CircuitAtlasError as exc:
+            st.error(f"Cannot split this edge: {exc}")
+            return
+        st.plotly_chart(graph_view.heads_figure(r.heads.tolist(), r.bypass, r.edge, f"{source} → {target}, layer {layer}"),
+                        key="pg_hl_chart")
+        st.caption(f"Parts sum to {r.total:+.6g}; the edge recomputed {r.edge:+.6g}, in the store {weights[choice]:+.6g} "
+                   "(frozen attention patterns and norms, as the graph).")
+
+
 def main() -> None:
     st.title("Prompt graph")
     prompts = data.require_prompts()
@@ -119,6 +199,7 @@ def main() -> None:
         if st.button("Pin inspected nodes", key="pg_pin"):
             pins[pid] = list(dict.fromkeys(pinned + inspect))
             st.rerun()
+        _head_loadings(prompt, kept_edges, inspect)
 
     st.subheader("Pinned subgraph")
     if not pinned:

@@ -208,3 +208,16 @@ def test_cli_on_a_graph_and_a_store(tmp_path) -> None:
     assert table.exit_code == 0 and "bypass" in table.stdout and "sum of parts" in table.stdout
     bad = CliRunner().invoke(app, ["heads", str(gdir), s, t, *args[:4], "--layer", "0"])
     assert isinstance(bad.exception, hl.HeadLoadingError) or "not between" in bad.output
+
+
+def test_app_figure_shows_every_part() -> None:
+    from circuit_atlas.app.graph_view import heads_figure
+
+    lm, tc, graph, prep = setup("llama", "plt", False)
+    s, t = _edges(graph, lm.n_layers)[0]
+    r = hl.head_loadings(prep, s, t)[-1]
+    fig = heads_figure(r.heads.tolist(), r.bypass, r.edge, "title")
+    (bar,) = fig.data
+    assert list(bar.x) == [f"head {h}" for h in range(hl.n_heads(lm))] + ["bypass"]
+    assert sum(bar.y) == pytest.approx(r.edge, rel=1e-5)
+    assert f"{r.edge:+.4g}" in fig.layout.xaxis.title.text
