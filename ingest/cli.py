@@ -63,6 +63,9 @@ def ingest_command(
     from circuit_atlas.ingest.scaleout import ModelSpec
     from circuit_atlas.store import open_store
 
+    from circuit_atlas.ingest.prompts import check_corpus
+
+    check_corpus(corpus, field_name=field)  # a missing or unreadable corpus is said before the model loads
     distributed = backend == "ray" or workers > 1
     lm, tc = _load(model, transcoders, dtype, "cpu" if distributed else _auto(device))
     spec = ModelSpec(model=model, transcoders=transcoders, dtype=dtype, device=device) if distributed else None
@@ -165,6 +168,10 @@ def features_command(
     from circuit_atlas.ingest.features import compute_feature_contexts
     from circuit_atlas.store import open_store
 
+    if corpus not in ("default", "docs") and not corpus.startswith("hf:"):  # said before the model loads
+        from circuit_atlas.engine.corpus import iter_records
+
+        next(iter(iter_records(corpus, field)), None)
     lm, tc = _load(model, transcoders, dtype, device)
     with open_store(store) as s:
         rep = compute_feature_contexts(None if corpus in ("default", "docs") else corpus, lm, tc, s, top_k=top_k,

@@ -264,34 +264,38 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
     seen: dict[str, int] = {}
     reuse: list[tuple[str, Path, dict]] = []
     jobs: list[AttributionJob] = []
-    rows_bar = tqdm(desc="reading prompts", unit="row", disable=not progress, leave=False)
-    for item in iter_prompt_rows(corpus_path, field_name=field_name, limit=limit):
-        summary.rows += 1
-        rows_bar.update(1)
-        if isinstance(item, PromptRow):
-            item = validate_tokens(item, lm.tokenize)
-        if isinstance(item, RowFailure):
-            summary.failed += 1
-            log.add(item)
-            continue
-        key = request_key(lm.model_id, tc.scan, item.token_ids or [], settings)
-        if key in seen:
-            summary.skipped += 1
-            summary.skipped_duplicate += 1
-            continue
-        seen[key] = item.row
-        if key in present:
-            summary.skipped += 1
-            summary.skipped_present += 1
-            continue
-        meta = _graph_meta(gdir / key)
-        if meta is not None and _meta_request_key(meta) == key:
-            reuse.append((str(meta.get("graph_id")), gdir / key, meta))
-            continue
-        jobs.append(AttributionJob(index=len(jobs), row=item.row, external_id=item.external_id, text=item.text,
-                                   token_ids=list(item.token_ids or []), request_key=key,
-                                   prompt_props=_props(item, corpus_name, tags)))
-    rows_bar.close()
+    # delay: no bar for a corpus read in under a second (it printed a stuck "0row" line that the
+    # next error glued onto); closed whatever happens, so an error starts on a line of its own
+    rows_bar = tqdm(desc="reading prompts", unit="row", disable=not progress, leave=False, delay=1.0)
+    try:
+        for item in iter_prompt_rows(corpus_path, field_name=field_name, limit=limit):
+            summary.rows += 1
+            rows_bar.update(1)
+            if isinstance(item, PromptRow):
+                item = validate_tokens(item, lm.tokenize)
+            if isinstance(item, RowFailure):
+                summary.failed += 1
+                log.add(item)
+                continue
+            key = request_key(lm.model_id, tc.scan, item.token_ids or [], settings)
+            if key in seen:
+                summary.skipped += 1
+                summary.skipped_duplicate += 1
+                continue
+            seen[key] = item.row
+            if key in present:
+                summary.skipped += 1
+                summary.skipped_present += 1
+                continue
+            meta = _graph_meta(gdir / key)
+            if meta is not None and _meta_request_key(meta) == key:
+                reuse.append((str(meta.get("graph_id")), gdir / key, meta))
+                continue
+            jobs.append(AttributionJob(index=len(jobs), row=item.row, external_id=item.external_id, text=item.text,
+                                       token_ids=list(item.token_ids or []), request_key=key,
+                                       prompt_props=_props(item, corpus_name, tags)))
+    finally:
+        rows_bar.close()
 
     scores: dict[str, tuple[float | None, float | None]] = {}
     computed: list[str] = []

@@ -172,6 +172,13 @@ def iter_prompt_rows(
             yield RowFailure(row=row, id=None if _is_missing(rid) else str(rid), reason=str(exc), raw=rec)
 
 
+def check_corpus(corpus: str | os.PathLike, *, field_name: str = "prompt") -> None:
+    """Raise ``CorpusError`` now if the corpus cannot be read at all (missing file, a folder,
+    unknown format, missing column), by reading its first row: before a model takes seconds to
+    load, not after."""
+    next(iter(iter_prompt_rows(corpus, field_name=field_name, limit=1)), None)
+
+
 def validate_tokens(prompt: PromptRow, tokenize: Callable[[str], list[int]]) -> PromptRow | RowFailure:
     """Tokenize with the model (``LoadedModel.tokenize``): empty or over-long prompts fail."""
     try:

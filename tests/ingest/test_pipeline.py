@@ -144,6 +144,19 @@ def _cli_ingest(corpus: Path, model_dir: Path, tc_dir: Path, url: str, gdir: Pat
             "--device", "cpu", *extra]
 
 
+@pytest.mark.parametrize("command", ["ingest", "features"])
+def test_an_unreadable_corpus_is_said_before_any_model_loads(tmp_path, command):
+    """The model named does not exist either: the error must be the corpus's, so the corpus was
+    checked first (a user waited ~6 s for the model before learning of a typo in the path)."""
+    for corpus, message in ((tmp_path / "missing.txt", "corpus file not found"), (tmp_path, "is a directory")):
+        done = subprocess.run([sys.executable, "-m", "circuit_atlas.cli", command, str(corpus), "--model",
+                               str(tmp_path / "no-model"), "--transcoders", str(tmp_path / "no-tc"),
+                               "--store", f"embedded:{tmp_path / 'store'}"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "no-model" not in done.stderr
+    assert not (tmp_path / "store").exists()  # nothing was opened or created
+
+
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny):
     _, _, model_dir, tc_dir = tiny
     corpus = write_corpus(tmp_path / "animals.jsonl")
@@ -153,6 +166,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny):
     done = subprocess.run(_cli_ingest(corpus, model_dir, tc_dir, ref_url, tmp_path / "ref-graphs", "--json"),
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
+    assert "0row" not in done.stderr  # no stuck, empty "reading prompts" bar left on the terminal
     ref_summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert ref_summary["succeeded"] == 20
 
