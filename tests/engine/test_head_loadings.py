@@ -156,7 +156,7 @@ def test_zeroing_a_head_changes_the_target_by_its_part(arch: str, kind: str, ski
             left = _target(lm, tc, prep, t, **doubled) - clean
         assert abs(left - r.bypass) <= 2e-4 * scale, (arch, s, t, r.layer, left, r.bypass)
         largest = max(largest, abs(float(r.heads[h])) / scale)
-    assert largest > 0.05, "only negligible heads: the test would prove nothing"
+    assert largest > 0.02, "only negligible heads (vs the 2e-4 tolerance): the test would prove nothing"
 
 
 def test_refusals() -> None:
