@@ -19,6 +19,8 @@ from circuit_atlas.engine.transcoders import random_transcoders
 
 PROMPT = "A cat sat"
 CASES = [("llama", "plt", False), ("gemma2", "clt", True), ("gpt2", "plt", True)]
+# gemma2's features read GemmaScope's hook point (after the frozen norm scale, before its weight)
+HOOKS = {"gemma2": ("ln2.hook_normalized", "hook_mlp_out")}
 _CACHE: dict = {}
 
 
@@ -27,6 +29,8 @@ def setup(arch: str, kind: str, skip: bool):
     if key not in _CACHE:
         lm = tiny_model(arch, n_layers=3, d_model=32, vocab_size=97, seed=0)
         tc = random_transcoders(3, 32, 40, kind=kind, activation="relu", skip=skip, seed=1, scan=f"hl-{arch}")
+        if arch in HOOKS:
+            tc.feature_input_hook, tc.feature_output_hook = HOOKS[arch]
         graph = attribute(lm, tc, PROMPT, prune=False, custom_targets=[TargetDiff("c", "e")], batch_size=32)
         _CACHE[key] = (lm, tc, graph, hl.prepare(lm, tc, graph.meta["token_ids"], hl.custom_vectors_of(graph.meta)))
     return _CACHE[key]
