@@ -92,11 +92,22 @@ def run_case(case: dict) -> None:
     weights = torch.zeros(graph.adjacency_matrix.shape[0])
     weights[-n_logits:] = graph.logit_probabilities.float().cpu()
     influence = compute_node_influence(graph.adjacency_matrix, weights)
+    # prune_graph's edge scores (its first node mask, its pruned matrix), for telling an edge set
+    # difference at the 98% cumulative boundary (float rounding) from a real one
+    from circuit_tracer.graph import compute_edge_influence, find_threshold
+
+    keep = influence >= find_threshold(influence, 0.8)
+    keep[-n_logits - len(graph.input_tokens):] = True
+    pruned = graph.adjacency_matrix.clone()
+    pruned[~keep] = 0
+    pruned[:, ~keep] = 0
+    edge_scores = compute_edge_influence(pruned, weights)
     torch.save(
         {
             "node_mask": res.node_mask.cpu(),
             "edge_mask": res.edge_mask.cpu(),
             "influence": influence.cpu(),
+            "edge_scores": edge_scores.cpu(),
             "replacement_score": float(replacement),
             "completeness_score": float(completeness),
         },

@@ -18,7 +18,7 @@ import torch
 
 PROMPT = "The capital of France is Paris"
 ARCHS = ("llama", "gemma2", "qwen3")
-N_LAYERS, D_MODEL, D_TC, VOCAB = 2, 32, 48, 97
+N_LAYERS, D_MODEL, D_TC, VOCAB = 2, 32, 48, 71  # 71: the tiny char tokenizer's own size
 # the hook points each architecture's transcoders use in the variant matrix (PLT, CLT)
 MATRIX_HOOKS = {
     "llama": {"plt": ("mlp.hook_in", "hook_mlp_out"), "clt": ("mlp.hook_in", "hook_mlp_out")},
@@ -109,8 +109,14 @@ def save_transcoders(case: Case, directory: Path) -> None:
         if tc.W_skip is not None:  # keep the skip term about as large as the rest
             tc.W_skip[l].div_(scale)
         pre = x @ tc.W_enc[l].T
-        cut = torch.quantile(pre.flatten(), 0.8)
-        if case.activation == "jumprelu":
+        # TopK: about half fire, so every position has at least k positive pre-activations;
+        # there circuit-tracer's TopK (the k largest, even negative) and ours (then ReLU) agree
+        cut = torch.quantile(pre.flatten(), 0.5 if case.activation == "topk" else 0.8)
+        if case.activation == "topk":
+            tc.b_enc[l].copy_(-cut + 0.01 * scale * (tc.b_enc[l] - tc.b_enc[l].mean()))
+            kth = (pre + tc.b_enc[l]).topk(tc.k, dim=-1).values[:, -1]
+            assert bool((kth > 0).all()), f"{case.name}: a position with fewer than k positive pre-activations"
+        elif case.activation == "jumprelu":
             tc.b_enc[l].mul_(scale)
             tc.threshold[l].copy_(cut + tc.b_enc[l] + 0.01 * scale * tc.threshold[l])
         else:
