@@ -5,6 +5,7 @@ labels), y = layer, embeddings at the bottom and logits at the top; edge width a
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Iterable
 
@@ -73,41 +74,149 @@ def _cumulative(values: pd.Series, fraction: float) -> pd.Index:
     return order.index[: max(1, min(n, len(order)))]
 
 
-def layout(nodes: pd.DataFrame) -> pd.DataFrame:
-    """x, y for every node: nodes sharing a (position, row) cell are spread across the cell."""
+WHITESPACE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
+
+
+def visible(token: str) -> str:
+    """A token as text a reader can see: a whitespace-only token spelled with visible marks,
+    line breaks inside others as a mark (a label stays one line)."""
+    token = str(token)
+    if token and not token.strip():
+        return "".join(WHITESPACE.get(ch, ch) for ch in token)
+    return token.replace("\r", "").replace("\n", WHITESPACE["\n"])
+
+
+def _num(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def node_label(r: pd.Series | dict) -> str:
+    """What a reader calls a node: the token (embedding), the token and its probability (logit),
+    the feature's label or else its key (feature), ``err L{layer}`` (error), the name (supernode)."""
+    kind, label = r.get("kind"), r.get("label")
+    label = label if isinstance(label, str) else ""
+    layer = _num(r.get("layer"))
+    if kind == "embedding":
+        return visible(label) if label else str(r.get("node_id"))
+    if kind == "logit":
+        p = _num(r.get("prob"))
+        return f"{visible(label) or r.get('node_id')} ({100 * p:.1f}%)" if p is not None else (visible(label) or str(r.get("node_id")))
+    if kind == "error":
+        return f"err L{int(layer)}" if layer is not None else "err"
+    if kind == "feature":
+        key = r.get("feature_key")
+        return label or (str(key) if isinstance(key, str) and key else str(r.get("node_id")))
+    return label or str(r.get("node_id"))
+
+
+def node_labels(nodes: pd.DataFrame) -> pd.Series:
+    """``node_label`` for every row, indexed like ``nodes``."""
+    if nodes.empty:
+        return pd.Series([], dtype=object, index=nodes.index)
+    return pd.Series([node_label(r) for r in nodes.to_dict("records")], index=nodes.index, dtype=object)
+
+
+def picker_label(r: pd.Series | dict, tokens: list[str] | None = None) -> str:
+    """A node's name in the picker: its label, then where it is (layer and position with the
+    token), so two nodes with one label stay apart."""
+    tokens = tokens or []
+    lab = node_label(r)
+    kind, layer, pos = r.get("kind"), _num(r.get("layer")), _num(r.get("pos"))
+    where = []
+    if kind in ("feature", "error") and layer is not None:
+        where.append(f"L{int(layer)}")
+    if pos is not None and pos >= 0:
+        p = int(pos)
+        where.append(f"@{p} {visible(tokens[p])!r}" if p < len(tokens) else f"@{p}")
+    where.append(str(kind))
+    return f"{lab}  ({' '.join(where)})"
+
+
+ERROR_MODES = ("show", "one per layer", "hide")
+
+
+def collapse_errors(nodes: pd.DataFrame, edges: pd.DataFrame, how: str = "show") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Error nodes as they are (``show``), merged into one node per layer (``one per layer``:
+    id ``err_L{layer}``, influence summed, parallel edges summed, drawn in an ``errors`` column
+    right of the last token), or dropped with their edges (``hide``)."""
+    if how not in ERROR_MODES:
+        raise ValueError(f"error nodes: {how!r} is not one of {ERROR_MODES}")
+    is_err = nodes["kind"] == "error"
+    if how == "show" or not is_err.any():
+        return nodes, edges
+    err_ids = set(nodes.loc[is_err, "node_id"])
+    if how == "hide":
+        keep = edges[~edges["source"].isin(err_ids) & ~edges["target"].isin(err_ids)]
+        return nodes[~is_err].reset_index(drop=True), keep.reset_index(drop=True)
+    errs = nodes[is_err].copy()
+    layer = pd.to_numeric(errs["layer"], errors="coerce").fillna(-1).astype(int)
+    errs["new_id"] = [f"err_L{l}" for l in layer]
+    rename = dict(zip(errs["node_id"], errs["new_id"]))
+    n_pos = int(pd.to_numeric(nodes["pos"], errors="coerce").max() + 1) if len(nodes) else 0
+    infl = pd.to_numeric(errs["influence"], errors="coerce").fillna(0.0)
+    merged = (errs.assign(influence=infl, layer=layer).groupby("new_id", sort=True)
+              .agg(layer=("layer", "first"), influence=("influence", "sum"), merged=("node_id", "size")).reset_index()
+              .rename(columns={"new_id": "node_id"}))
+    merged["kind"], merged["pos"] = "error", n_pos
+    out_nodes = pd.concat([nodes[~is_err], merged], ignore_index=True)
+    e = edges.copy()
+    e["source"], e["target"] = e["source"].map(lambda x: rename.get(x, x)), e["target"].map(lambda x: rename.get(x, x))
+    e = e.groupby(["source", "target"], sort=False, as_index=False)["weight"].sum()
+    return out_nodes, e.reset_index(drop=True)
+
+
+def layout(nodes: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[float, int]]]:
+    """x, y for every node, and the centre of each position's column. A position's column is as
+    wide as its fullest (position, row) cell, one unit per node, so no two nodes ever share a
+    spot and empty positions take no room (the pinned subgraph stays compact)."""
     out = nodes.copy()
-    out["x"] = pd.to_numeric(out["pos"], errors="coerce").fillna(0).astype(float)
+    out["pos_i"] = pd.to_numeric(out["pos"], errors="coerce").fillna(0).astype(int)
     out["y"] = out["row"].astype(float)
-    out = out.sort_values(["pos", "row", "node_id"]).reset_index(drop=True)
-    for _, idx in out.groupby(["x", "y"]).groups.items():
-        k = len(idx)
-        if k > 1:
-            offsets = np.linspace(-0.35, 0.35, k)
-            out.loc[idx, "x"] = out.loc[idx, "x"] + offsets
-    return out
+    sort_cols = ["pos_i", "row"] + [c for c in ("layer", "node_id") if c in out]
+    out = out.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+    cell = out.groupby(["pos_i", "y"]).cumcount().to_numpy()
+    size = out.groupby(["pos_i", "y"])["node_id"].transform("size").to_numpy()
+    width = out.assign(k=size).groupby("pos_i")["k"].max()
+    start = width.cumsum() - width
+    centres = [(float(start[p] + width[p] / 2), int(p)) for p in width.index]
+    col_start = out["pos_i"].map(start).to_numpy(float)
+    col_width = out["pos_i"].map(width).to_numpy(float)
+    out["x"] = col_start + (col_width - size) / 2 + cell + 0.5
+    return out, centres
 
 
-def _hover(r: pd.Series) -> str:
-    parts = [f"<b>{r['node_id']}</b> ({r['kind']})"]
+def _hover(r: dict) -> str:
+    parts = [f"<b>{html.escape(node_label(r))}</b> ({r['kind']}, {r['node_id']})"]
     if isinstance(r.get("feature_key"), str) and r.get("feature_key"):
         parts.append(f"feature {r['feature_key']}")
-    if isinstance(r.get("label"), str) and r.get("label"):
-        parts.append(f"label: {r['label']}")
     for col in ("activation", "influence", "prob"):
-        v = r.get(col)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v):
-            parts.append(f"{col}: {float(v):.4g}")
-    if "members" in r and not pd.isna(r.get("members")) and r["kind"] == "supernode":
+        v = _num(r.get(col))
+        if v is not None:
+            parts.append(f"{col}: {v:.4g}")
+    if r.get("kind") == "supernode" and _num(r.get("members")) is not None:
         parts.append(f"members: {int(r['members'])}")
+    if _num(r.get("merged")) is not None:
+        parts.append(f"{int(r['merged'])} error nodes merged")
     return "<br>".join(parts)
 
 
+def _short(text: str, n: int = 18) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
 def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (), *,
-           highlight: Iterable[str] = (), n_layers: int | None = None, height: int = 600) -> go.Figure:
-    """The interactive graph. Each node trace carries ``customdata`` = node id, so a selection
-    event names the nodes picked."""
+           highlight: Iterable[str] = (), n_layers: int | None = None, height: int = 600,
+           groups: dict[str, list[str]] | None = None, text_limit: int = 150) -> go.Figure:
+    """The interactive graph. Each node trace carries ``customdata`` = node id, so a click or
+    selection event names the nodes picked. Nodes carry their labels as text (when more than
+    ``text_limit`` are shown, only the most influential features do; every node has a hover);
+    ``groups`` (name -> node ids) are drawn as labelled boxes around their members."""
     tokens = list(tokens)
-    pos_nodes = layout(node_rows(nodes, n_layers))
+    pos_nodes, centres = layout(node_rows(nodes, n_layers)) if len(nodes) else (node_rows(nodes, n_layers).assign(x=[], y=[]), [])
     at = pos_nodes.set_index("node_id")[["x", "y"]]
     fig = go.Figure()
     if len(edges):
@@ -130,42 +239,62 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                          line=dict(color=color, width=0.5 + 1.5 * b), opacity=0.25 + 0.15 * b,
                                          name="+ edges" if positive else "- edges"))
-    hi = set(highlight)
-    for kind, (symbol, color) in KIND_STYLE.items():
-        sub = pos_nodes[pos_nodes["kind"] == kind]
-        if sub.empty:
+    for name, members in (groups or {}).items():
+        m = at.loc[[n for n in members if n in at.index]]
+        if m.empty:
             continue
-        infl = pd.to_numeric(sub.get("influence"), errors="coerce").fillna(0).abs()
+        x0, x1, y0, y1 = m["x"].min() - 0.45, m["x"].max() + 0.45, m["y"].min() - 0.35, m["y"].max() + 0.35
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, line=dict(color=KIND_STYLE["supernode"][1], dash="dash", width=2),
+                      fillcolor="rgba(255,127,14,0.08)", layer="below")
+        fig.add_annotation(x=x0, y=y1, text=html.escape(_short(name, 30)), showarrow=False, xanchor="left", yanchor="bottom",
+                           font=dict(size=10, color=KIND_STYLE["supernode"][1]))
+    hi = set(highlight)
+    labels = node_labels(pos_nodes)
+    infl_all = pd.to_numeric(pos_nodes.get("influence"), errors="coerce").fillna(0).abs()
+    if len(pos_nodes) <= text_limit:
+        texted = set(pos_nodes["node_id"])
+    else:  # embeddings, logits, and the most influential of the rest
+        inner = pos_nodes["kind"].isin(["feature", "error", "supernode"])
+        top = infl_all[inner].sort_values(ascending=False).index[: max(0, text_limit - int((~inner).sum()))]
+        texted = set(pos_nodes.loc[~inner, "node_id"]) | set(pos_nodes.loc[top, "node_id"])
+    records = pos_nodes.to_dict("records")
+    for kind, (symbol, color) in KIND_STYLE.items():
+        idx = pos_nodes.index[pos_nodes["kind"] == kind]
+        if not len(idx):
+            continue
+        sub = pos_nodes.loc[idx]
+        infl = infl_all.loc[idx]
         size = 9 + 14 * (infl / infl.max() if infl.max() > 0 else 0)
         fig.add_trace(go.Scatter(
-            x=sub["x"], y=sub["y"], mode="markers", name=kind, customdata=sub["node_id"],
-            hovertext=[_hover(r) for _, r in sub.iterrows()], hoverinfo="text",
+            x=sub["x"], y=sub["y"], mode="markers+text", name=kind, customdata=sub["node_id"],
+            text=[_short(labels[i]) if records[i]["node_id"] in texted else "" for i in idx],
+            textposition="bottom center" if kind == "embedding" else "top center", textfont=dict(size=9),
+            hovertext=[_hover(records[i]) for i in idx], hoverinfo="text",
             marker=dict(symbol=symbol, color=color, size=size,
                         line=dict(width=[3 if n in hi else 0.5 for n in sub["node_id"]],
                                   color=["black" if n in hi else "white" for n in sub["node_id"]])),
         ))
-    n_pos = int(pd.to_numeric(pos_nodes["pos"], errors="coerce").max() + 1) if len(pos_nodes) else 0
-    n_pos = max(n_pos, len(tokens), 1)
-    ticks = [f"{i}: {tokens[i]!r}" if i < len(tokens) else str(i) for i in range(n_pos)]
+    ticks = [(x, f"{p}: {tokens[p]!r}" if p < len(tokens) else ("errors" if tokens else str(p))) for x, p in centres]
+    xmax = float(pos_nodes["x"].max() + 0.5) if len(pos_nodes) else 1.0
     top_row = int(pos_nodes["y"].max()) if len(pos_nodes) else 1
     top_row = max(top_row, (n_layers + 1) if n_layers is not None else 1)
     yticks = ["emb"] + [f"L{i}" for i in range(top_row - 1)] + ["logit"]
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.05), plot_bgcolor="white",
-        xaxis=dict(tickmode="array", tickvals=list(range(n_pos)), ticktext=ticks, title="token position",
-                   showgrid=False, zeroline=False, range=[-0.6, n_pos - 0.4]),
+        legend=dict(orientation="h", y=1.05), plot_bgcolor="white", clickmode="event+select", dragmode="select",
+        xaxis=dict(tickmode="array", tickvals=[x for x, _ in ticks], ticktext=[t for _, t in ticks], title="token position",
+                   showgrid=False, zeroline=False, range=[-0.2, xmax + 0.2]),
         yaxis=dict(tickmode="array", tickvals=list(range(len(yticks))), ticktext=yticks, title="layer",
-                   gridcolor="#eee", zeroline=False, range=[-0.5, len(yticks) - 0.5]),
+                   gridcolor="#eee", zeroline=False, range=[-0.7, len(yticks) - 0.3]),
     )
     return fig
 
 
 def neighbours(edges: pd.DataFrame, nodes: pd.DataFrame, selected: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(inputs, outputs) of the selected nodes: edges into and out of them, strongest first,
-    with the other end's kind and label."""
+    with the other end's readable label and kind."""
     sel = set(selected)
-    info = nodes.set_index("node_id")[["kind", "label", "feature_key"]] if len(nodes) else None
+    info = nodes.assign(name=node_labels(nodes)).set_index("node_id")[["name", "kind", "feature_key"]] if len(nodes) else None
 
     def describe(df: pd.DataFrame, other: str) -> pd.DataFrame:
         df = df.copy()
@@ -175,6 +304,19 @@ def neighbours(edges: pd.DataFrame, nodes: pd.DataFrame, selected: Iterable[str]
         return df.sort_values("abs_weight", ascending=False).drop(columns="abs_weight").reset_index(drop=True)
 
     return describe(edges[edges["target"].isin(sel)], "source"), describe(edges[edges["source"].isin(sel)], "target")
+
+
+def contexts_html(contexts: list[dict], limit: int = 10) -> str:
+    """Stored top contexts (``left``, ``token``, ``right``, ``activation``) as one escaped HTML
+    block, the active token highlighted and made visible: text is never read as Markdown."""
+    rows = []
+    for c in contexts[:limit]:
+        left, tok, right = str(c.get("left", "")), str(c.get("token", "")), str(c.get("right", ""))
+        act = _num(c.get("activation"))
+        rows.append(f"<div style='margin:2px 0;white-space:pre-wrap'><code style='margin-right:0.5em'>"
+                    f"{'' if act is None else format(act, '.3g')}</code>{html.escape(left)}"
+                    f"<mark style='background:#ffd54f'><b>{html.escape(visible(tok))}</b></mark>{html.escape(right)}</div>")
+    return f"<div class='pg-contexts'>{''.join(rows)}</div>"
 
 
 def heads_figure(heads: Iterable[float], bypass: float, edge: float, title: str = "", height: int = 320) -> go.Figure:

@@ -116,6 +116,40 @@ def intervene_command(
         console.print(f"generated after:  {res.generated!r}", highlight=False)
 
 
+VALIDATION_FORMATS = {"p clean": ".4f", "p after": ".4f", "Δp": "+.4f", "controls Δp": "+.4f", "sd": ".4f", "p-value": ".2f"}
+
+
+def validation_table(result: Any, n_features: int) -> "pd.DataFrame":
+    """validate-circuit's table (one row per prompt): the CLI prints it, the app shows it."""
+    import pandas as pd
+
+    t = result.table
+    return pd.DataFrame({
+        "prompt": t["text"].astype(str), "expected": [repr(e) for e in t["expected"]], "p clean": t["p_clean"],
+        "p after": t["p_after"], "Δp": t["delta"], "controls Δp": t["control_delta_mean"], "sd": t["control_delta_std"],
+        "p-value": t["p_value"], "active": [f"{a}/{n_features}" for a in t["features_active"]],
+    })
+
+
+def _cell(v: Any, col: str) -> str:
+    spec = VALIDATION_FORMATS.get(col)
+    if spec is None:
+        return str(v)
+    return "" if v != v else format(v, spec)  # NaN (no controls) -> blank
+
+
+def validation_summary(sm: dict[str, Any]) -> str:
+    """validate-circuit's one-line summary under the table."""
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:+.4f}" if isinstance(v, float) else str(v))
+
+    beats = sm["frac_beating_all_controls"]
+    beats_text = "n/a" if beats is None else f"{beats:.0%}"
+    return (f"{sm['n_prompts']} prompts · mean Δp {fmt(sm['mean_delta'])} · controls {fmt(sm['mean_control_delta'])} · "
+            f"effect vs controls {fmt(sm['mean_effect_vs_control'])} · beats every control on {beats_text} of prompts")
+
+
 def validate_circuit_command(
     prompt_group: str = typer.Option(..., "--prompt-group", "-g", help="Validate on every prompt of this group in the store."),
     features: str = typer.Option(..., "--features", "-f", help="Comma-separated feature keys SCAN:LAYER:INDEX (the circuit)."),
@@ -161,30 +195,15 @@ def validate_circuit_command(
     if console.width < 120:  # the numbers matter more than a narrow pipe's wrapping
         console = Console(width=120)
     table = Table(title=f"validate-circuit: {mode} {len(keys)} features on group {prompt_group!r}")
-    for col in ("prompt", "expected", "p clean", "p after", "Δp", "controls Δp", "sd", "p-value", "active"):
+    rows = validation_table(result, len(keys))
+    for col in rows.columns:
         table.add_column(col, justify="left" if col in ("prompt", "expected") else "right", no_wrap=True,
                          overflow="ellipsis", max_width=32 if col == "prompt" else None)
-
-    def num(v: Any, spec: str) -> str:
-        return "" if v != v else format(v, spec)  # NaN (no controls) -> blank
-
-    for _, r in result.table.iterrows():
-        text = str(r["text"])
-        table.add_row(text if len(text) <= 32 else text[:31] + "…", repr(r["expected"]), f"{r['p_clean']:.4f}",
-                      f"{r['p_after']:.4f}", f"{r['delta']:+.4f}", num(r["control_delta_mean"], "+.4f"),
-                      num(r["control_delta_std"], ".4f"), num(r["p_value"], ".2f"), f"{r['features_active']}/{len(keys)}")
+    for r in rows.itertuples(index=False):
+        text = str(r[0])
+        table.add_row(text if len(text) <= 32 else text[:31] + "…", *(_cell(v, c) for v, c in zip(r[1:], rows.columns[1:])))
     console.print(table)
-    sm = result.summary
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:+.4f}" if isinstance(v, float) else str(v))
-
-    beats = sm["frac_beating_all_controls"]
-    beats_text = "n/a" if beats is None else f"{beats:.0%}"
-    console.print(f"{sm['n_prompts']} prompts · mean Δp {fmt(sm['mean_delta'])} · controls {fmt(sm['mean_control_delta'])} · "
-                  f"effect vs controls {fmt(sm['mean_effect_vs_control'])} · beats every control on "
-                  f"{beats_text} of prompts",
-                  highlight=False)
+    console.print(validation_summary(result.summary), highlight=False)
     if out is not None:
         console.print(f"wrote {out}")
 

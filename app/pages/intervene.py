@@ -2,39 +2,21 @@
 store) and compare the model's top tokens before and after. Needs the model and its
 transcoders on this machine; without them the page says what to set up.
 
-Model and transcoders come from, in order: objects in ``st.session_state`` (``intervene_lm``,
-``intervene_tc``: how tests and other pages hand them over), the environment
-(``CIRCUIT_ATLAS_MODEL``, ``CIRCUIT_ATLAS_TRANSCODERS``), or, on request, the prompt's stored
-``model`` and ``scan`` (when the scan names a transcoder directory).
+Model and transcoders come from circuit_atlas.app.models (session state, the environment that
+``circuit-atlas app --model M --transcoders T`` sets, or the prompt's stored model and scan).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from circuit_atlas.app import data
+from circuit_atlas.app import data, models
 
 UNAVAILABLE = "Intervene needs the model and transcoders on this machine."
-
-
-@st.cache_resource(show_spinner="Loading the model…")
-def _load_model(ref: str) -> Any:
-    from circuit_atlas.engine.models import load_model
-
-    return load_model(ref)
-
-
-@st.cache_resource(show_spinner="Loading the transcoders…")
-def _load_transcoders(ref: str) -> Any:
-    from circuit_atlas.engine.transcoders import load_transcoders
-
-    return load_transcoders(ref)
 
 
 def _engine() -> tuple[Any, Any] | str:
@@ -44,28 +26,6 @@ def _engine() -> tuple[Any, Any] | str:
     except ImportError as exc:
         return f"the intervention engine is not available ({exc})"
     return Intervention, intervene
-
-
-def _model_and_transcoders(prompt: pd.Series | None) -> tuple[Any, Any] | str:
-    lm, tc = st.session_state.get("intervene_lm"), st.session_state.get("intervene_tc")
-    if lm is not None and tc is not None:
-        return lm, tc
-    model_ref = os.environ.get("CIRCUIT_ATLAS_MODEL")
-    tc_ref = os.environ.get("CIRCUIT_ATLAS_TRANSCODERS")
-    if not (model_ref and tc_ref) and prompt is not None:
-        meta_model, meta_scan = str(prompt["model"] or ""), str(prompt["scan"] or "")
-        if meta_model and meta_scan and Path(meta_scan).expanduser().is_dir():
-            if st.button(f"Load model `{meta_model}` and transcoders `{meta_scan}` (from the prompt's metadata)",
-                         key="iv_load_meta"):
-                st.session_state["iv_meta_refs"] = (meta_model, meta_scan)
-        model_ref, tc_ref = st.session_state.get("iv_meta_refs", (model_ref, tc_ref))
-    if not (model_ref and tc_ref):
-        return ("no model and transcoders are configured: set CIRCUIT_ATLAS_MODEL (a model directory, GGUF file, "
-                "hub id or `demo`) and CIRCUIT_ATLAS_TRANSCODERS (a transcoder directory) and restart the app")
-    try:
-        return _load_model(model_ref), _load_transcoders(tc_ref)
-    except Exception as exc:  # missing files, offline hub, bad config: all the user's to fix
-        return f"could not load model `{model_ref}` / transcoders `{tc_ref}`: {exc}"
 
 
 def _parse_manual(text: str) -> list[tuple[int, int, int]]:
@@ -92,7 +52,7 @@ def _feature_nodes(pid: str) -> pd.DataFrame:
 def _unavailable(why: str) -> None:
     st.info(f"{UNAVAILABLE} Here {why}.")
     st.markdown("Browse circuits on the other pages; to test them on the model, run the app where the model and "
-                "transcoders are, e.g. `CIRCUIT_ATLAS_MODEL=demo CIRCUIT_ATLAS_TRANSCODERS=DIR circuit-atlas app`.")
+                "transcoders are, e.g. `circuit-atlas app --model demo --transcoders DIR`.")
 
 
 def main() -> None:
@@ -110,7 +70,7 @@ def main() -> None:
         _unavailable(engine)
         return
     Intervention, intervene = engine
-    loaded = _model_and_transcoders(prompt)
+    loaded = models.model_and_transcoders(prompt, key="iv")
     if isinstance(loaded, str):
         _unavailable(loaded)
         return

@@ -4,13 +4,15 @@ node inspection (inputs and outputs), pinning, and supernodes saved to the store
 from __future__ import annotations
 
 import hashlib
-import os
+import html
+import json
+import time
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from circuit_atlas.app import data, graph_view
+from circuit_atlas.app import data, graph_view, models
 from circuit_atlas.queries.supernodes import supernode_graph
 
 SUPERNODES = (
@@ -69,45 +71,15 @@ def _selected_from_event(event) -> list[str]:
     return out
 
 
-@st.cache_resource(show_spinner="Loading the model…")
-def _load_model(ref: str) -> Any:
-    from circuit_atlas.engine.models import load_model
-
-    return load_model(ref)
-
-
-@st.cache_resource(show_spinner="Loading the transcoders…")
-def _load_transcoders(ref: str) -> Any:
-    from circuit_atlas.engine.transcoders import load_transcoders
-
-    return load_transcoders(ref)
-
-
-def _model_and_transcoders() -> tuple[Any, Any] | str:
-    """As the Intervene page finds them: session state (``intervene_lm``/``intervene_tc``), else
-    $CIRCUIT_ATLAS_MODEL and $CIRCUIT_ATLAS_TRANSCODERS; or why there are none."""
-    lm, tc = st.session_state.get("intervene_lm"), st.session_state.get("intervene_tc")
-    if lm is not None and tc is not None:
-        return lm, tc
-    model_ref, tc_ref = os.environ.get("CIRCUIT_ATLAS_MODEL"), os.environ.get("CIRCUIT_ATLAS_TRANSCODERS")
-    if not (model_ref and tc_ref):
-        return ("Head loadings need the model and transcoders on this machine: set CIRCUIT_ATLAS_MODEL and "
-                "CIRCUIT_ATLAS_TRANSCODERS and restart the app.")
-    try:
-        return _load_model(model_ref), _load_transcoders(tc_ref)
-    except Exception as exc:  # missing files, offline hub, bad config: all the user's to fix
-        return f"Could not load model `{model_ref}` / transcoders `{tc_ref}`: {exc}"
-
-
 def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -> None:
     """The node card's per-head split of one edge touching the inspected nodes."""
     from circuit_atlas.engine import head_loadings as hl
     from circuit_atlas.errors import CircuitAtlasError
 
     with st.expander("Head loadings: which attention heads carried an edge"):
-        loaded = _model_and_transcoders()
+        loaded = models.model_and_transcoders()
         if isinstance(loaded, str):
-            st.caption(loaded)
+            st.caption(f"Head loadings need the model and transcoders on this machine: {loaded}.")
             return
         lm, tc = loaded
         touching = edges[edges["source"].isin(inspect) | edges["target"].isin(inspect)]
@@ -147,6 +119,68 @@ def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -
                    "(frozen attention patterns and norms, as the graph).")
 
 
+NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98  # the paper's (and circuit-tracer's) pruning defaults
+FEATURE_INFO = ("MATCH (f:Feature) WHERE f.key = $key RETURN f.label AS label, f.contexts AS contexts, "
+                "f.logit_effects AS logit_effects, f.frequency AS frequency")
+
+
+def _json(raw: Any, default: Any) -> Any:
+    try:
+        return json.loads(raw) if isinstance(raw, str) and raw else default
+    except json.JSONDecodeError:
+        return default
+
+
+def _side(df: pd.DataFrame, other: str) -> pd.DataFrame:
+    """An inputs/outputs table as a reader wants it: the other node's label and kind, the weight."""
+    cols = [c for c in ("name", "kind", "weight", other) if c in df]
+    return df[cols].rename(columns={"name": "node", other: "node_id"})
+
+
+def _card(node: pd.Series, nodes: pd.DataFrame, edges: pd.DataFrame, tokens: list[str]) -> None:
+    """One node's card: its label and numbers, for a feature its stored top contexts and logit
+    effects, its strongest inputs and outputs in the graph shown, and a link to its page."""
+    label = graph_view.node_label(node)
+    st.html(f"<div class='pg-card-title' style='font-size:1.3em;font-weight:600'>{html.escape(label)}</div>")
+    facts = [str(node["kind"]), f"`{node['node_id']}`"]
+    layer, pos = pd.to_numeric(node.get("layer"), errors="coerce"), pd.to_numeric(node.get("pos"), errors="coerce")
+    if node["kind"] in ("feature", "error") and pd.notna(layer):
+        facts.append(f"layer {int(layer)}")
+    if pd.notna(pos) and 0 <= int(pos) < len(tokens):
+        facts.append(f"position {int(pos)} {tokens[int(pos)]!r}")
+    for col in ("activation", "influence", "prob"):
+        v = pd.to_numeric(node.get(col), errors="coerce")
+        if pd.notna(v):
+            facts.append(f"{col} {float(v):.4g}")
+    st.caption(" · ".join(facts))
+    key = node.get("feature_key")
+    if isinstance(key, str) and key:
+        st.markdown(f"[Open the feature page for `{key}`]({data.link('feature', key=key)})")
+        info = data.read(FEATURE_INFO, {"key": key})
+        row = info.iloc[0].to_dict() if len(info) else {}
+        contexts = _json(row.get("contexts"), [])
+        st.markdown("**Top contexts**")
+        if contexts:
+            st.html(graph_view.contexts_html(contexts, limit=8))
+        else:
+            st.caption("None stored (run `circuit-atlas features` to collect them).")
+        effects = _json(row.get("logit_effects"), {})
+        st.markdown("**Logit effects**")
+        if effects:
+            up = ", ".join(f"{graph_view.visible(t)!r} {float(v):+.3g}" for t, v in effects.get("promoted", [])[:8])
+            down = ", ".join(f"{graph_view.visible(t)!r} {float(v):+.3g}" for t, v in effects.get("suppressed", [])[:8])
+            st.caption(f"promotes {up or '–'}; suppresses {down or '–'}")
+        else:
+            st.caption("None stored.")
+    elif node["kind"] == "error" and pd.notna(pd.to_numeric(node.get("merged"), errors="coerce")):
+        st.caption(f"{int(node['merged'])} error nodes of this layer, merged.")
+    inputs, outputs = graph_view.neighbours(edges, nodes, [node["node_id"]])
+    st.markdown(f"**Inputs** ({len(inputs)})")
+    st.dataframe(_side(inputs, "source"), hide_index=True, key="pg_card_inputs")
+    st.markdown(f"**Outputs** ({len(outputs)})")
+    st.dataframe(_side(outputs, "target"), hide_index=True, key="pg_card_outputs")
+
+
 def main() -> None:
     st.title("Prompt graph")
     prompts = data.require_prompts()
@@ -155,25 +189,39 @@ def main() -> None:
     tokens = [str(t) for t in (prompt["tokens"] if prompt["tokens"] is not None else [])]
     st.caption(f"`{pid}` · group {prompt['grp']} · model {prompt['model']} · scan {scan} · "
                f"replacement {prompt['replacement_score']:.3g} · completeness {prompt['completeness_score']:.3g}")
+    started = time.perf_counter()
     nodes, edges = graph_view.split_subgraph(data.query("prompt_subgraph", {"prompt_id": pid}))
 
-    c1, c2, c3 = st.columns(3)
-    node_t = c1.slider("Node threshold (cumulative influence kept)", 0.05, 1.0, 1.0, 0.05, key="pg_node_t")
-    edge_t = c2.slider("Edge threshold (cumulative |weight| kept)", 0.05, 1.0, 1.0, 0.01, key="pg_edge_t")
+    c1, c2, c3, c4 = st.columns(4)
+    node_t = c1.slider("Node threshold (cumulative influence kept)", 0.05, 1.0, NODE_THRESHOLD, 0.05, key="pg_node_t")
+    edge_t = c2.slider("Edge threshold (cumulative |weight| kept)", 0.05, 1.0, EDGE_THRESHOLD, 0.01, key="pg_edge_t")
+    errors_how = c3.selectbox("Error nodes", graph_view.ERROR_MODES, key="pg_errors")
     supernodes = _supernodes(scan, pid)
-    chosen_keys = c3.multiselect("Collapse supernodes", [s["key"] for s in supernodes], key="pg_collapse",
+    chosen_keys = c4.multiselect("Supernodes", [s["key"] for s in supernodes], key="pg_collapse",
                                  format_func=lambda k: next(s["label"] for s in supernodes if s["key"] == k))
+    merge = c4.checkbox("Merge each supernode into one node", key="pg_merge",
+                        help="Off: its members are drawn inside a labelled box. On: one node with summed edges.")
     kept_nodes, kept_edges = graph_view.prune(nodes, edges, node_t, edge_t)
-    if chosen_keys:
-        kept_nodes, kept_edges = _collapse(kept_nodes, kept_edges, [s for s in supernodes if s["key"] in chosen_keys])
+    kept_nodes, kept_edges = graph_view.collapse_errors(kept_nodes, kept_edges, errors_how)
+    chosen = [s for s in supernodes if s["key"] in chosen_keys]
+    groups: dict[str, list[str]] = {}
+    if chosen and merge:
+        kept_nodes, kept_edges = _collapse(kept_nodes, kept_edges, chosen)
+    for s in ([] if merge else chosen):
+        ids = set(s["node_ids"] or []) | set(kept_nodes.loc[kept_nodes["feature_key"].isin(s["members"]), "node_id"]
+                                             if "feature_key" in kept_nodes else [])
+        groups[s["label"]] = sorted(ids)
 
     pins: dict[str, list[str]] = st.session_state.setdefault("pg_pins", {})
     pinned = [n for n in pins.get(pid, [])]
     n_layers = int(pd.to_numeric(nodes["layer"], errors="coerce").max() + 1) if nodes["layer"].notna().any() else 1
     st.caption(f"{len(kept_nodes)} of {len(nodes)} nodes, {len(kept_edges)} of {len(edges)} edges shown. "
-               "Hover a node for its label, activation and influence; click or box-select nodes to inspect them.")
-    fig = graph_view.figure(kept_nodes, kept_edges, tokens, highlight=pinned, n_layers=n_layers)
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"pg_graph_{pid}")
+               "Click a node (or pick it) to open its card; box-select several to inspect them together.")
+    left, right = st.columns([3, 2])
+    fig = graph_view.figure(kept_nodes, kept_edges, tokens, highlight=pinned, n_layers=n_layers, groups=groups, height=640)
+    with left:
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"pg_graph_{pid}")
+    st.session_state["_pg_render_s"] = time.perf_counter() - started  # read by the tests and the browser check
 
     picked = _selected_from_event(event)
     if picked and picked != st.session_state.get("_pg_last_pick"):
@@ -182,23 +230,24 @@ def main() -> None:
     options = kept_nodes["node_id"].tolist()
     if any(n not in options for n in st.session_state.get("pg_inspect", [])):
         st.session_state["pg_inspect"] = [n for n in st.session_state["pg_inspect"] if n in options]
-    inspect = st.multiselect("Inspect nodes", options, key="pg_inspect")
-
+    names = {r["node_id"]: graph_view.picker_label(r, tokens) for r in kept_nodes.to_dict("records")}
+    with right:
+        inspect = st.multiselect("Inspect nodes", options, key="pg_inspect", format_func=lambda n: names.get(n, n),
+                                 placeholder="Click a node or type a label, token or layer")
+        if inspect:
+            shown = inspect[-1]
+            if len(inspect) > 1:
+                shown = st.radio("Card of", inspect, index=len(inspect) - 1, key="pg_card_of", horizontal=True,
+                                 format_func=lambda n: names.get(n, n))
+            node = kept_nodes[kept_nodes["node_id"] == shown].iloc[0]
+            with st.container(border=True):
+                _card(node, kept_nodes, kept_edges, tokens)
+            if st.button("Pin inspected nodes", key="pg_pin"):
+                pins[pid] = list(dict.fromkeys(pinned + inspect))
+                st.rerun()
+        else:
+            st.caption("No node inspected: click one in the graph or pick it here.")
     if inspect:
-        inputs, outputs = graph_view.neighbours(kept_edges, kept_nodes, inspect)
-        info = kept_nodes[kept_nodes["node_id"].isin(inspect)]
-        st.dataframe(info.drop(columns=[c for c in ("row", "x", "y") if c in info]), hide_index=True)
-        a, b = st.columns(2)
-        a.markdown(f"**Inputs** ({len(inputs)})")
-        a.dataframe(inputs, hide_index=True)
-        b.markdown(f"**Outputs** ({len(outputs)})")
-        b.dataframe(outputs, hide_index=True)
-        keys = [k for k in info.get("feature_key", pd.Series(dtype=object)).dropna() if k]
-        if keys:
-            st.markdown("Feature pages: " + " · ".join(f"[{k}]({data.link('feature', key=k)})" for k in keys[:8]))
-        if st.button("Pin inspected nodes", key="pg_pin"):
-            pins[pid] = list(dict.fromkeys(pinned + inspect))
-            st.rerun()
         _head_loadings(prompt, kept_edges, inspect)
 
     st.subheader("Pinned subgraph")
@@ -207,11 +256,13 @@ def main() -> None:
         return
     sub_nodes = nodes[nodes["node_id"].isin(pinned)]
     sub_edges = edges[edges["source"].isin(pinned) & edges["target"].isin(pinned)]
-    st.plotly_chart(graph_view.figure(sub_nodes, sub_edges, tokens, n_layers=n_layers, height=380), key=f"pg_pinned_{pid}")
+    st.plotly_chart(graph_view.figure(sub_nodes, sub_edges, tokens, n_layers=n_layers, height=420), key=f"pg_pinned_{pid}")
     st.write("Pinned: " + ", ".join(f"`{n}`" for n in pinned))
     if st.button("Clear pins", key="pg_clear"):
         pins[pid] = []
         st.rerun()
+    pinned_keys = sorted(set(sub_nodes["feature_key"].dropna()) - {""})
+    models.validate_panel(pinned_keys, str(prompt["grp"] or ""), key="pg_val_pins", what="the pinned features")
     with st.form("pg_supernode"):
         name = st.text_input("Supernode name", key="pg_sn_name", placeholder="e.g. say a capital")
         save = st.form_submit_button("Save pinned nodes as a supernode")
@@ -229,7 +280,6 @@ def main() -> None:
             st.error(f"Could not save the supernode: {exc}")
             return
         st.success(f"Saved supernode '{name.strip()}' ({len(pinned)} nodes, {len(members)} features).")
-
 
 try:
     main()

@@ -59,35 +59,110 @@ def test_overview_counts_the_corpus(store_url, planted):
     assert "hello world the" in " ".join(flagged["text"])  # untrusted0
 
 
-def test_prompt_graph_draws_inspects_pins_and_saves_a_supernode(writable_store_url, planted):
+def _chart(at: AppTest, i: int = 0) -> dict:
+    import json
+
+    return json.loads(at.get("plotly_chart")[i].proto.spec)
+
+
+def _values(v) -> list:
+    """A plotly JSON array: a list, or a typed array ({dtype, bdata: base64})."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def _marker_points(spec: dict) -> list[tuple[float, float, str]]:
+    return [(x, y, n) for t in spec["data"] if t.get("customdata") is not None
+            for x, y, n in zip(_values(t["x"]), _values(t["y"]), _values(t["customdata"]))]
+
+
+def test_prompt_graph_opens_pruned_with_labelled_nodes_and_a_card(writable_store_url, planted):
+    """Pruned by the paper's thresholds; nodes, picker and card speak labels, not ids."""
+    import json
+
+    from circuit_atlas.store import open_store
+
+    b_key = P.key("B")
+    with open_store(writable_store_url) as s:
+        s.set_feature_labels({b_key: "capital relay"})
+        s.write_feature_info(pd.DataFrame([{"key": b_key, "scan": P.SCAN, "layer": 1, "index": 11, "frequency": 0.1,
+                                            "max_activation": 2.0, "logit_effects": json.dumps({"promoted": [[" Paris", 0.5]], "suppressed": []}),
+                                            "contexts": json.dumps([{"activation": 2.0, "left": "the capital_of ", "token": "Rome",
+                                                                     "right": " is"}])}]))
     gid = planted.gid("cap0")
     g = __import__("circuit_atlas.engine.graph_files", fromlist=["GraphFile"]).GraphFile.load(planted.root / "cap0")
     at = page("prompt_graph")
     at.query_params["prompt"] = gid
     ok(at.run())
-    assert at.selectbox(key="pg_prompt").value == gid
-    assert any(f"{len(g.nodes)} of {len(g.nodes)} nodes, {len(g.edges)} of {len(g.edges)} edges" in c.value for c in at.caption)
-    b_node = "1_11_4"  # planted feature B in a capitals prompt: A -> B -> C
-    ok(at.multiselect(key="pg_inspect").select(b_node).run())
-    inputs, outputs = at.dataframe[1].value, at.dataframe[2].value
-    assert "0_10_2" in set(inputs["source"])  # A feeds B
-    assert "2_12_5" in set(outputs["target"])  # B feeds C
+    assert at.slider(key="pg_node_t").value == 0.8 and at.slider(key="pg_edge_t").value == 0.98
+    shown = next(c.value for c in at.caption if " nodes, " in c.value)
+    kept, total, kept_e, total_e = map(int, re.match(r"(\d+) of (\d+) nodes, (\d+) of (\d+) edges", shown).groups())
+    assert total == len(g.nodes) and total_e == len(g.edges) and kept < total and kept_e < total_e
+    options = at.multiselect(key="pg_inspect").options
+    assert not [o for o in options if re.fullmatch(r"[\w-]+_-?\d+_\d+", o.split("  (")[0])], options  # no raw ids
+    assert any(o.startswith("capital relay  (L1 @4 ' France' feature)") for o in options), options
+    assert any(o.startswith(" Paris (70.0%)  (@5") for o in options), options
+    assert any(o.startswith(" capital  (@2") for o in options), options  # the embedding: its token
+    texts = [x for t in _chart(at)["data"] if t.get("text") for x in t["text"]]
+    assert "capital relay" in texts and " Paris (70.0%)" in texts
+    ok(at.multiselect(key="pg_inspect").select("1_11_4").run())
+    title = [h.proto.body for h in at.get("html") if "pg-card-title" in h.proto.body]
+    assert title and ">capital relay<" in title[0]
+    ctx = [h.proto.body for h in at.get("html") if "pg-contexts" in h.proto.body]
+    assert ctx and "the capital_of <mark style='background:#ffd54f'><b>Rome</b></mark> is" in ctx[0]
+    assert any("promotes ' Paris' +0.5" in c.value for c in at.caption)
+    assert any(f"feature?key={b_key}" in m.value for m in at.markdown)
+    inputs, outputs = at.dataframe[0].value, at.dataframe[1].value  # the card's two tables
+    assert P.key("A") in set(inputs["node"]) and "0_10_2" in set(inputs["node_id"])  # A feeds B, named by its key
+    assert P.key("C") in set(outputs["node"])  # B feeds C
+    assert list(inputs.columns[:3]) == ["node", "kind", "weight"]
+
+
+def test_prompt_graph_error_nodes_shown_merged_per_layer_or_hidden(store_url, planted):
+    at = page("prompt_graph")
+    at.query_params["prompt"] = planted.gid("untrusted0")  # its error nodes carry most influence
+    ok(at.run())
+    options = at.multiselect(key="pg_inspect").options
+    assert sum(o.startswith("err L") for o in options) == P.N_LAYERS  # one per layer, at the last position
+    ok(at.selectbox(key="pg_errors").select("one per layer").run())
+    errs = [o for o in at.multiselect(key="pg_inspect").options if o.startswith("err L")]
+    assert sorted(o.split("  ")[0] for o in errs) == [f"err L{i}" for i in range(P.N_LAYERS)]
+    assert "errors" in _chart(at)["layout"]["xaxis"]["ticktext"]  # their own column
+    ok(at.selectbox(key="pg_errors").select("hide").run())
+    assert not [o for o in at.multiselect(key="pg_inspect").options if o.startswith("err L")]
+
+
+def test_prompt_graph_pins_lay_out_apart_and_save_a_supernode(writable_store_url, planted):
+    gid = planted.gid("cap0")
+    at = page("prompt_graph")
+    at.query_params["prompt"] = gid
+    ok(at.run())
+    ok(at.slider(key="pg_node_t").set_value(1.0).run())
+    pins = ["1_11_4", "0_10_2", "1_40_5", "1_41_5", "2_12_5"]  # S1, S2 and C share (position 5, layers 1-2)
+    ok(at.multiselect(key="pg_inspect").set_value(pins).run())
     ok(at.button(key="pg_pin").click().run())
-    ok(at.multiselect(key="pg_inspect").select("0_10_2").run())
-    ok(at.button(key="pg_pin").click().run())
-    assert any("Pinned: `1_11_4`, `0_10_2`" in m.value for m in at.markdown)
+    assert any("Pinned: " + ", ".join(f"`{n}`" for n in pins) in m.value for m in at.markdown)
+    points = _marker_points(_chart(at, 1))
+    assert sorted(n for _, _, n in points) == sorted(pins)
+    xy = [(x, y) for x, y, _ in points]
+    assert all(abs(a[0] - b[0]) >= 1 or a[1] != b[1] for i, a in enumerate(xy) for b in xy[i + 1:]), xy  # none on another
     at.text_input(key="pg_sn_name").input("capital chain start")
     ok(at.button[-1].click().run())
-    assert any("Saved supernode 'capital chain start' (2 nodes, 2 features)" in s.value for s in at.success)
+    assert any("Saved supernode 'capital chain start' (5 nodes, 5 features)" in s.value for s in at.success)
     from circuit_atlas.store import open_store
 
     with open_store(writable_store_url, read_only=True) as store:
         rows = store.read("MATCH (s:Supernode {label: 'capital chain start'})-[:CONTAINS]->(f:Feature) "
                           "RETURN s.prompt_id AS pid, f.key AS key")
-    assert set(rows["key"]) == {P.key("A"), P.key("B")} and set(rows["pid"]) == {gid}
+    assert set(rows["key"]) == {P.key(n) for n in ("A", "B", "C", "S1", "S2")} and set(rows["pid"]) == {gid}
 
 
-def test_prompt_graph_thresholds_and_supernode_collapse(store_url, planted):
+def test_prompt_graph_thresholds_and_supernodes_as_groups_or_merged(store_url, planted):
     at = page("prompt_graph")
     at.query_params["prompt"] = planted.gid("cap1")
     ok(at.run())
@@ -96,9 +171,19 @@ def test_prompt_graph_thresholds_and_supernode_collapse(store_url, planted):
     kept, total = map(int, re.match(r"(\d+) of (\d+) nodes", shown).groups())
     assert kept < total
     collapse = at.multiselect(key="pg_collapse")
-    assert f"{P.SCAN}:user:capital-chain" in collapse.options or "capital chain" in collapse.options
+    assert "capital chain" in collapse.options
     ok(at.slider(key="pg_node_t").set_value(1.0).run())
-    ok(at.multiselect(key="pg_collapse").select(at.multiselect(key="pg_collapse").options[0]).run())
+    ok(at.slider(key="pg_edge_t").set_value(1.0).run())
+    ok(at.multiselect(key="pg_collapse").select(f"{P.SCAN}:user:capital-chain").run())
+    spec = _chart(at)
+    assert [a["text"] for a in spec["layout"].get("annotations", [])] == ["capital chain"]  # a labelled box
+    box = spec["layout"]["shapes"][0]
+    members = {n: (x, y) for x, y, n in _marker_points(spec) if n in ("0_10_2", "1_11_4")}
+    assert len(members) == 2 and all(box["x0"] < x < box["x1"] and box["y0"] < y < box["y1"] for x, y in members.values())
+    shown = next(c.value for c in at.caption if " nodes, " in c.value)
+    kept1, total1 = map(int, re.match(r"(\d+) of (\d+) nodes", shown).groups())
+    assert kept1 == total1
+    ok(at.checkbox(key="pg_merge").check().run())
     shown = next(c.value for c in at.caption if " nodes, " in c.value)
     kept2, total2 = map(int, re.match(r"(\d+) of (\d+) nodes", shown).groups())
     assert kept2 == total2 - 1  # A and B became one supernode
