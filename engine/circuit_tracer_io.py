@@ -104,6 +104,25 @@ def _logit_ids(d: dict[str, Any], path: Path) -> tuple[list[int], list[str | Non
     return ids, strs
 
 
+def _custom_target_ids(ids: list[int], strs: list[str | None], vocab_size: Any, path: Path) -> list[int]:
+    """circuit-tracer names a custom target (``CustomTarget``) by a virtual index, vocab size plus
+    its position among the targets, so every graph's first custom target would be one Token in the
+    store whatever it is; ours by a hash of its label (``attribution.custom_target_id``), the id
+    our own graph of the same target carries."""
+    if vocab_size is None:
+        return ids
+    from circuit_atlas.engine.attribution import custom_target_id
+
+    out = []
+    for i, label in zip(ids, strs):
+        if i >= int(vocab_size):
+            if not label:
+                raise CircuitTracerFormatError(f"{path}: logit target {i} lies past the vocabulary ({vocab_size}) and has no label")
+            i = custom_target_id(label, int(vocab_size))
+        out.append(i)
+    return out
+
+
 def read_circuit_tracer_pt(
     path: str | os.PathLike,
     *,
@@ -136,6 +155,7 @@ def read_circuit_tracer_pt(
     probs = torch.as_tensor(d["logit_probabilities"]).to(torch.float32).reshape(-1)
     logit_ids, logit_strs = _logit_ids(d, p)
     cfg = d.get("cfg")
+    logit_ids = _custom_target_ids(logit_ids, logit_strs, d.get("vocab_size") or _get(cfg, "d_vocab"), p)
     n_pos, n_feat, n_logit = int(tokens.numel()), int(selected.numel()), len(logit_ids)
     N = int(A.shape[0]) if A.dim() == 2 else -1
     if A.dim() != 2 or A.shape[0] != A.shape[1]:

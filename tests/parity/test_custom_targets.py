@@ -3,8 +3,8 @@ logit(a) - logit(b) direction (ours built by ``TargetDiff``, handed to circuit-t
 vector and weight we computed) and a random direction, on tiny saved models and transcoders.
 
 circuit-tracer names a custom target's logit node by a virtual index (vocab size + position);
-ours by a hash of its label (``custom_target_id``). Logit nodes are matched by position and
-everything else by id; then: node sets, every edge within 1e-5 of the largest, weights, the
+ours by a hash of its label (``custom_target_id``), and the .pt import renames theirs to ours, so
+every node is matched by id; then: node sets, every edge within 1e-5 of the largest, weights, the
 pruned node and edge sets and both scores."""
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def test_custom_targets_match_circuit_tracer(case, ct_custom) -> None:
     t_logits = theirs.nodes[theirs.nodes["type"] == "logit"]["node_id"].tolist()
     o_logits = ours.nodes[ours.nodes["type"] == "logit"]["node_id"].tolist()
     assert len(t_logits) == len(o_logits) == 2
-    rename = dict(zip(t_logits, o_logits))  # their virtual index -> our label hash, in order
+    assert t_logits == o_logits  # the import names their virtual-index targets by our label hash
+    rename = dict(zip(t_logits, o_logits))
     assert ours.nodes[ours.nodes["type"] == "logit"]["label"].tolist()[1] == "random direction"
 
     tn = theirs.nodes[~((theirs.nodes["type"] == "error") & (theirs.nodes["pos"] == 0))]  # their edgeless BOS errors
