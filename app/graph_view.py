@@ -264,16 +264,18 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
             continue
         sub = pos_nodes.loc[idx]
         infl = infl_all.loc[idx]
-        size = 9 + 14 * (infl / infl.max() if infl.max() > 0 else 0)
+        size = (9 + 14 * (infl / infl.max() if infl.max() > 0 else infl * 0)).to_numpy(float)
         fig.add_trace(go.Scatter(
             x=sub["x"], y=sub["y"], mode="markers+text", name=kind, customdata=sub["node_id"],
             text=[_short(labels[i]) if records[i]["node_id"] in texted else "" for i in idx],
             textposition="bottom center" if kind == "embedding" else "top center", textfont=dict(size=9),
             hovertext=[_hover(records[i]) for i in idx], hoverinfo="text",
-            marker=dict(symbol=symbol, color=color, size=size,
-                        line=dict(width=[3 if n in hi else 0.5 for n in sub["node_id"]],
-                                  color=["black" if n in hi else "white" for n in sub["node_id"]])),
+            marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.5, color="white")),
         ))
+    ring = pos_nodes[pos_nodes["node_id"].isin(hi)]
+    if len(ring):  # pinned nodes ringed by one overlay trace (per-point line styles validate slowly)
+        fig.add_trace(go.Scatter(x=ring["x"], y=ring["y"], mode="markers", name="pinned", hoverinfo="skip",
+                                 marker=dict(symbol="circle-open", size=26, color="black", line=dict(width=2))))
     ticks = [(x, f"{p}: {tokens[p]!r}" if p < len(tokens) else ("errors" if tokens else str(p))) for x, p in centres]
     xmax = float(pos_nodes["x"].max() + 0.5) if len(pos_nodes) else 1.0
     top_row = int(pos_nodes["y"].max()) if len(pos_nodes) else 1

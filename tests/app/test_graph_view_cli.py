@@ -69,3 +69,33 @@ def test_app_command_and_its_streamlit_command_line():
     cmd = streamlit_command(port=9999, host="127.0.0.1", headless=True)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(ENTRY) and ENTRY.is_file()
     assert cmd[cmd.index("--server.port") + 1] == "9999" and cmd[cmd.index("--server.headless") + 1] == "true"
+
+
+def test_labels_say_what_a_node_is():
+    nodes, _ = _graph()
+    nodes.loc[nodes["node_id"] == "0_6_1", "label"] = "says a capital"
+    nodes["prob"] = [None, None, None, None, None, 0.4321]
+    labels = dict(zip(nodes["node_id"], graph_view.node_labels(nodes)))
+    assert labels == {"E_1_0": "The", "0_5_1": "s:0:5", "0_6_1": "says a capital", "1_7_1": "s:1:7",
+                      "1_-1_1": "err L1", "3_9_1": " Paris (43.2%)"}
+    row = nodes[nodes["node_id"] == "0_6_1"].iloc[0].to_dict()
+    assert graph_view.picker_label(row, ["<bos>", " capital"]) == "says a capital  (L0 @1 ' capital' feature)"
+    assert graph_view.node_label({"kind": "embedding", "label": "\n", "node_id": "E_0_0"}) == "\u21b5"
+
+
+def test_error_nodes_merge_per_layer_or_hide():
+    nodes, edges = _graph()
+    extra = pd.DataFrame([("1_-1_0", "error", 1, 0, None, 0.02, None)], columns=nodes.columns)
+    nodes = pd.concat([nodes, extra], ignore_index=True)
+    edges = pd.concat([edges, pd.DataFrame([("1_-1_0", "3_9_1", 0.5)], columns=edges.columns)], ignore_index=True)
+    merged, merged_edges = graph_view.collapse_errors(nodes, edges, "one per layer")
+    err = merged[merged["kind"] == "error"]
+    assert list(err["node_id"]) == ["err_L1"] and int(err["merged"].iloc[0]) == 2
+    assert abs(float(err["influence"].iloc[0]) - 0.07) < 1e-9
+    into_logit = merged_edges[(merged_edges["source"] == "err_L1") & (merged_edges["target"] == "3_9_1")]
+    assert len(into_logit) == 1 and abs(float(into_logit["weight"].iloc[0]) - 0.55) < 1e-9  # parallel edges summed
+    assert int(err["pos"].iloc[0]) == 2  # a column of its own, right of the last token
+    hidden, hidden_edges = graph_view.collapse_errors(nodes, edges, "hide")
+    assert "error" not in set(hidden["kind"]) and not hidden_edges["source"].str.contains("_-1_").any()
+    same, same_edges = graph_view.collapse_errors(nodes, edges, "show")
+    assert same.equals(nodes) and same_edges.equals(edges)

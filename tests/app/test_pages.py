@@ -341,3 +341,29 @@ def test_intervene_runs_on_a_tiny_model(store_url, planted):
     assert list(before.columns[:4]) == ["token", "token_id", "prob", "logit"] and len(before) == 10
     assert float(at.metric[0].value) > 0
     assert not before["prob"].equals(after["prob"])
+
+
+def test_prompt_graph_first_render_of_a_50k_edge_graph_is_pruned_and_timed(tmp_path, monkeypatch):
+    """A 50k-edge prompt opens pruned (the main lever on render time); the times are printed,
+    never asserted: first run (store read, prune, figure) and a second, cached run."""
+    import json
+    import time
+
+    from circuit_atlas.store import open_store
+
+    dirs = P.build_scaled_corpus(tmp_path / "graphs", 1, 50_000)
+    url = f"embedded:{tmp_path / 'db'}"
+    with open_store(url) as store:
+        store.write_graphs(dirs)
+    monkeypatch.setenv("CIRCUIT_ATLAS_STORE", url)
+    times = {}
+    for run in ("first", "cached"):
+        at = page("prompt_graph")
+        started = time.perf_counter()
+        ok(at.run())
+        times[run] = {"script_s": round(time.perf_counter() - started, 3),
+                      "query_prune_draw_s": round(at.session_state["_pg_render_s"], 3)}
+    shown = next(c.value for c in at.caption if " nodes, " in c.value)
+    kept_e, total_e = map(int, re.search(r"(\d+) of (\d+) edges", shown).groups())
+    assert total_e >= 50_000 and kept_e < total_e / 2
+    print(json.dumps({"prompt_graph_50k_edges": times, "edges_shown": kept_e, "edges": total_e}))
