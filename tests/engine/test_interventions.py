@@ -316,3 +316,31 @@ def test_validate_circuit_on_prompts(llama) -> None:
         validate_circuit(lm, tc, prompts, ["t:9:1"])
     with pytest.raises(InterventionError, match="mode"):
         validate_circuit(lm, tc, prompts, keys, mode="scale")
+
+
+@pytest.mark.parametrize("arch,kind,hin,hout", [("gemma2", "plt", "ln2.hook_normalized", "hook_mlp_out"),
+                                                ("llama", "clt", "hook_resid_mid", "mlp.hook_out")])
+def test_interventions_read_and_write_at_the_transcoders_hook_points(arch, kind, hin, hout) -> None:
+    from circuit_atlas.engine.replacement import replacement_run
+
+    lm = tiny_model(arch, n_layers=2, d_model=32, vocab_size=97, seed=0)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in lm.adapter.norm_modules(lm.model):
+            m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=g))
+    tc = random_transcoders(2, 32, 24, kind=kind, activation="relu", skip=True, seed=1)
+    tc.feature_input_hook, tc.feature_output_hook = hin, hout
+    ids = lm.tokenize(PROMPT)
+    real = lm.logits(ids)[0]
+    clean = clean_run(lm, tc, ids)
+    run = replacement_run(lm, tc, torch.tensor(ids))
+    for l in range(2):  # the same point read as attribution reads
+        assert torch.allclose(clean.acts[l], run.activations[l], atol=1e-6)
+    assert torch.equal(intervened_logits(lm, tc, clean, [], layer_range=(0, 2)), real)
+    state = frozen_state(lm, tc, torch.tensor(ids))
+    p, f = _active(clean, 0)[0]
+    after = intervened_logits(lm, tc, clean, [Intervention(0, p, f, "scale", 6.0)], layer_range=(0, 2))
+    acts = [a.clone() for a in state.activations]
+    acts[0][p, f] *= 6.0
+    ref, _ = frozen_forward(lm, tc, state, activations=acts)
+    assert torch.allclose(after, ref, atol=1e-4, rtol=1e-4) and (after - real).abs().max() > 1e-3

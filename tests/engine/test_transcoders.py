@@ -114,7 +114,7 @@ def test_check_fits_names_file_and_mismatch(tmp_path):
         tc.check_fits(30, 8, source="my-set")
 
 
-def test_gemmascope_npz(tmp_path):
+def test_gemmascope_npz(tmp_path, capsys):
     g = np.random.default_rng(0)
     d_model, d_tc = 8, 12
     params = []
@@ -132,6 +132,9 @@ def test_gemmascope_npz(tmp_path):
         params.append(p)
     tc = T.load_transcoders(tmp_path / "gs")
     assert (tc.kind, tc.activation, tc.n_layers, tc.d_model, tc.d_transcoder) == ("plt", "jumprelu", 2, 8, 12)
+    # GemmaScope's transcoders read the norm's input over its scale, before its weight (said)
+    assert (tc.feature_input_hook, tc.feature_output_hook) == ("ln2.hook_normalized", "hook_mlp_out")
+    assert "assuming GemmaScope's ln2.hook_normalized -> hook_mlp_out" in capsys.readouterr().err
     x = torch.randn(4, d_model)
     p = params[1]
     pre = x.numpy() @ p["W_enc"] + p["b_enc"]
@@ -234,3 +237,18 @@ def test_thresholds_saved_with_a_leading_unit_axis(tmp_path):
     save_file(enc, str(tmp_path / "W_enc_1.safetensors"))
     back = T.load_transcoders(tmp_path)
     assert torch.equal(back.threshold[1], tc.threshold[1])
+
+
+def test_hook_points_from_config_and_unknown_ones_refused(tmp_path):
+    tc = T.random_transcoders(2, 8, 10)
+    tc.feature_input_hook, tc.feature_output_hook = "hook_resid_mid", "mlp.hook_out"
+    tc.save(tmp_path / "ok")
+    back = T.load_transcoders(tmp_path / "ok")
+    assert (back.feature_input_hook, back.feature_output_hook) == ("hook_resid_mid", "mlp.hook_out")
+    cfg = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())
+    cfg["feature_input_hook"] = "hook_resid_pre"
+    (tmp_path / "ok" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(T.HookPointError, match=r"config\.yaml: unsupported feature_input_hook 'hook_resid_pre'; supported: mlp\.hook_in, ln2\.hook_normalized, hook_resid_mid, hook_mlp_in$"):
+        T.load_transcoders(tmp_path / "ok")
+    with pytest.raises(T.HookPointError, match="feature_output_hook 'blocks.{l}.hook_resid_post'"):
+        T.TranscoderSet("plt", 2, 8, 10, feature_output_hook="blocks.{l}.hook_resid_post")
