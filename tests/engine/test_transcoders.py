@@ -252,3 +252,29 @@ def test_hook_points_from_config_and_unknown_ones_refused(tmp_path):
         T.load_transcoders(tmp_path / "ok")
     with pytest.raises(T.HookPointError, match="feature_output_hook 'blocks.{l}.hook_resid_post'"):
         T.TranscoderSet("plt", 2, 8, 10, feature_output_hook="blocks.{l}.hook_resid_post")
+
+
+def test_training_reads_and_writes_at_the_configured_hook_points(tmp_path):
+    from circuit_atlas.engine.models import tiny_model
+    from circuit_atlas.engine.train import TrainConfig, TrainError, _Activations, _Batches, _bos_prefix, token_stream, token_windows, train_transcoders
+
+    lm = tiny_model("gemma2", n_layers=2, d_model=32, vocab_size=97, seed=0)
+    texts = ["the cat sat on the mat while the dog ran to the park"] * 20
+    hooks = ("ln2.hook_normalized", "mlp.hook_out")
+    cfg = TrainConfig(model="tiny", kind="plt", features=16, activation="relu", tokens=300, out=str(tmp_path / "t"), batch_size=4,
+                      seq_len=12, progress=False, checkpoint_every=50, feature_input_hook=hooks[0], feature_output_hook=hooks[1])
+    cfg.validate()
+    out = train_transcoders(cfg, lm=lm, texts=texts)
+    tc = T.load_transcoders(out)
+    assert (tc.feature_input_hook, tc.feature_output_hook) == hooks
+    # the trainer's inputs and targets are the tensors at those points, not the MLP's own
+    wins = token_windows(token_stream(lm, texts, progress=False), _bos_prefix(lm), cfg.seq_len)
+    batches = _Batches(wins, cfg.batch_size, cfg.seed)
+    xs, ys = _Activations(lm, batches, None, "", hooks=hooks)(0)
+    ins, outs = lm.mlp_io(batches(0), hooks=hooks)
+    mlp_in, mlp_out = lm.mlp_io(batches(0))
+    assert torch.equal(xs[0], ins[0][:, 1:].reshape(-1, 32)) and torch.equal(ys[1], outs[1][:, 1:].reshape(-1, 32))
+    assert (xs[0] - mlp_in[0][:, 1:].reshape(-1, 32)).abs().max() > 1e-2
+    assert (ys[1] - mlp_out[1][:, 1:].reshape(-1, 32)).abs().max() > 1e-2
+    with pytest.raises(TrainError, match="unsupported feature_input_hook 'resid'"):
+        TrainConfig(feature_input_hook="resid").validate()
