@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import sys
 
 import typer
 
@@ -95,12 +96,27 @@ def _print_error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """An empty argument ('') is refused before any command sees it: a path option given '' is
+    the current folder to pathlib (`store export-csv ''` wrote its files into the working folder),
+    and no option of this CLI means anything by an empty value."""
+    for i, arg in enumerate(args):
+        if arg == "":
+            after = f" after '{args[i - 1]}'" if i else ""
+            return f"an empty argument ('') was given{after}; give a value (an empty path would mean the current folder)"
+    return None
+
+
 def main() -> None:
     """Entry point: user-facing errors become a one-line message and a non-zero exit.
 
     Usage errors (unknown command or option, missing or badly typed argument, a file click
     could not open) exit 2; a CircuitAtlasError exits with its own code (2 for bad input)."""
     errors, aborts, exits = _library_exceptions()
+    empty = _empty_argument(sys.argv[1:])
+    if empty:
+        _print_error(empty)
+        raise SystemExit(2)
     try:
         result = app(standalone_mode=False)
     except CircuitAtlasError as exc:

@@ -128,9 +128,13 @@ def import_command(
         print(json.dumps(rep.to_dict(), default=str))
     if rep.failed:
         for src, reason in rep.failed:
-            typer.echo(f"failed: {src}: {reason.splitlines()[0] if reason else ''}", err=True)
+            line = reason.splitlines()[0] if reason else ""
+            # a reader's message usually starts with the file it names: say the path once
+            typer.echo(f"failed: {line}" if line.startswith(str(src)) else f"failed: {src}: {line}", err=True)
+        rest = len(rep.written) + len(rep.skipped)
+        after = (f"the other {rest} were imported or already stored" if rest else "none was imported")
         raise GraphImportError(f"{len(rep.failed)} of {rep.found} graphs could not be imported (listed above and in "
-                               f"{rep.failures_path}); the other graphs were imported")
+                               f"{rep.failures_path}); {after}")
 
 
 def export_command(

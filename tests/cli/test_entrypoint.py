@@ -58,6 +58,8 @@ USAGE_ERRORS = [
     (("ingest", "corpus.txt", "-m", "demo", "-t", "demo", "--node-threshold", "high"), "--node-threshold"),
     (("store", "stats", "--store"), "--store"),  # an option without its value
     (("store", "nosuchsub"), "nosuchsub"),
+    (("store", "export-csv", ""), "empty argument"),  # '' would be the current folder to pathlib
+    (("export", "someid", "-o", ""), "after '-o'"),
 ]
 
 
@@ -143,6 +145,11 @@ def test_usage_error_is_one_line_and_exit_2(results, argv, fragment):
     assert lines[0].startswith("error: ")
     assert fragment in lines[0]
     assert proc.stdout == ""
+
+
+def test_an_empty_path_writes_nothing_into_the_working_folder(results, sandbox):
+    _, home = sandbox  # the folder every case ran in
+    assert not list(home.glob("*.csv")) and not list(home.glob("*.json"))
 
 
 def test_usage_error_points_at_the_right_help(results):
