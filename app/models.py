@@ -68,17 +68,24 @@ def model_and_transcoders(prompt: Any = None, key: str = "models") -> tuple[Any,
         return f"could not load model `{model_ref}` / transcoders `{tc_ref}`: {exc}"
 
 
-def validate_panel(keys: list[str], group: str, key: str, what: str) -> None:
-    """One click to validate a set of features (pinned, a supernode, a search row) against
-    matched controls on a group's prompts: the library's validate_circuit, shown as the same
-    table and summary line as `circuit-atlas validate-circuit`. The last result stays on screen."""
+def validate_panel(sets: dict[str, list[str]], group: str, key: str, what: str) -> None:
+    """One click to validate a set of features (pinned, a supernode, a search row; ``sets``
+    names the candidates, a picker shows when there are several) against matched controls on a
+    group's prompts: the library's validate_circuit, shown as the same table and summary line as
+    `circuit-atlas validate-circuit`. The last result stays on screen."""
     from circuit_atlas.app import data
 
-    with st.expander(f"Validate {what} against matched controls ({len(keys)} features)"):
+    with st.expander(f"Validate {what} against matched controls"):
+        if not sets:
+            st.caption("Nothing to validate yet.")
+            return
+        names = list(sets)
+        name = names[0] if len(names) == 1 else st.selectbox("Features", names, key=f"{key}_set")
+        keys = list(dict.fromkeys(sets[name]))
         if not keys:
             st.caption("No features to validate (embeddings, errors and logits are not features).")
             return
-        st.caption(", ".join(f"`{k}`" for k in keys))
+        st.caption(f"{len(keys)} features: " + ", ".join(f"`{k}`" for k in keys))
         groups = sorted({str(g) for g in data.require_prompts()["grp"].dropna()})
         if not groups:
             st.caption("No prompt in the store has a group to validate on.")

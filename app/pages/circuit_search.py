@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from circuit_atlas.app import data, graph_view
+from circuit_atlas.app import data, graph_view, models
 from circuit_atlas.queries.runner import Param, QueryError, load_query
 
 SEARCHES = {  # query -> title shown in the picker
@@ -79,6 +79,28 @@ def _labels(df: pd.DataFrame) -> dict[str, str]:
     return labels
 
 
+def _row_sets(name: str, df: pd.DataFrame) -> dict[str, list[str]]:
+    """The features of each result row (its ``*_key`` columns; a supernode candidate as a
+    whole), named for the picker, for one-click validation."""
+    if name == "supernode_candidates" and "candidate" in df:
+        return {f"candidate #{c} ({len(g)} features)": [str(k) for k in g["key"]] for c, g in df.groupby("candidate")}
+    if name == "prompts_with_circuit":
+        return {}
+    cols = [c for c in df.columns if c.endswith("_key")]
+    sets = {}
+    for i, r in enumerate(df.head(50).to_dict("records")):
+        keys = [str(r[c]) for c in cols if isinstance(r.get(c), str) and r[c]]
+        if keys:
+            sets[f"row {i + 1}: " + " → ".join(keys)] = keys
+    return sets
+
+
+def _validate_rows(name: str, df: pd.DataFrame) -> None:
+    sets = _row_sets(name, df)
+    if sets:
+        models.validate_panel(sets, "", key=f"cs_val_{name}", what="a result row's features")
+
+
 def main() -> None:
     st.title("Circuit search")
     data.require_prompts()
@@ -113,6 +135,7 @@ def main() -> None:
     st.dataframe(shown, hide_index=True, column_config=config, key=f"cs_table_{name}")
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"cs_csv_{name}")
+    _validate_rows(name, df)
     edges = _edges_of(name, df)
     if edges:
         st.subheader("Top results as a graph")

@@ -249,6 +249,9 @@ def main() -> None:
             st.caption("No node inspected: click one in the graph or pick it here.")
     if inspect:
         _head_loadings(prompt, kept_edges, inspect)
+    if supernodes:
+        models.validate_panel({s["label"]: s["members"] for s in supernodes}, str(prompt["grp"] or ""), key="pg_val_sn",
+                              what="a supernode")
 
     st.subheader("Pinned subgraph")
     if not pinned:
@@ -262,7 +265,8 @@ def main() -> None:
         pins[pid] = []
         st.rerun()
     pinned_keys = sorted(set(sub_nodes["feature_key"].dropna()) - {""})
-    models.validate_panel(pinned_keys, str(prompt["grp"] or ""), key="pg_val_pins", what="the pinned features")
+    models.validate_panel({"pinned features": pinned_keys}, str(prompt["grp"] or ""), key="pg_val_pins",
+                          what="the pinned features")
     with st.form("pg_supernode"):
         name = st.text_input("Supernode name", key="pg_sn_name", placeholder="e.g. say a capital")
         save = st.form_submit_button("Save pinned nodes as a supernode")

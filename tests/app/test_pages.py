@@ -367,3 +367,68 @@ def test_prompt_graph_first_render_of_a_50k_edge_graph_is_pruned_and_timed(tmp_p
     kept_e, total_e = map(int, re.search(r"(\d+) of (\d+) edges", shown).groups())
     assert total_e >= 50_000 and kept_e < total_e / 2
     print(json.dumps({"prompt_graph_50k_edges": times, "edges_shown": kept_e, "edges": total_e}))
+
+
+def _tiny(at: AppTest) -> None:
+    """A tiny random model and transcoders of the planted scan, handed over as the Intervene page's are."""
+    models = pytest.importorskip("circuit_atlas.engine.models")
+    from circuit_atlas.engine.transcoders import random_transcoders
+
+    at.session_state["intervene_lm"] = models.tiny_model("llama", n_layers=P.N_LAYERS, d_model=32, vocab_size=97, seed=0)
+    at.session_state["intervene_tc"] = random_transcoders(P.N_LAYERS, 32, 64, seed=0, scan=P.SCAN)
+
+
+def _expected_validation(at: AppTest, keys: list[str], group: str, controls: int) -> pd.DataFrame:
+    """The CLI's table for the same request, from the library (what `validate-circuit` prints)."""
+    from circuit_atlas.engine.intervene_cli import validation_table
+    from circuit_atlas.engine.interventions import prompts_from_store, validate_circuit
+    from circuit_atlas.store import open_store
+
+    import os
+
+    with open_store(os.environ["CIRCUIT_ATLAS_STORE"], read_only=True) as s:
+        prompts = prompts_from_store(s, group)
+    res = validate_circuit(at.session_state["intervene_lm"], at.session_state["intervene_tc"], prompts, keys,
+                           controls=controls, seed=0)
+    return validation_table(res, len(keys))
+
+
+def test_prompt_graph_validates_pinned_features_in_one_click(store_url, planted):
+    at = page("prompt_graph")
+    _tiny(at)
+    at.query_params["prompt"] = planted.gid("cap0")
+    ok(at.run())
+    ok(at.multiselect(key="pg_inspect").set_value(["0_10_2", "1_11_4"]).run())
+    ok(at.button(key="pg_pin").click().run())
+    assert at.selectbox(key="pg_val_pins_group").value == "capitals"  # the prompt's own group
+    at.number_input(key="pg_val_pins_controls").set_value(2)
+    ok(at.button(key="pg_val_pins_run").click().run())
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[-1].value
+    want = _expected_validation(at, [P.key("A"), P.key("B")], "capitals", 2)
+    assert list(table.columns) == ["prompt", "expected", "p clean", "p after", "Δp", "controls Δp", "sd", "p-value", "active"]
+    assert len(table) == len(planted.capitals) == 7
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), want, check_dtype=False)
+    assert any(c.value.startswith("7 prompts · mean Δp") for c in at.caption)
+
+
+def test_circuit_search_row_validates_and_says_when_no_model(store_url, planted, monkeypatch):
+    monkeypatch.delenv("CIRCUIT_ATLAS_MODEL", raising=False)
+    monkeypatch.delenv("CIRCUIT_ATLAS_TRANSCODERS", raising=False)
+    at = ok(page("circuit_search").run())
+    at.number_input(key="cs_recurring_edges_min_prompts").set_value(3)
+    ok(at.button[0].click().run())
+    sets = at.selectbox(key="cs_val_recurring_edges_set").options
+    assert sets and all(o.startswith("row ") and " → " in o for o in sets)
+    ok(at.button(key="cs_val_recurring_edges_run").click().run())
+    assert any("Validation needs the model and transcoders on this machine: no model and transcoders are configured"
+               in e.value for e in at.error)
+    _tiny(at)
+    first = at.selectbox(key="cs_val_recurring_edges_set").value
+    keys = first.split(": ", 1)[1].split(" → ")
+    at.selectbox(key="cs_val_recurring_edges_group").select("capitals")
+    at.number_input(key="cs_val_recurring_edges_controls").set_value(1)
+    ok(at.button(key="cs_val_recurring_edges_run").click().run())
+    assert not at.error, [e.value for e in at.error]
+    pd.testing.assert_frame_equal(at.dataframe[-1].value.reset_index(drop=True),
+                                  _expected_validation(at, keys, "capitals", 1), check_dtype=False)
