@@ -13,6 +13,16 @@ settings in separate subprocesses, so peak memory (RSS) of each is measured on i
 Prints a table and ends with one JSON line holding every figure, including
 ``time_ratio_vs_circuit_tracer`` and ``memory_ratio_vs_circuit_tracer`` per size (ours / theirs;
 below 1 is better). Usage: ``python bench/attribution.py [--sizes tiny,mid,demo] [--repeat 2]``.
+
+Prompt-length axis: ``--lengths 64,512,2048,4096`` runs the ``long`` preset (a small random
+model, so a 4,096-token graph completes on a laptop CPU) at each length, both sides with the
+same ``max_feature_nodes`` and batch size, once each. ``--memory-cap-gb G`` caps each side's
+process: a watchdog in this process reads the worker's resident memory every 20 ms and kills it
+past the cap (RLIMIT_AS would count torch's reserved address space, not memory used), so the
+longest prompt each side completes under the cap is found. The JSON line then carries
+``lengths`` (per length: ``ours_peak_mib``, ``ct_peak_mib``, ``ours_s``, ``ct_s``,
+``ours_completed``, ``ct_completed``) and ``longest_under_cap``; a side that failed at one
+length is not run at longer ones.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ SIZES = {
     "tiny": dict(n_layers=2, d_model=64, vocab_size=300, heads=4, kv_heads=2, d_mlp=128, d_tc=128, batch=64, max_feat=None),
     "mid": dict(n_layers=6, d_model=256, vocab_size=2000, heads=8, kv_heads=4, d_mlp=768, d_tc=512, batch=64, max_feat=2048),
     "demo": dict(d_tc=1024, batch=64, max_feat=1024),
+    # the prompt-length axis (--lengths): small enough that 4,096 tokens complete on 2 cores
+    "long": dict(n_layers=4, d_model=128, vocab_size=512, heads=4, kv_heads=2, d_mlp=256, d_tc=64, batch=64, max_feat=256),
 }
 
 
@@ -82,7 +94,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
     _reset_peak()
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        graph = attribute(lm, tc, ids, batch_size=args.batch, max_feature_nodes=args.max_feat)
+        budget = {"max_memory": args.max_memory} if args.max_memory else {}
+        graph = attribute(lm, tc, ids, batch_size=args.batch, max_feature_nodes=args.max_feat, **budget)
         times.append(time.perf_counter() - t0)
     nodes = graph.nodes
     return {
@@ -96,7 +109,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     }
 
 
-def _tl_config(model_dir: Path):
+def _tl_config(model_dir: Path, n_ctx: int = 2048):
     """HookedTransformerConfig for a saved Llama-style model (TransformerLens cannot resolve a
     local directory to an official model name, so the config is built from config.json)."""
     import torch
@@ -112,7 +125,7 @@ def _tl_config(model_dir: Path):
         n_heads=heads,
         d_mlp=c["intermediate_size"],
         n_layers=c["num_hidden_layers"],
-        n_ctx=min(int(c.get("max_position_embeddings", 2048)), 2048),
+        n_ctx=min(int(c.get("max_position_embeddings", 2048)), max(2048, n_ctx)),
         eps=c["rms_norm_eps"],
         d_vocab=c["vocab_size"],
         act_fn=c.get("hidden_act", "silu"),
@@ -161,7 +174,7 @@ def worker_ct(args: argparse.Namespace) -> dict:
     model_dir, tc_dir = Path(args.model_dir), Path(args.tc_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     tok = _ct_tokenizer(model_dir, AutoTokenizer)
-    cfg = _tl_config(model_dir)
+    cfg = _tl_config(model_dir, len(json.loads(args.ids)))
     model = TransformerLensReplacementModel(cfg)
     model.load_and_process_state_dict(
         convert_llama_weights(hf, cfg),
@@ -204,7 +217,7 @@ def worker_ct(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def build(size: str, spec: dict, root: Path) -> tuple[Path, Path, list[int]] | None:
+def build(size: str, spec: dict, root: Path, max_context: int = 128) -> tuple[Path, Path, list[int]] | None:
     """Save the model (save_pretrained + tokenizer) and transcoders; return their dirs and ids."""
     import torch
 
@@ -227,6 +240,7 @@ def build(size: str, spec: dict, root: Path) -> tuple[Path, Path, list[int]] | N
             num_attention_heads=spec["heads"],
             num_key_value_heads=spec["kv_heads"],
             intermediate_size=spec["d_mlp"],
+            max_context=max_context,
         )
     model_dir, tc_dir = root / size / "model", root / size / "transcoders"
     lm.model.save_pretrained(model_dir, safe_serialization=True)
@@ -239,7 +253,23 @@ def build(size: str, spec: dict, root: Path) -> tuple[Path, Path, list[int]] | N
     return model_dir, tc_dir, ids
 
 
-def run_worker(python: str, which: str, model_dir: Path, tc_dir: Path, ids: list[int], spec: dict, args) -> dict:
+def _rss_of(pid: int) -> int:
+    """Resident memory (KiB) of a running process, 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_worker(python: str, which: str, model_dir: Path, tc_dir: Path, ids: list[int], spec: dict, args,
+               cap_mib: float | None = None) -> dict:
+    """One worker subprocess; with ``cap_mib`` a watchdog kills it once its resident memory
+    passes the cap (the result then says ``killed_over_cap`` and the highest RSS seen)."""
+    import threading
+
     cmd = [
         python, __file__, "--worker", which, "--model-dir", str(model_dir), "--tc-dir", str(tc_dir),
         "--ids", json.dumps(ids), "--batch", str(spec["batch"]), "--repeat", str(args.repeat),
@@ -247,12 +277,105 @@ def run_worker(python: str, which: str, model_dir: Path, tc_dir: Path, ids: list
     ]
     if spec["max_feat"]:
         cmd += ["--max-feat", str(spec["max_feat"])]
+    if which == "ours" and getattr(args, "ours_max_memory", None):
+        cmd += ["--max-memory", str(args.ours_max_memory)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        seen = {"max_kib": 0, "killed": False}
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.02):
+                kib = _rss_of(proc.pid)
+                seen["max_kib"] = max(seen["max_kib"], kib)
+                if cap_mib is not None and kib > cap_mib * 1024:
+                    seen["killed"] = True
+                    proc.kill()
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            proc.wait(timeout=args.timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+        done.set()
+        watcher.join()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    watched = {"watchdog_max_rss_mib": seen["max_kib"] / 1024}
+    if seen["killed"]:
+        return {"error": f"killed over the {cap_mib / 1024:g} GiB cap", "killed_over_cap": True, **watched}
+    if timed_out:
+        return {"error": f"timed out after {args.timeout}s", "timed_out": True, **watched}
+    lines = [l for l in stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"], "returncode": proc.returncode}
-    return json.loads(lines[-1])
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail, "returncode": proc.returncode, **watched}
+    return {**json.loads(lines[-1]), **watched}
+
+
+def length_ids(n: int, vocab: int) -> list[int]:
+    """n deterministic token ids (BOS, then a fixed pseudo-random sequence): the same prompt
+    for both sides at every length, each shorter one a prefix of the longer ones."""
+    import random
+
+    rng = random.Random(0)
+    return [0] + [rng.randrange(2, vocab) for _ in range(n - 1)]
+
+
+def run_lengths(args, ct_python: str | None, root: Path) -> dict:
+    """The ``long`` preset at each prompt length, both sides under the same cap."""
+    lengths = sorted(int(x) for x in args.lengths.split(","))
+    spec = SIZES["long"]
+    built = build("long", spec, root, max_context=max(lengths + [128]))
+    assert built is not None
+    model_dir, tc_dir, _ = built
+    cap_mib = args.memory_cap_gb * 1024 if args.memory_cap_gb else None
+    sides = {"ours": sys.executable, "ct": ct_python}
+    failed = {"ours": False, "ct": ct_python is None}
+    table: dict = {}
+    runs: dict = {}
+    for n in lengths:
+        ids = length_ids(n, spec["vocab_size"])
+        row: dict = {}
+        for side, python in sides.items():
+            if failed[side] or python is None:
+                result = {"error": "not run (failed at a shorter length)" if python else "circuit-tracer not run"}
+            else:
+                result = run_worker(python, "ours" if side == "ours" else "ct", model_dir, tc_dir, ids, spec, args, cap_mib)
+            ok = "error" not in result
+            failed[side] = failed[side] or not ok
+            peak = result.get("peak_rss_mib") if ok else result.get("watchdog_max_rss_mib")
+            row[f"{side}_peak_mib"] = peak
+            row[f"{side}_s"] = result.get("time_s")
+            row[f"{side}_completed"] = ok
+            row[f"{side}_extra_mib"] = result.get("attribution_extra_rss_mib")
+            runs.setdefault(str(n), {})[side] = result
+        table[str(n)] = row
+        print(
+            f"long T={n:5d}  ours {row['ours_s'] or float('nan'):8.1f}s {row['ours_peak_mib'] or float('nan'):7.0f}MiB"
+            f" {'ok' if row['ours_completed'] else 'FAILED'}   circuit-tracer {row['ct_s'] or float('nan'):8.1f}s"
+            f" {row['ct_peak_mib'] or float('nan'):7.0f}MiB {'ok' if row['ct_completed'] else 'FAILED'}",
+            flush=True,
+        )
+
+    def longest(side: str) -> int | None:
+        done = [int(n) for n, r in table.items() if r[f"{side}_completed"]]
+        return max(done) if done else None
+
+    return {
+        "d_transcoder": spec["d_tc"], "batch_size": spec["batch"], "max_feature_nodes": spec["max_feat"],
+        "model": {k: spec[k] for k in ("n_layers", "d_model", "vocab_size", "d_mlp")},
+        "lengths": table,
+        "longest_under_cap": {"ours": longest("ours"), "ct": longest("ct"), "cap_gb": args.memory_cap_gb},
+        "runs": runs,
+    }
 
 
 def main() -> None:
@@ -262,6 +385,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--no-circuit-tracer", action="store_true", help="time ours only")
+    parser.add_argument("--lengths", help="prompt lengths for the 'long' preset, e.g. 64,512,2048,4096")
+    parser.add_argument("--memory-cap-gb", type=float, default=None, help="kill a side's process past this RSS")
+    parser.add_argument("--ours-max-memory", default=None, help="our --max-memory budget (e.g. 1G) in the length runs")
+    parser.add_argument("--max-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "ct"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--tc-dir", help=argparse.SUPPRESS)
@@ -281,6 +408,14 @@ def main() -> None:
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"circuit-tracer could not be installed: {exc}", file=sys.stderr)
     figures: dict = {"circuit_tracer_version": CT_VERSION, "prompt": PROMPT, "threads": args.threads, "sizes": {}}
+    if args.lengths:
+        with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
+            long = run_lengths(args, ct_python, Path(tmp))
+        figures["sizes"]["long"] = long
+        figures["lengths"] = long["lengths"]
+        figures["longest_under_cap"] = long["longest_under_cap"]
+        print(json.dumps(figures))
+        return
     with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
         for size in args.sizes.split(","):
             spec = SIZES[size]
