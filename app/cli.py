@@ -50,13 +50,28 @@ def _stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def serve_app(store_url: str | None = None, port: int = 8501, host: str = "localhost", headless: bool = True) -> None:
-    """Serve the app on ``host:port`` over ``store_url`` (default: what open_store(None) picks)
-    until interrupted (Ctrl+C, SIGTERM or SIGHUP: each stops the server, then returns). The store
-    URL reaches the app as CIRCUIT_ATLAS_STORE."""
+def app_environment(store_url: str | None = None, model: str | None = None, transcoders: str | None = None) -> dict[str, str]:
+    """The server's environment: CIRCUIT_ATLAS_STORE, and CIRCUIT_ATLAS_MODEL /
+    CIRCUIT_ATLAS_TRANSCODERS when given (the pages that run the model read them)."""
     from circuit_atlas.store import default_url
 
     env = dict(os.environ, CIRCUIT_ATLAS_STORE=store_url or default_url())
+    if model:
+        env["CIRCUIT_ATLAS_MODEL"] = model
+    if transcoders:
+        env["CIRCUIT_ATLAS_TRANSCODERS"] = transcoders
+    return env
+
+
+def serve_app(store_url: str | None = None, port: int = 8501, host: str = "localhost", headless: bool = True,
+              model: str | None = None, transcoders: str | None = None) -> None:
+    """Serve the app on ``host:port`` over ``store_url`` (default: what open_store(None) picks)
+    until interrupted (Ctrl+C, SIGTERM or SIGHUP: each stops the server, then returns). The store
+    URL reaches the app as CIRCUIT_ATLAS_STORE, the model and transcoders (for Intervene, head
+    loadings and validation) as CIRCUIT_ATLAS_MODEL / CIRCUIT_ATLAS_TRANSCODERS."""
+    if bool(model) != bool(transcoders):
+        raise typer.BadParameter("give --model and --transcoders together (the pages that run the model need both)")
+    env = app_environment(store_url, model, transcoders)
     typer.echo(f"circuit-atlas app on http://{host}:{port} (store {env['CIRCUIT_ATLAS_STORE']}); Ctrl+C stops it", err=True)
 
     def stop(signum: int, frame: object) -> None:
@@ -95,6 +110,8 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
         host: str = typer.Option("localhost", "--host", help="Address to bind (0.0.0.0 to serve other machines)."),
         headless: bool = typer.Option(True, "--headless/--no-headless", help="Do not (or do) open a browser."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for Intervene, head loadings and validation: 'demo', a model directory, a .gguf file or a hub id (default: $CIRCUIT_ATLAS_MODEL); loaded on first use."),
+        transcoders: Optional[str] = typer.Option(None, "--transcoders", "-t", help="Its transcoders (a directory in circuit-tracer format, GemmaScope .npz or a hub id; default: $CIRCUIT_ATLAS_TRANSCODERS)."),
     ) -> None:
         """Serve the Streamlit app (overview, prompt graphs, features, circuit search, compare groups, Cypher console, intervene)."""
-        serve_app(store_url=store_url, port=port, host=host, headless=headless)
+        serve_app(store_url=store_url, port=port, host=host, headless=headless, model=model, transcoders=transcoders)

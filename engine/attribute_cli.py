@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -103,6 +103,12 @@ def attribute_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Targets per backward pass (more is faster, uses more memory)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (edges are accumulated in float32)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (or cuda:N)."),
+    target: Optional[List[str]] = typer.Option(
+        None,
+        "--target",
+        help="Attribute to this output token instead of the most likely ones (repeatable; a single token's text, "
+        "or its id as digits).",
+    ),
     target_diff: Optional[tuple[str, str]] = typer.Option(
         None,
         "--target-diff",
@@ -122,14 +128,20 @@ def attribute_command(
 ) -> None:
     """Compute attribution graphs and write them as graph directories (nodes/edges parquet + meta.json).
 
-    With --target-diff / --target-direction the graph's outputs are those custom targets
-    (logit nodes labelled by the target) instead of the most likely next tokens."""
+    With --target the graph's outputs are the named tokens; with --target-diff / --target-direction
+    they are those custom targets (logit nodes labelled by the target), after any --target tokens;
+    otherwise the most likely next tokens."""
     from circuit_atlas.engine.attribution import attribute
     from circuit_atlas.engine.models import load_model
     from circuit_atlas.engine.transcoders import load_transcoders
 
     if (prompt is None) == (prompts is None):
         raise typer.BadParameter("give exactly one of --prompt or --prompts")
+    if prompt is not None and not prompt.strip():
+        raise typer.BadParameter("--prompt is empty: give the text to attribute")
+    targets = [t for t in (target or [])]
+    if any(t == "" for t in targets):
+        raise typer.BadParameter("--target is empty: give a token's text or its id")
     if dtype not in ("float32", "bfloat16"):
         raise typer.BadParameter(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     if target_direction is None and (target_label is not None or target_weight is not None):
@@ -163,6 +175,7 @@ def attribute_command(
             prune=not no_prune,
             progress=True,
             custom_targets=custom or None,
+            logit_targets=targets or None,
         )
         path = graph.save(out / graph.graph_id)
         scores = graph.meta["scores"]

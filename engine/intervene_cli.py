@@ -78,6 +78,8 @@ def intervene_command(
     """Set transcoder features to values (clamp, scale, zero) and compare the top next tokens before and after."""
     from circuit_atlas.engine.interventions import intervene, parse_intervention
 
+    if not prompt.strip():  # inputs that need no model are checked before it loads
+        raise typer.BadParameter("--prompt is empty: give the text to intervene on")
     ivs = [parse_intervention(s) for s in set_]
     layer_range = parse_layers(layers)
     lm, tc = _load(model, transcoders, device, dtype)

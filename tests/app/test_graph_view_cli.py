@@ -99,3 +99,19 @@ def test_error_nodes_merge_per_layer_or_hide():
     assert "error" not in set(hidden["kind"]) and not hidden_edges["source"].str.contains("_-1_").any()
     same, same_edges = graph_view.collapse_errors(nodes, edges, "show")
     assert same.equals(nodes) and same_edges.equals(edges)
+
+
+def test_app_command_hands_the_model_and_transcoders_to_the_pages(monkeypatch):
+    from circuit_atlas.app import models
+    from circuit_atlas.app.cli import app_environment
+    from circuit_atlas.cli import app
+
+    monkeypatch.delenv(models.MODEL_ENV, raising=False)
+    monkeypatch.delenv(models.TRANSCODERS_ENV, raising=False)
+    result = CliRunner().invoke(app, ["app", "--help"])
+    assert "--model" in result.output and "--transcoders" in result.output
+    env = app_environment("embedded:/x", "demo", "/tc")
+    assert (env["CIRCUIT_ATLAS_STORE"], env[models.MODEL_ENV], env[models.TRANSCODERS_ENV]) == ("embedded:/x", "demo", "/tc")
+    assert models.MODEL_ENV not in app_environment("embedded:/x")  # nothing configured stays unset
+    half = CliRunner().invoke(app, ["app", "--model", "demo", "--port", "1"])
+    assert half.exit_code == 2 and "--model and --transcoders together" in half.output

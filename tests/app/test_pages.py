@@ -432,3 +432,15 @@ def test_circuit_search_row_validates_and_says_when_no_model(store_url, planted,
     assert not at.error, [e.value for e in at.error]
     pd.testing.assert_frame_equal(at.dataframe[-1].value.reset_index(drop=True),
                                   _expected_validation(at, keys, "capitals", 1), check_dtype=False)
+
+
+def test_pages_read_the_model_that_the_app_command_sets(store_url, tmp_path, monkeypatch):
+    """`circuit-atlas app --model M --transcoders T` sets these; Intervene and the prompt graph's
+    head loadings both try them (one loader, app/models.py) and say why they could not load."""
+    from circuit_atlas.app.cli import app_environment
+
+    env = app_environment(store_url, str(tmp_path / "no-model"), str(tmp_path / "no-tc"))
+    for name in ("CIRCUIT_ATLAS_MODEL", "CIRCUIT_ATLAS_TRANSCODERS"):
+        monkeypatch.setenv(name, env[name])
+    at = ok(page("intervene").run())
+    assert any(f"could not load model `{tmp_path / 'no-model'}`" in i.value for i in at.info), [i.value for i in at.info]

@@ -69,3 +69,54 @@ def test_attribute_errors_are_clean(saved, tmp_path) -> None:
     assert isinstance(result.exception, CircuitAtlasError) and "no prompts" in str(result.exception)
     result = runner.invoke(app, ["attribute", "-m", str(saved / "model"), "-t", str(saved / "tc"), "-o", str(tmp_path)])
     assert result.exit_code != 0 and "exactly one of" in result.output
+
+
+def test_attribute_target_tokens_as_text_or_id(saved, tmp_path) -> None:
+    """--target (repeatable) makes the graph's outputs exactly those tokens, given as text or id."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(saved / "model")
+    (a_id,) = tok.encode("a", add_special_tokens=False)
+    out = tmp_path / "graphs"
+    result = CliRunner().invoke(
+        app,
+        ["attribute", "-m", str(saved / "model"), "-t", str(saved / "tc"), "--prompt", "The cat sat on the",
+         "-o", str(out), "--target", "a", "--target", "5", "--batch-size", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    (graph,) = [GraphFile.load(p) for p in out.iterdir() if is_graph_dir(p)]
+    logits = graph.nodes[graph.nodes["type"] == "logit"]
+    assert sorted(int(t) for t in logits["token_id"]) == sorted({a_id, 5})
+    bad = CliRunner().invoke(
+        app,
+        ["attribute", "-m", str(saved / "model"), "-t", str(saved / "tc"), "--prompt", "The cat", "-o", str(out),
+         "--target", "abc"],
+    )
+    assert isinstance(bad.exception, CircuitAtlasError) and "'abc' is 3 tokens, not one" in str(bad.exception)  # exit 2 via the CLI
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--prompt", "   "], "--prompt is empty"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "x", "--target", ""], "--target is empty"),
+    (["--prompts", "/nonexistent/prompts.txt"], "cannot read prompts"),
+])
+def test_attribute_input_errors_come_before_the_model_loads(tmp_path, args, says) -> None:
+    """Exit 2 and one line that is not the model's error: the model path does not exist, so
+    loading it first would say so."""
+    result = CliRunner().invoke(app, ["attribute", "--model", str(tmp_path / "no-model"), "--transcoders",
+                                      str(tmp_path / "no-tc"), "--out", str(tmp_path / "out"), *args])
+    text = result.output + (str(result.exception) if result.exception and not isinstance(result.exception, SystemExit) else "")
+    assert says in text and "no-model" not in text, text
+    assert result.exit_code == 2 or isinstance(result.exception, CircuitAtlasError), (result.exit_code, text)
+
+
+def test_attribute_input_error_from_the_entry_point(tmp_path) -> None:
+    """The installed `circuit-atlas` itself (one subprocess: it takes seconds): exit 2, one line."""
+    import subprocess
+
+    proc = subprocess.run(["circuit-atlas", "attribute", "--model", str(tmp_path / "no-model"), "--transcoders",
+                           str(tmp_path / "no-tc"), "--out", str(tmp_path / "out"), *["--prompt", "   "]], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    assert "--prompt is empty" in lines[0] and "no-model" not in lines[0], lines[0]

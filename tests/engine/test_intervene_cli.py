@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
+from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.engine.interventions import (
     Intervention,
     InterventionError,
@@ -164,3 +165,30 @@ def test_validate_circuit_errors(saved) -> None:
     assert result.exit_code != 0 and "--mode" in result.output
     result = runner.invoke(app, ["validate-circuit", "--store", url, "-g", "animals", "-f", " , ", *_args(root)])
     assert result.exit_code != 0 and "at least one" in result.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--prompt", "hi", "--set", "0:5=abc"], "--set '0:5=abc'"),
+    (["--prompt", "hi", "--set", "0:5"], "--set '0:5'"),
+    (["--prompt", "hi", "--layers", "1-2"], "--layers"),
+    (["--prompt", "  ", "--set", "0:5=1"], "--prompt is empty"),
+])
+def test_intervene_input_errors_come_before_the_model_loads(tmp_path, args, says) -> None:
+    """Exit 2 and one line that is not the model's error: the model path does not exist, so
+    loading it first would say so."""
+    result = CliRunner().invoke(app, ["intervene", "--model", str(tmp_path / "no-model"), "--transcoders",
+                                      str(tmp_path / "no-tc"), *args])
+    text = result.output + (str(result.exception) if result.exception and not isinstance(result.exception, SystemExit) else "")
+    assert says in text and "no-model" not in text, text
+    assert result.exit_code == 2 or isinstance(result.exception, CircuitAtlasError), (result.exit_code, text)
+
+
+def test_intervene_input_error_from_the_entry_point(tmp_path) -> None:
+    """The installed `circuit-atlas` itself (one subprocess: it takes seconds): exit 2, one line."""
+    import subprocess
+
+    proc = subprocess.run(["circuit-atlas", "intervene", "--model", str(tmp_path / "no-model"), "--transcoders",
+                           str(tmp_path / "no-tc"), *["--prompt", "hi", "--set", "0:5=abc"]], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    assert "--set '0:5=abc'" in lines[0] and "no-model" not in lines[0], lines[0]
