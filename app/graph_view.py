@@ -250,6 +250,8 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
                            font=dict(size=10, color=KIND_STYLE["supernode"][1]))
     hi = set(highlight)
     labels = node_labels(pos_nodes)
+    keyed = pos_nodes["kind"].eq("feature") & labels.eq(pos_nodes.get("feature_key"))
+    labels[keyed] = [":".join(str(k).rsplit(":", 2)[-2:]) for k in labels[keyed]]  # "layer:index" on the drawing
     infl_all = pd.to_numeric(pos_nodes.get("influence"), errors="coerce").fillna(0).abs()
     if len(pos_nodes) <= text_limit:
         texted = set(pos_nodes["node_id"])
@@ -283,7 +285,7 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
     yticks = ["emb"] + [f"L{i}" for i in range(top_row - 1)] + ["logit"]
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.05), plot_bgcolor="white", clickmode="event+select", dragmode="select",
+        legend=dict(orientation="h", y=1.05), plot_bgcolor="white",
         xaxis=dict(tickmode="array", tickvals=[x for x, _ in ticks], ticktext=[t for _, t in ticks], title="token position",
                    showgrid=False, zeroline=False, range=[-0.2, xmax + 0.2]),
         yaxis=dict(tickmode="array", tickvals=list(range(len(yticks))), ticktext=yticks, title="layer",

@@ -57,6 +57,9 @@ def test_figure_names_nodes_and_labels_tokens():
     assert colors == {graph_view.POSITIVE, graph_view.NEGATIVE}
     inputs, outputs = graph_view.neighbours(edges, nodes, ["1_7_1"])
     assert list(inputs["source"]) == ["0_5_1"] and list(outputs["target"]) == ["3_9_1"]
+    assert list(inputs["name"]) == ["s:0:5"]  # the other end by its label (here its key)
+    texts = {n: t for tr in fig.data if tr.customdata is not None for n, t in zip(tr.customdata, tr.text)}
+    assert texts == {"E_1_0": "The", "0_5_1": "0:5", "0_6_1": "0:6", "1_7_1": "1:7", "1_-1_1": "err L1", "3_9_1": " Paris"}
 
 
 def test_app_command_and_its_streamlit_command_line():
