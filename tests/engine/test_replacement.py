@@ -119,6 +119,7 @@ HOOK_CASES = [
     ("llama", "plt", True, "hook_mlp_in", "mlp.hook_out"),
     ("gpt2", "clt", True, "ln2.hook_normalized", "hook_mlp_out"),
     ("qwen3", "plt", False, "hook_resid_mid", "hook_mlp_out"),
+    ("gemma3", "plt", True, "ln2.hook_normalized", "mlp.hook_out"),
 ]
 
 
@@ -190,7 +191,7 @@ def test_hook_points_are_read_where_they_say_and_the_logits_stay_exact(arch, kin
     assert torch.allclose(logits, real, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch,kind,skip,hin,hout", HOOK_CASES[:3])
+@pytest.mark.parametrize("arch,kind,skip,hin,hout", HOOK_CASES[:3] + HOOK_CASES[-1:])
 def test_every_edge_equals_doubling_its_source_at_any_hook_point(arch, kind, skip, hin, hout) -> None:
     lm, tc = _hooked(arch, kind, skip, hin, hout)
     _check_edges_by_doubling(lm, tc, lm.tokenize("The cat sat"))

@@ -79,6 +79,13 @@ def run_case(case: dict) -> None:
     model = NNSightReplacementModel(hf, tokenizer=_tokenizer(model_dir), dispatch=True)
     model._hf_config = hf.config  # as its from_config does (nnsight may hide .config)
     model._configure_replacement_model(_transcoders(case, torch))
+    scale = getattr(hf.get_input_embeddings(), "embed_scale", None)
+    if scale is not None:
+        # Gemma 3 scales embeddings inside its embedding module (by sqrt(d_model)); 0.5.0 takes
+        # the embedding nodes' vectors from the unscaled weight rows while reading the gradient
+        # at that module's (scaled) output, so its embedding edges come out sqrt(d_model) too
+        # small. Give it the vectors the module really outputs, so the rest can be compared.
+        model.embed_weight = model.embed_weight * scale.to(model.embed_weight.dtype)
     ids = torch.tensor(case["ids"])
     kwargs = {}
     if case.get("targets") is not None:

@@ -4,8 +4,8 @@ Every model's norm weights are random (not all ones, nor Gemma's all-zero offset
 feature read at the wrong hook point, or a norm weight applied twice or not at all, changes
 activations and edges. Hook points per architecture are those circuit-tracer 0.5.0's nnsight
 backend maps (``tl_nnsight_mapping``): Llama mlp.hook_in / hook_resid_mid -> hook_mlp_out /
-mlp.hook_out; Gemma 2 ln2.hook_normalized / hook_resid_mid -> hook_mlp_out; Qwen 3
-mlp.hook_in -> mlp.hook_out.
+mlp.hook_out; Gemma 2 ln2.hook_normalized / hook_resid_mid -> hook_mlp_out; Gemma 3 those and
+mlp.hook_in; Qwen 3 mlp.hook_in -> mlp.hook_out.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ def all_cases() -> list[Case]:
         # TopK: 0.5.0 has the activation but no loader sets it; the worker does
         Case("llama", "plt", False, "topk", "mlp.hook_in", "hook_mlp_out"),
         Case("qwen3", "plt", True, "topk", "mlp.hook_in", "mlp.hook_out"),
+        # Gemma 3 (its mapping has mlp.hook_in as well)
+        Case("gemma3", "plt", True, "jumprelu", "mlp.hook_in", "hook_mlp_out"),
+        Case("gemma3", "clt", False, "relu", "ln2.hook_normalized", "hook_mlp_out"),
         # greedy max_feature_nodes with a small batch (several influence updates)
         Case("llama", "plt", False, "relu", "mlp.hook_in", "hook_mlp_out", batch=3, max_feat=12),
         Case("gemma2", "clt", True, "jumprelu", "hook_resid_mid", "hook_mlp_out", batch=4, max_feat=10),
