@@ -444,3 +444,19 @@ def test_pages_read_the_model_that_the_app_command_sets(store_url, tmp_path, mon
         monkeypatch.setenv(name, env[name])
     at = ok(page("intervene").run())
     assert any(f"could not load model `{tmp_path / 'no-model'}`" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_prompt_graph_head_loadings_still_split_an_edge_of_the_card(store_url, planted):
+    """The card's neighbour: an edge of the inspected node split across one layer's heads."""
+    at = page("prompt_graph")
+    _tiny(at)
+    at.query_params["prompt"] = planted.gid("cap0")
+    ok(at.run())
+    ok(at.multiselect(key="pg_inspect").select("2_12_5").run())  # C: fed by A (layer 0) and B (layer 1)
+    edge = next(o for o in at.selectbox(key="pg_hl_edge").options if o.startswith("0_10_2 -> 2_12_5"))
+    ok(at.selectbox(key="pg_hl_edge").select(edge.split(" (")[0]).run())
+    ok(at.button(key="pg_hl_run").click().run())
+    assert not at.error, [e.value for e in at.error]
+    caption = next(c.value for c in at.caption if c.value.startswith("Parts sum to"))
+    parts, recomputed = (float(x) for x in re.findall(r"Parts sum to ([-+\d.e]+); the edge recomputed ([-+\d.e]+)", caption)[0])
+    assert abs(parts - recomputed) <= 1e-4 * max(1.0, abs(recomputed))
