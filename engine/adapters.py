@@ -2,7 +2,9 @@
 
 The engine needs, for every decoder layer, the MLP input (after the pre-MLP norm) and the MLP
 output *as added to the residual stream* (for Gemma 2/3 that is after the post-feedforward norm,
-as in GemmaScope and circuit-tracer), the input embedding, the unembedding and logit soft-cap,
+as in GemmaScope and circuit-tracer) - or, where a transcoder set's config.yaml says so, the
+pre-MLP norm's input or normalised value and the MLP's own output (``mlp_hooks``, ``INPUT_HOOKS``,
+``OUTPUT_HOOKS``) - the input embedding, the unembedding and logit soft-cap,
 and the normalisation modules on the residual path, whose denominators the local replacement
 model freezes. Attention patterns are frozen through ``frozen_attention`` below, which every
 supported architecture reaches through transformers' attention interface.
