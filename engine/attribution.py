@@ -349,6 +349,8 @@ def compute_graph(
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
     custom_targets: list[CustomTarget | TargetDiff] | None = None,
+    max_memory: int | str | None = None,
+    spill_dir: str | None = None,
 ) -> RawGraph:
     """Every edge into the logits and into the visited features (all, or the
     ``max_feature_nodes`` most influential found greedily), unpruned. With ``custom_targets``
@@ -384,6 +386,8 @@ def compute_graph(
         update_interval=update_interval,
         on_batch=on_batch,
         pre_logits=kept[-1][:, -1] if custom_targets else None,
+        max_memory=max_memory,
+        spill_dir=spill_dir,
     )
 
 
@@ -399,12 +403,19 @@ def graph_from_run(
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
     pre_logits: Tensor | None = None,
+    max_memory: int | str | None = None,
+    spill_dir: str | None = None,
 ) -> RawGraph:
     """The edges of a prepared replacement run (any object with ReplacementRun's fields; batch
     copy 0 is used, so a batch of 1 suffices) for the given logit targets, ``batch_size``
     targets per backward pass. Split from compute_graph so the edge bookkeeping can be checked
     on hand-built frozen networks. Custom targets (``targets.vectors``) need ``pre_logits``:
-    the unembedding's input at the last position, (B, d), in the run's autograd graph."""
+    the unembedding's input at the last position, (B, d), in the run's autograd graph.
+
+    ``max_memory`` (bytes, or a size such as ``"512M"``): a budget for the edge rows kept while
+    the passes run; past it, older blocks of rows are written to a temporary folder (under
+    ``spill_dir``) and read back one at a time for the greedy influence updates, then once to
+    keep the visited features' columns. Every pass's rows are the same, so the graph is too."""
     device = run.embeddings.device
     n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
     d_model = int(run.embeddings.shape[-1])
@@ -432,7 +443,11 @@ def graph_from_run(
     # columns: all sources, then the logits (never sources: zero), so row indices and node
     # indices share one space; every pass's non-zero entries go into a few large blocks
     # (pruning.RowBlocks: nothing small is kept per pass), joined at the end
-    store = pruning.RowBlocks(n_logit + budget, n_src + n_logit)
+    try:
+        max_bytes = pruning.parse_memory(max_memory)
+    except ValueError as exc:
+        raise AttributionError(str(exc)) from None
+    store = pruning.RowBlocks(n_logit + budget, n_src + n_logit, max_bytes=max_bytes, spill_dir=spill_dir)
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(
@@ -528,8 +543,8 @@ def graph_from_run(
     parts = store.finish()
     del store
     if n_sel < n_feat:  # drop the columns of unvisited features, block by block (each freed as replaced)
-        for i, part in enumerate(parts):
-            parts[i] = part.select_columns(new_index, n_sel + n_err + n_pos + n_logit)
+        for i, part in enumerate(parts):  # (a spilled block is read back only for its turn)
+            parts[i] = pruning.loaded(part).select_columns(new_index, n_sel + n_err + n_pos + n_logit)
         del part
     edges = pruning.SparseRows.cat(parts)
     row_nodes = new_index[row_nodes[:filled]]
@@ -617,11 +632,14 @@ def attribute(
     prompt_props: dict | None = None,
     on_batch: Callable[[int], None] | None = None,
     custom_targets: list[CustomTarget | TargetDiff] | None = None,
+    max_memory: int | str | None = None,
 ) -> gf.GraphFile:
     """The attribution graph of ``prompt`` under transcoders ``tc``, pruned unless
     ``prune=False`` (then every computed non-zero edge is kept), with both scores in meta.
     ``custom_targets`` (``CustomTarget`` directions, ``TargetDiff`` token pairs) become logit
     nodes labelled by their label, with token id ``custom_target_id(label, vocab)``.
+    ``max_memory`` bounds the edge rows held in memory during the passes (``graph_from_run``);
+    the graph is the same with or without it.
 
     pandas and pyarrow (~70 MiB) are imported only once the edges are pruned, after the peak
     of the attribution buffers, rather than when this module is."""
@@ -641,6 +659,7 @@ def attribute(
         progress=progress,
         on_batch=on_batch,
         custom_targets=custom_targets,
+        max_memory=max_memory,
     )
     weights = raw.logit_weights
     raw.edges = raw.edges.with_row_index()  # used by every step below

@@ -25,8 +25,14 @@ Definitions agree with Anthropic's "Circuit Tracing" (2025) and circuit-tracer:
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,16 +75,17 @@ class SparseRows:
         return cls(ptr, c.to(torch.int32), rows[r, c], int(rows.shape[1] if n_cols is None else n_cols))
 
     @classmethod
-    def cat(cls, parts: list[SparseRows]) -> SparseRows:
+    def cat(cls, parts: list[SparseRows | SpilledRows]) -> SparseRows:
         """The rows of ``parts`` one after another (all with the same columns). Empties the
         list as it goes, so the parts can be freed before the whole is built."""
-        first, n_cols = parts[0], parts[0].n_cols
-        n_entries = sum(int(p.col.shape[0]) for p in parts)
+        first, n_cols = loaded(parts[0]), parts[0].n_cols
+        n_entries = sum(_n_entries(p) for p in parts)
         col = torch.empty(n_entries, dtype=first.col.dtype, device=first.col.device)
         val = torch.empty(n_entries, dtype=first.val.dtype, device=first.val.device)
         ptrs, offset = [first.ptr[:1]], 0
+        del first
         while parts:
-            part = parts.pop(0)
+            part = loaded(parts.pop(0))  # a spilled part is read back only when its turn comes
             n = int(part.col.shape[0])
             col[offset : offset + n] = part.col
             val[offset : offset + n] = part.val
@@ -121,6 +128,71 @@ class SparseRows:
         return out
 
 
+def parse_memory(value: int | float | str | None) -> int | None:
+    """Bytes from ``1500000``, ``"512M"``, ``"2G"``, ``"1.5GiB"`` (powers of 1024); None stays None.
+    Raises ValueError on anything else or a budget that is not positive."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+        if not m:
+            raise ValueError(f"memory budget {value!r}: expected a size such as 512M or 2G")
+        n = int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
+    if n <= 0:
+        raise ValueError(f"memory budget {value!r} must be positive")
+    return n
+
+
+class _SpillDir:
+    """A private temporary folder for spilled blocks, removed when nothing refers to it any more
+    (the builder and every ``SpilledRows`` hold it) or at interpreter exit."""
+
+    def __init__(self, parent: str | os.PathLike | None) -> None:
+        self.path = tempfile.mkdtemp(prefix="ca-spill-", dir=parent)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self.n_files = 0
+
+    def new_file(self) -> str:
+        self.n_files += 1
+        return os.path.join(self.path, f"block{self.n_files}.bin")
+
+
+@dataclass
+class SpilledRows:
+    """A block of consecutive rows kept on disk (one raw file: columns as int32, then values);
+    ``load()`` reads it back as a ``SparseRows``. Functions here that take a list of blocks
+    (``influence``) load one spilled block at a time, so only one is in memory at once."""
+
+    ptr: Tensor  # (R + 1,) int64, kept in memory (8 bytes per row)
+    path: str
+    n_entries: int
+    dtype: torch.dtype
+    n_cols: int
+    owner: _SpillDir = field(repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.ptr.shape[0]) - 1, self.n_cols
+
+    def load(self) -> SparseRows:
+        n = self.n_entries
+        with open(self.path, "rb") as f:
+            col = torch.from_numpy(np.fromfile(f, dtype=np.int32, count=n))
+            val = torch.from_numpy(np.fromfile(f, dtype=torch.empty(0, dtype=self.dtype).numpy().dtype, count=n))
+        return SparseRows(self.ptr, col, val, self.n_cols)
+
+
+def loaded(block: SparseRows | SpilledRows) -> SparseRows:
+    """The block in memory (a spilled one read back from disk)."""
+    return block.load() if isinstance(block, SpilledRows) else block
+
+
+def _n_entries(block: SparseRows | SpilledRows) -> int:
+    return block.n_entries if isinstance(block, SpilledRows) else int(block.val.shape[0])
+
+
 class RowBlocks:
     """Builds a ``SparseRows`` from dense batches of rows appended one after another, keeping
     only their non-zero entries, in a few large blocks (``block_entries`` entries each, or one
@@ -134,8 +206,26 @@ class RowBlocks:
     its entries are copied into the current block and its row counts into one pointer array
     allocated up front."""
 
-    def __init__(self, n_rows: int, n_cols: int, block_entries: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        n_rows: int,
+        n_cols: int,
+        block_entries: int = 1 << 20,
+        *,
+        max_bytes: int | None = None,
+        spill_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """``max_bytes``: keep at most about this many bytes of entries in memory; older full
+        blocks go to files in a private folder under ``spill_dir`` (the system's temporary
+        folder by default), removed once the blocks are no longer referred to. The entries and
+        their order are the same either way: only where they are kept changes."""
         self.n_cols = n_cols
+        self.max_bytes = max_bytes
+        self.spill_dir = spill_dir
+        self._spill: _SpillDir | None = None
+        self.spilled_bytes = 0  # written to disk so far (for reports)
+        if max_bytes is not None:  # blocks small enough that a few of them fit the budget
+            block_entries = max(1024, min(block_entries, max_bytes // 4 // 8))
         self.block_entries = block_entries
         self.ptr = torch.zeros(n_rows + 1, dtype=torch.long)  # over all rows appended
         self.n_rows = 0  # rows appended so far
@@ -172,23 +262,52 @@ class RowBlocks:
         torch.cumsum(counts, 0, out=ptr)
         ptr += self.ptr[first]
         self.n_rows = first + n
+        if self.max_bytes is not None:
+            self._spill_over_budget()
 
-    def parts(self) -> list[SparseRows]:
+    def _spill_over_budget(self) -> None:
+        """Write the oldest full in-memory blocks to disk while the blocks in memory hold more
+        than ``max_bytes`` (the current block, still being filled, stays)."""
+        def size(b: list) -> int:
+            return 0 if isinstance(b[0], str) else int(b[0].element_size() * b[0].shape[0] + b[1].element_size() * b[1].shape[0])
+
+        in_memory = sum(size(b) for b in self._blocks)
+        for block in self._blocks[:-1]:
+            if in_memory <= self.max_bytes:  # type: ignore[operator]
+                break
+            if isinstance(block[0], str):
+                continue
+            if self._spill is None:
+                self._spill = _SpillDir(self.spill_dir)
+            path = self._spill.new_file()
+            used = block[3]
+            with open(path, "wb") as f:
+                block[0][:used].numpy().tofile(f)
+                block[1][:used].numpy().tofile(f)
+            in_memory -= size(block)
+            self.spilled_bytes += used * (block[0].element_size() + block[1].element_size())
+            block[0], block[1] = path, block[1].dtype  # the tensors are freed here
+
+    def parts(self) -> list[SparseRows | SpilledRows]:
         """The rows appended so far, one SparseRows per block (views of the blocks): for
         ``influence``, which takes a list of consecutive blocks of rows."""
         out = []
         ends = [b[2] for b in self._blocks[1:]] + [self.n_rows]
         for (col, val, first, used), end in zip(self._blocks, ends):
             ptr = self.ptr[first : end + 1] - self.ptr[first]
-            out.append(SparseRows(ptr, col[:used], val[:used], self.n_cols))
+            if isinstance(col, str):  # spilled: col is the file, val the dtype
+                out.append(SpilledRows(ptr, col, used, val, self.n_cols, self._spill))  # type: ignore[arg-type]
+            else:
+                out.append(SparseRows(ptr, col[:used], val[:used], self.n_cols))
         return out
 
-    def finish(self) -> list[SparseRows]:
+    def finish(self) -> list[SparseRows | SpilledRows]:
         """``parts()``, handing the blocks over: the builder keeps nothing, so a caller that
         replaces or joins the parts frees each block as it goes (``SparseRows.cat``)."""
         out = self.parts()
         self._blocks.clear()
         self._columns = None
+        self._spill = None  # the spilled parts keep the folder alive
         return out
 
 
@@ -220,7 +339,7 @@ def _normalize_abs_(rows: SparseRows, a: Tensor, eps: float = 1e-10) -> SparseRo
 
 
 def influence(
-    norm_rows: Tensor | SparseRows | list[SparseRows],
+    norm_rows: Tensor | SparseRows | list[SparseRows | SpilledRows],
     row_nodes: Tensor,
     weights: Tensor,
     max_iter: int | None = None,
@@ -245,12 +364,14 @@ def influence(
     entries, not a normalised copy of all of them, and is normalised again for the final spread.
 
     Raises RuntimeError if the series does not die out (the graph has a cycle)."""
-    blocks = [_sparse(b) for b in (norm_rows if isinstance(norm_rows, list) else [norm_rows])]
+    given = norm_rows if isinstance(norm_rows, list) else [norm_rows]
+    blocks = [b if isinstance(b, (SparseRows, SpilledRows)) else _sparse(b) for b in given]
     n_rows, n_cols = sum(b.shape[0] for b in blocks), blocks[0].n_cols
-    dtype = torch.float32 if normalize else blocks[0].val.dtype
-    device = blocks[0].val.device
+    dtype = torch.float32 if normalize else (blocks[0].dtype if isinstance(blocks[0], SpilledRows) else blocks[0].val.dtype)
+    device = blocks[0].ptr.device
 
-    def prepared(b: SparseRows) -> SparseRows:
+    def prepared(b: SparseRows | SpilledRows) -> SparseRows:
+        b = loaded(b)  # a spilled block is read back here, one at a time
         return normalize_rows(b.with_row_index()) if normalize else b  # type: ignore[return-value]
 
     is_row = torch.zeros(n_cols, dtype=torch.bool, device=device)
@@ -262,7 +383,8 @@ def influence(
         row, col, val = nb.row_index(), nb.col, nb.val
         del nb
         inner = _at(is_row, col)
-        if 2 * int(torch.count_nonzero(inner)) < col.shape[0]:  # (sum() makes an int64 copy)
+        # a spilled block always keeps only its row-node entries: the rest stays on disk
+        if isinstance(b, SpilledRows) or 2 * int(torch.count_nonzero(inner)) < col.shape[0]:
             keep = torch.nonzero(inner, as_tuple=True)[0]
             row, col, val = row[keep], col[keep], val[keep]
             del keep
@@ -275,7 +397,7 @@ def influence(
     x = weights.to(dtype=dtype, device=device)[row_nodes]
     reached = torch.zeros(n_rows, dtype=dtype, device=device)
     # one chunk of products, for the steps and for the spread over every entry at the end
-    buffer = torch.empty(min(_ENTRIES, max(int(b.val.shape[0]) for b in blocks)), dtype=dtype, device=device)
+    buffer = torch.empty(min(_ENTRIES, max(_n_entries(b) for b in blocks)), dtype=dtype, device=device)
     for _ in range(limit):
         if not bool(x.any()):
             break
@@ -305,7 +427,9 @@ def _add_products(out: Tensor, source: Tensor, row: Tensor, col: Tensor, val: Te
         out.index_add_(0, col[i:j], step.mul_(val[i:j]))
 
 
-def node_influence(rows: Tensor | SparseRows | list[SparseRows], row_nodes: Tensor, logit_weights: Tensor) -> Tensor:
+def node_influence(
+    rows: Tensor | SparseRows | list[SparseRows | SpilledRows], row_nodes: Tensor, logit_weights: Tensor
+) -> Tensor:
     """Influence of every node on the logits, from raw edge rows (or blocks of them, see ``influence``)."""
     return influence(rows, row_nodes, logit_weights, normalize=True)
 
