@@ -67,7 +67,7 @@ FUNCTIONS = frozenset("""
 # Characters some lexer may take as the end of a `//` comment (Python's line boundaries).
 LINE_ENDS_ALL = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _LINE_END_READINGS = (frozenset("\n"), frozenset("\n\r"), LINE_ENDS_ALL)
-_NUMBER = re.compile(r"0[xX][0-9A-Fa-f_]+|0[oO][0-7_]+|\d[\d_]*(?:\.\d[\d_]*)?(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"0[xX][0-9A-Fa-f_]+|0[oO][0-7_]+|[0-9][0-9_]*(?:\.[0-9][0-9_]*)?(?:[eE][+-]?[0-9]+)?")
 _WORD = re.compile(r"[^\W\d]\w*")
 _WORD_CHAR = re.compile(r"\w")
 _DIGITS = re.compile(r"[0-9]+")
@@ -125,7 +125,8 @@ class _Lexing(NamedTuple):
         return " and ".join(parts)
 
 
-# What LadybugDB 0.22 and ArcadeDB's Bolt server do (Neo4j ends comments at \r as well).
+# The usual reading: ArcadeDB and Neo4j end a `//` comment at \n or \r (LadybugDB 0.22 at \n; a
+# bare \r after a comment is a syntax error there); the other escapes as every backend does.
 _DEFAULT = _Lexing(frozenset("\n\r"), False, False, True, False)
 
 
@@ -225,6 +226,8 @@ def tokens(text: str, lexing: _Lexing = _DEFAULT, out: list[Token] | None = None
             i = j
         elif _WORD.match(text, i):
             m = _WORD.match(text, i)
+            if not m.group().isascii():  # lexers differ on case folding and normalization (ı, K, ＤＥＬＥＴＥ)
+                raise Refused(m.group(), i, "a name with non-ASCII letters must be in backquotes")
             out.append(Token("word", m.group(), i))
             i = m.end()
         else:

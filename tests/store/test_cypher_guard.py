@@ -266,6 +266,8 @@ def test_character_level_refusals():
         ("RETURN 1 /* open", "unterminated comment"),
         ("RETURN 1 \u200b AS x", "unexpected character U+200B"),
         ("RETURN 1 \u180e AS x", "unexpected character U+180E"),
+        ("MATCH (n) \uff24\uff25\uff2c\uff25\uff34\uff25 n", "non-ASCII"),  # fullwidth DELETE
+        ("RETURN 1 AS x UN\u0131ON MATCH (n) \u0131NSTALL json", "non-ASCII"),  # dotless i
         ("RETURN $ x", "a parameter needs a name"),
         ("RETURN 'a' 'b'", "two strings in a row"),
         ("", "empty statement"),
