@@ -81,6 +81,45 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, default=str) if isinstance(v, (list, dict, tuple)) else v
 
 
+LONG_CELL = 200  # characters of a list or long text shown in a cell before "… (+N characters)"
+
+
+def _text(v: Any) -> str:
+    v = _cell(v)
+    text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    return text if len(text) <= LONG_CELL else f"{text[:LONG_CELL]}… (+{len(text) - LONG_CELL} characters; --format json for all)"
+
+
+def _print_table(df: pd.DataFrame, title: str) -> None:
+    """A table when its columns fit the terminal at their full width; otherwise one block of
+    `field  value` lines per row (as psql's expanded display), so no key or number is ever cut."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rows = [[_text(v) for v in row] for row in df.itertuples(index=False)]
+    cols = [str(c) for c in df.columns]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    if sum(widths) + 3 * len(cols) + 1 <= console.width:
+        table = Table(title=title or None)
+        for c in cols:
+            table.add_column(c, no_wrap=True)
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+        return
+    if title:
+        console.print(f"[bold]{title}[/]", highlight=False)
+    for n, r in enumerate(rows, start=1):
+        block = Table.grid(padding=(0, 2))
+        block.add_column(style="bold", no_wrap=True)
+        block.add_column(overflow="fold")
+        for c, v in zip(cols, r):
+            block.add_row(c, v)
+        console.rule(f"row {n}", align="left", style="dim")
+        console.print(block, highlight=False)
+
+
 def write_frame(df: pd.DataFrame, fmt: str, out: Optional[Path], title: str = "") -> None:
     """Print or save a result in one of FORMATS."""
     if fmt not in FORMATS:
@@ -96,20 +135,7 @@ def write_frame(df: pd.DataFrame, fmt: str, out: Optional[Path], title: str = ""
         typer.echo(f"{len(df)} rows -> {out}", err=True)
         return
     if fmt == "table" and out is None:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title or None)
-        for c in df.columns:
-            table.add_column(str(c))
-        for row in df.itertuples(index=False):
-            cells = []
-            for v in row:
-                v = _cell(v)
-                text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-                cells.append(text if len(text) <= 60 else text[:57] + "...")
-            table.add_row(*cells)
-        Console().print(table)
+        _print_table(df, title)
         typer.echo(f"{len(df)} rows", err=True)
         return
     flat = df.copy()

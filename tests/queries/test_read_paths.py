@@ -188,3 +188,24 @@ def test_the_app_console_refuses_in_one_line_and_still_answers(url, tmp_path, mo
     at.button(key="cc_run").click().run()
     assert not at.error and int(at.dataframe[0].value["load"].iloc[0]) == 2
     assert tree() == before
+
+
+def test_query_tables_never_cut_a_key(monkeypatch, capsys):
+    """A result wider than the terminal prints as field/value blocks (every key whole); one that
+    fits prints as a table whose columns are not wrapped (feature keys were cut to 'gem…')."""
+    import pandas as pd
+
+    from circuit_atlas.queries.cli import write_frame
+
+    keys = [f"gemma-2-2b-clt-hp:{layer}:{index}" for layer, index in ((1, 12928), (25, 131071))]
+    wide = pd.DataFrame({f"column_{i}": keys for i in range(11)} | {"prompt_ids": [["p" * 20] * 40] * 2})
+    monkeypatch.setenv("COLUMNS", "80")
+    write_frame(wide, "table", None, title="wide")
+    out = capsys.readouterr().out
+    assert all(out.count(k) == 11 for k in keys) and "row 2" in out  # every key whole, once per column
+    assert "(+" in out and "--format json for all" in out  # the long list is shortened, and says so
+    narrow = pd.DataFrame({"key": keys, "prompts": [18, 3]})
+    monkeypatch.setenv("COLUMNS", "60")
+    write_frame(narrow, "table", None, title="narrow")
+    out = capsys.readouterr().out
+    assert all(k in out for k in keys) and "┃ key" in out and "row 1" not in out
