@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -147,12 +148,12 @@ def _print_paths(found, min_prompts: int) -> None:
     if found.empty:
         console.print(f"no 2-hop path recurs in {min_prompts}+ prompts")
         return
-    table = Table(title=f"feature -> feature -> token paths in >= {min_prompts} prompts")
-    for col in ("f1_key", "f2_key", "token", "prompts", "mean_path_weight"):
-        table.add_column(col)
-    for row in found.head(10).itertuples():
-        table.add_row(row.f1_key, row.f2_key, repr(row.token), str(row.prompts), f"{row.mean_path_weight:+.4f}")
-    console.print(table)
+    from circuit_atlas.queries.cli import print_table
+
+    top = found.head(10)
+    print_table(pd.DataFrame({"f1_key": top["f1_key"], "f2_key": top["f2_key"], "token": top["token"].map(repr),
+                              "prompts": top["prompts"], "mean_path_weight": top["mean_path_weight"].map("{:+.4f}".format)}),
+                f"feature -> feature -> token paths in >= {min_prompts} prompts")  # keys whole at any width
 
 
 def register(app: typer.Typer) -> None:

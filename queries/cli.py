@@ -90,7 +90,7 @@ def _text(v: Any) -> str:
     return text if len(text) <= LONG_CELL else f"{text[:LONG_CELL]}… (+{len(text) - LONG_CELL} characters; --format json for all)"
 
 
-def _print_table(df: pd.DataFrame, title: str) -> None:
+def print_table(df: pd.DataFrame, title: str) -> None:
     """A table when its columns fit the terminal at their full width; otherwise one block of
     `field  value` lines per row (as psql's expanded display), so no key or number is ever cut."""
     from rich.console import Console
@@ -135,7 +135,7 @@ def write_frame(df: pd.DataFrame, fmt: str, out: Optional[Path], title: str = ""
         typer.echo(f"{len(df)} rows -> {out}", err=True)
         return
     if fmt == "table" and out is None:
-        _print_table(df, title)
+        print_table(df, title)
         typer.echo(f"{len(df)} rows", err=True)
         return
     flat = df.copy()
