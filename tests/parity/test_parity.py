@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from parity_cases import all_cases, save_model, save_transcoders, worker_case  # noqa: E402
 
 CASES = all_cases()
+# the first case carries the session's setup: making the venv on first use and circuit-tracer's run
+pytestmark = pytest.mark.timeout(2400)
 EDGE_TOL = 1e-5  # of the largest edge
 WORKER = Path(__file__).parent / "ct_worker.py"
 
