@@ -172,6 +172,9 @@ def test_prompt_graph_thresholds_and_supernodes_as_groups_or_merged(store_url, p
     assert kept < total
     collapse = at.multiselect(key="pg_collapse")
     assert "capital chain" in collapse.options
+    at.button(key="pg_val_sn_run")  # the supernode's one-click validation is offered, with its members
+    members = next(c.value for c in at.caption if c.value.startswith("2 features: "))
+    assert sorted(members[len("2 features: "):].replace("`", "").split(", ")) == [P.key("A"), P.key("B")]
     ok(at.slider(key="pg_node_t").set_value(1.0).run())
     ok(at.slider(key="pg_edge_t").set_value(1.0).run())
     ok(at.multiselect(key="pg_collapse").select(f"{P.SCAN}:user:capital-chain").run())
