@@ -231,6 +231,8 @@ def main() -> None:
     if any(n not in options for n in st.session_state.get("pg_inspect", [])):
         st.session_state["pg_inspect"] = [n for n in st.session_state["pg_inspect"] if n in options]
     names = {r["node_id"]: graph_view.picker_label(r, tokens) for r in kept_nodes.to_dict("records")}
+    seen = pd.Series(list(names.values())).value_counts()
+    names = {n: f"{v} · {n}" if seen[v] > 1 else v for n, v in names.items()}  # two alike (one label, one spot): the id tells them apart
     with right:
         inspect = st.multiselect("Inspect nodes", options, key="pg_inspect", format_func=lambda n: names.get(n, n),
                                  placeholder="Click a node or type a label, token or layer")
