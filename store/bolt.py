@@ -293,6 +293,11 @@ class BoltStore(Store):
         per transaction. Idempotent: a failed rebuild is completed by running it again."""
         m = LINKS_MIN_PROMPTS
         self._run(STALE, {"t": uuid.uuid4().hex})  # until the last step: a rebuild cut short stays marked stale
+        # ArcadeDB caches a statement's plan by its text, and a plan made while RActive was empty
+        # scans RActive instead of using its indexes: the REDGE step of a rebuild that follows a
+        # rebuild of one prompt took > 100 s per prompt instead of 2 s. A text that names this
+        # rebuild gets a plan made now (a comment: every Bolt server ignores it).
+        fresh_plan = f" // rebuild {uuid.uuid4().hex[:12]}"
         self._delete_chunked("MATCH ()-[x:LINKS]->()", "DELETE x")
         self._delete_chunked("MATCH ()-[x:REDGE]->()", "DELETE x")
         self._delete_chunked("MATCH (x:RActive)", "DETACH DELETE x")
@@ -317,7 +322,7 @@ class BoltStore(Store):
                  "MATCH (ra:RActive {id: a.id}) MATCH (rb:RActive {id: b.id}) CREATE (ra)-[:REDGE {weight: e.weight}]->(rb)"),
                 ("MATCH (:Prompt {id: $p})-[:HAS]->(a:Active)-[e:EDGE]->(t:Logit) "
                  "MATCH (ra:RActive {id: a.id}) CREATE (ra)-[:REDGE {weight: e.weight}]->(t)"),
-            ], {"p": pid, "m": m})
+            ], {"p": pid, "m": m}, fresh_plan)
         # LINKS a chunk of source features at a time, each chunk holding at most LINKS_CHUNK_EDGES of
         # their REDGEs: the server groups a chunk's edges in memory (ArcadeDB caps that per query)
         out_edges = self._run("MATCH (a:RActive)-[:REDGE]->(:RActive) RETURN a.feature_key AS k, count(*) AS c ORDER BY k",
@@ -339,7 +344,7 @@ class BoltStore(Store):
                 "collect(DISTINCT p) AS ps WHERE n >= $m "
                 "MATCH (fa:Feature {key: s}) MATCH (fb:Feature {key: t}) "
                 "CREATE (fa)-[:LINKS {prompts: n, mean_weight: mw, mean_abs_weight: maw, prompt_ids: ps, "
-                "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c", {"keys": chunk, "m": m})
+                "source_key: s, target_key: t}]->(fb) RETURN count(*) AS c" + fresh_plan, {"keys": chunk, "m": m})
             n += int(rows[0]["c"]) if rows else 0
         self._run("MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = false, m.write_token = $t", {"t": uuid.uuid4().hex})
         return n
@@ -349,9 +354,9 @@ class BoltStore(Store):
         while self._run(f"{match} WITH x LIMIT {DELETE_CHUNK} {action} RETURN count(*) AS c")[0]["c"]:
             pass
 
-    def _run_many(self, statements: list[str], params: dict[str, Any]) -> None:
-        """Several write statements in one transaction (one prompt's share of a rebuild)."""
-        self._transaction(lambda tx: [tx.run(q, params).consume() for q in statements],
+    def _run_many(self, statements: list[str], params: dict[str, Any], suffix: str = "") -> None:
+        """Several write statements (each + `suffix`) in one transaction (one prompt's share of a rebuild)."""
+        self._transaction(lambda tx: [tx.run(q + suffix, params).consume() for q in statements],
                           doing="rebuilding the derived layer (run `circuit-atlas store rebuild-links` again once "
                                 "the cause is fixed)")
 

@@ -33,6 +33,11 @@ def doctor(
         st = s.stats()
         typer.echo(f"store: {url} (backend {st['backend']}, schema version {st['schema_version']})")
         typer.echo("counts: " + ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("backend", "url", "schema_version")))
+        if s.derived_stale():
+            typer.echo(f"derived layer: stale (a write was interrupted or is running): `circuit-atlas store rebuild-links "
+                       f"--store {url}` rebuilds it")
+        else:
+            typer.echo("derived layer: fresh")
     if model:
         from circuit_atlas.engine.models import load_model
 

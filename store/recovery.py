@@ -9,8 +9,9 @@ some states (a frozen WAL without its checkpoint record beside an empty shadow f
 kill -9 of a load) that replay segfaults, which no Python code can catch, and read-only opens
 are refused ("checkpoint recovery is pending").
 
-So, only when such files are present (other opens stay as cheap as before), the open is first
-tried in a child process. If the child completes it, the library has recovered the store. If the
+The same happens to a WAL holding a committed COPY that a kill kept from its checkpoint. So, only
+when such files (or a WAL no live writer holds) are present, the open is first tried in a child
+process; other opens stay as cheap as before. If the child completes it, the library has recovered the store. If the
 child dies, or the library refuses the leftovers, they are moved (never deleted) into a dated
 folder ``recovered-<time>/`` in the store directory and the open is tried again: the store is
 back at its last completed checkpoint, and the transactions of the interrupted one are lost as
@@ -114,22 +115,32 @@ class _Lock:
             self.fd = None
 
 
+def _wal_left(db: Path) -> bool:
+    try:
+        return Path(f"{db}.wal").stat().st_size > 0
+    except OSError:
+        return False
+
+
 def ensure_openable(db: Path, url: str) -> None:
     """Make database file `db` safe to open in this process (see the module's docstring)."""
-    if not leftovers(db):
+    if not leftovers(db) and not _wal_left(db):
         return
     directory = db.parent
     lock = _Lock(directory)
     try:
         found = leftovers(db)
-        if not found:
+        wal = _wal_left(db)
+        if not found and not wal:
             return  # another process recovered it while we waited for the lock
         rc, msg = _probe(db)
         if rc == 0:
-            if found and not leftovers(db):
-                note(directory, f"{url}: completed a checkpoint that an interrupted writer left "
-                                f"({', '.join(p.name for p in found)}); nothing was lost")
+            if not leftovers(db) and not _wal_left(db):
+                what = ", ".join(p.name for p in found) if found else "its WAL"
+                note(directory, f"{url}: completed what an interrupted writer left ({what}); nothing was lost")
             return
+        if (rc == BUSY or "lock" in msg.lower()) and not found:
+            return  # a live writer's WAL: the library opens beside it
         if rc == BUSY or "lock" in msg.lower():
             raise StoreBusy(f"{url}: another process is writing the store (a checkpoint is in progress); "
                             "retry in a few seconds, once it has finished")
@@ -140,12 +151,12 @@ def ensure_openable(db: Path, url: str) -> None:
         rc2, msg2 = _probe(db)
         where = moved[0].parent if moved else directory
         if rc2 != 0:
-            note(directory, f"{url}: opening it after an interrupted checkpoint failed: {why}; moved "
+            note(directory, f"{url}: opening it after an interrupted write failed: {why}; moved "
                             f"{', '.join(p.name for p in moved)} to {where}; it still does not open "
                             f"({msg2 or f'status {rc2}'})")
-            raise StoreError(f"{url}: cannot open the store even after moving an interrupted checkpoint's files "
+            raise StoreError(f"{url}: cannot open the store even after moving an interrupted write's files "
                              f"to {where} ({msg2 or f'status {rc2}'}); see {directory / LOG}")
-        note(directory, f"{url}: recovered from an interrupted checkpoint: {why}; moved "
+        note(directory, f"{url}: recovered from an interrupted write: {why}; moved "
                         f"{', '.join(p.name for p in moved)} to {where} (kept, not deleted). The store is "
                         "back at its last completed checkpoint: graphs of the interrupted write are absent "
                         "(run that write again)")
@@ -154,8 +165,8 @@ def ensure_openable(db: Path, url: str) -> None:
 
 
 def _move_aside(db: Path) -> list[Path]:
-    """Move the checkpoint files (and the WAL, which is newer than the frozen one: replaying
-    it alone would skip transactions) into a new dated folder; returns their new paths."""
+    """Move the checkpoint files and the WAL (newer than a frozen one: replaying it alone would
+    skip transactions) into a new dated folder; returns their new paths."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     folder = db.parent / f"recovered-{stamp}"
     n = 1
@@ -164,8 +175,7 @@ def _move_aside(db: Path) -> list[Path]:
         folder = db.parent / f"recovered-{stamp}-{n}"
     folder.mkdir()
     moved = []
-    names = [*CHECKPOINT_FILES, ".wal"] if Path(f"{db}.wal.checkpoint").exists() else list(CHECKPOINT_FILES)
-    for suffix in names:
+    for suffix in (*CHECKPOINT_FILES, ".wal"):
         src = Path(f"{db}{suffix}")
         if src.exists():
             dst = folder / src.name

@@ -26,7 +26,7 @@ import pytest
 from circuit_atlas.store import open_store
 from circuit_atlas.store.synthetic import synthetic_graph
 
-KILLS = 22
+KILLS = 20
 SEED = 20261206
 N_GRAPHS = 16
 
@@ -43,6 +43,23 @@ def _supernode_records(meta: dict, nodes) -> list[dict]:
     return [{"key": f"{meta['graph_id']}:import:{k}", "scan": meta["scan"], "label": f"group {k}", "method": "import",
              "score": None, "prompt_id": meta["graph_id"], "node_ids": ids[k * 3:(k + 1) * 3],
              "members": sorted(set(keys[k * 3:(k + 1) * 3]))} for k in range(2)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny real model and random transcoders on disk, and a corpus, for `ingest` and `features`."""
+    from circuit_atlas.engine import models
+    from circuit_atlas.engine.transcoders import random_transcoders
+
+    root = tmp_path_factory.mktemp("kill-tiny")
+    lm = models.tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)
+    tc = random_transcoders(lm.n_layers, lm.d_model, 48, kind="clt", activation="relu", seed=1, scan="tiny-clt")
+    tc_dir = tc.save(root / "tc")
+    lm.model.save_pretrained(root / "model")
+    lm.tokenizer.save_pretrained(root / "model")
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(f"The {a} number {i} sat on the\n" for i, a in enumerate(["cat", "dog", "fox", "owl", "elk", "bee"])))
+    return root / "model", Path(tc_dir), corpus
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +117,17 @@ def assert_clean(r: subprocess.CompletedProcess, what: str, ok: tuple[int, ...] 
     assert r.returncode in ok, f"{what} exited {r.returncode}: {r.stderr[-400:]}"
 
 
-def test_kill_loop(graphs, tmp_path):
+def test_kill_loop(graphs, tiny, tmp_path):
     rng = random.Random(SEED)
     store = tmp_path / "store"
     url = f"embedded:{store}"
+    model_dir, tc_dir, corpus = tiny
+    ingested = tmp_path / "ingested"  # the ingest's graph directories: what its prompts must equal
+
+    def all_graphs() -> list[Path]:
+        made = [d for d in sorted(ingested.glob("*")) if (d / "meta.json").is_file()] if ingested.exists() else []
+        return [*graphs, *made]
+
     # a first load, so that later kills find prompts, a derived layer and supernodes to damage
     assert_clean(cli("store", "load", *map(str, graphs[:4]), "--store", url), "first load")
     import_dir = tmp_path / "to-import"
@@ -115,14 +139,18 @@ def test_kill_loop(graphs, tmp_path):
         "import": lambda: ["import", str(import_dir), "--store", url],
         "rebuild-links": lambda: ["store", "rebuild-links", "--store", url],
         "supernodes": lambda: ["supernodes", "--store", url, "--min-size", "2"],
+        "ingest": lambda: ["ingest", str(corpus), "--model", str(model_dir), "--transcoders", str(tc_dir), "--store", url,
+                           "--graphs-dir", str(ingested), "--batch-size", "32", "--device", "cpu", "--load-batch", "2"],
+        "features": lambda: ["features", "default", "--model", str(model_dir), "--transcoders", str(tc_dir), "--store", url,
+                             "--tokens", "300", "--device", "cpu"],
         "delete": lambda: None,  # filled in below: needs a stored id
     }
     kinds = []
     for k in range(KILLS):
-        kind = rng.choice(["load", "load", "import", "import", "rebuild-links", "supernodes", "delete"])
-        if kind == "delete":
+        kind = rng.choice(["load", "load", "import", "import", "rebuild-links", "supernodes", "delete", "ingest", "features"])
+        if kind == "delete":  # one of the loaded graphs (an ingest re-run skips the prompts it has made)
             with open_store(url, read_only=True) as s:
-                ids = sorted(s.prompt_ids())
+                ids = sorted(s.prompt_ids() & {expected(g)["id"] for g in graphs})
             if not ids:
                 kind = "load"
             args = ["store", "delete-prompt", rng.choice(ids), "--store", url] if ids else commands[kind]()
@@ -131,24 +159,28 @@ def test_kill_loop(graphs, tmp_path):
         kinds.append(kind)
         proc = subprocess.Popen([sys.executable, "-m", "circuit_atlas", *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # interpreter start and imports take most of a small command's first second or two
-        time.sleep(rng.uniform(0.3, 4.0))
+        # interpreter start and imports take most of a small command's first second or two (torch
+        # and the model a few more)
+        time.sleep(rng.uniform(2.0, 9.0) if kind in ("ingest", "features") else rng.uniform(0.3, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # a read-only command first (it must open what the kill left), then the prompts
         assert_clean(cli("store", "stats", "--store", url, "--json"), f"kill {k} ({kind}): store stats")
-        check_whole_or_absent(url, graphs)
+        check_whole_or_absent(url, all_graphs())
         if k % 6 == 5:
             assert_clean(cli("doctor", "--store", url), f"kill {k} ({kind}): doctor")
             # a query that needs the derived layer answers, or says it is stale and what to run
             r = cli("query", "recurring_edges", "--store", url)
             assert_clean(r, f"kill {k} ({kind}): query", ok=(0, 2))
             assert r.returncode == 0 or "rebuild-links" in r.stderr
-    assert {"load", "import"} <= set(kinds)
+    assert {"load", "import", "ingest"} <= set(kinds)
     # afterwards every writer opens, completes what the kills cut short, and answers right
     assert_clean(cli("store", "load", *map(str, graphs[:8]), "--store", url), "final load")
     assert_clean(cli("import", str(import_dir), "--store", url), "final import")
-    assert check_whole_or_absent(url, graphs) == N_GRAPHS
+    assert_clean(cli(*commands["ingest"]()), "final ingest")
+    n_ingested = len(all_graphs()) - N_GRAPHS
+    assert n_ingested == 6
+    assert check_whole_or_absent(url, all_graphs()) == N_GRAPHS + n_ingested
     r = cli("query", "recurring_edges", "--store", url)
     assert_clean(r, "final query")
     assert_clean(cli("doctor", "--store", url), "final doctor")
