@@ -108,7 +108,8 @@ def _custom_target_ids(ids: list[int], strs: list[str | None], vocab_size: Any, 
     """circuit-tracer names a custom target (``CustomTarget``) by a virtual index, vocab size plus
     its position among the targets, so every graph's first custom target would be one Token in the
     store whatever it is; ours by a hash of its label (``attribution.custom_target_id``), the id
-    our own graph of the same target carries."""
+    our own graph of the same target carries. Without the model's vocabulary size nothing is
+    renamed (a real token past the tokenizer's vocabulary must keep its id)."""
     if vocab_size is None:
         return ids
     from circuit_atlas.engine.attribution import custom_target_id
@@ -155,7 +156,9 @@ def read_circuit_tracer_pt(
     probs = torch.as_tensor(d["logit_probabilities"]).to(torch.float32).reshape(-1)
     logit_ids, logit_strs = _logit_ids(d, p)
     cfg = d.get("cfg")
-    logit_ids = _custom_target_ids(logit_ids, logit_strs, d.get("vocab_size") or _get(cfg, "d_vocab"), p)
+    # virtual ids start at the logits' size (cfg.d_vocab); the file's own vocab_size is the
+    # tokenizer's, smaller on models with added tokens, whose real targets would look virtual
+    logit_ids = _custom_target_ids(logit_ids, logit_strs, _get(cfg, "d_vocab"), p)
     n_pos, n_feat, n_logit = int(tokens.numel()), int(selected.numel()), len(logit_ids)
     N = int(A.shape[0]) if A.dim() == 2 else -1
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
