@@ -45,15 +45,17 @@ def node_rows(nodes: pd.DataFrame, n_layers: int | None = None) -> pd.DataFrame:
 
 
 def prune(nodes: pd.DataFrame, edges: pd.DataFrame, node_threshold: float = 1.0,
-          edge_threshold: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+          edge_threshold: float = 1.0, max_nodes: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the most influential features/errors up to ``node_threshold`` of their total
-    influence (embeddings and logits always stay), then the strongest edges among the kept
-    nodes up to ``edge_threshold`` of their total |weight|. The stored graph is already pruned
-    by the engine; this only thins it further for reading."""
+    influence (and at most ``max_nodes`` of them; embeddings and logits always stay), then the
+    strongest edges among the kept nodes up to ``edge_threshold`` of their total |weight|. The
+    stored graph is already pruned by the engine; this only thins it further for reading."""
     keep = nodes["kind"].isin(["embedding", "logit", "supernode"])
     inner = nodes[~keep]
     infl = pd.to_numeric(inner["influence"], errors="coerce").fillna(0.0).abs()
     kept_inner = _cumulative(infl, node_threshold)
+    if max_nodes is not None and len(kept_inner) > max_nodes:
+        kept_inner = infl.loc[kept_inner].sort_values(ascending=False, kind="stable").index[: max(0, int(max_nodes))]
     kept = nodes[keep | nodes.index.isin(kept_inner)]
     ids = set(kept["node_id"])
     e = edges[edges["source"].isin(ids) & edges["target"].isin(ids)]

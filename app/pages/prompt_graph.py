@@ -120,6 +120,7 @@ def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -
 
 
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98  # the paper's (and circuit-tracer's) pruning defaults
+MAX_NODES = 500  # features/errors drawn at most: the browser's drawing time grows with them (README)
 FEATURE_INFO = ("MATCH (f:Feature) WHERE f.key = $key RETURN f.label AS label, f.contexts AS contexts, "
                 "f.logit_effects AS logit_effects, f.frequency AS frequency")
 
@@ -201,7 +202,9 @@ def main() -> None:
                                  format_func=lambda k: next(s["label"] for s in supernodes if s["key"] == k))
     merge = c4.checkbox("Merge each supernode into one node", key="pg_merge",
                         help="Off: its members are drawn inside a labelled box. On: one node with summed edges.")
-    kept_nodes, kept_edges = graph_view.prune(nodes, edges, node_t, edge_t)
+    max_nodes = int(c3.number_input("Most features and errors drawn", 10, 100_000, MAX_NODES, 50, key="pg_max_nodes",
+                                    help="The most influential first; the thresholds apply before this cap."))
+    kept_nodes, kept_edges = graph_view.prune(nodes, edges, node_t, edge_t, max_nodes=max_nodes)
     kept_nodes, kept_edges = graph_view.collapse_errors(kept_nodes, kept_edges, errors_how)
     chosen = [s for s in supernodes if s["key"] in chosen_keys]
     groups: dict[str, list[str]] = {}
@@ -215,8 +218,11 @@ def main() -> None:
     pins: dict[str, list[str]] = st.session_state.setdefault("pg_pins", {})
     pinned = [n for n in pins.get(pid, [])]
     n_layers = int(pd.to_numeric(nodes["layer"], errors="coerce").max() + 1) if nodes["layer"].notna().any() else 1
-    st.caption(f"{len(kept_nodes)} of {len(nodes)} nodes, {len(kept_edges)} of {len(edges)} edges shown. "
-               "Click a node (or pick it) to open its card; box-select several to inspect them together.")
+    capped = int((~nodes["kind"].isin(["embedding", "logit"])).sum()) > max_nodes and \
+        int((~kept_nodes["kind"].isin(["embedding", "logit", "supernode"])).sum()) >= max_nodes
+    st.caption(f"{len(kept_nodes)} of {len(nodes)} nodes, {len(kept_edges)} of {len(edges)} edges shown"
+               + (f" (at most {max_nodes} features and errors drawn: raise the cap to see more)" if capped else "")
+               + ". Click a node (or pick it) to open its card; box-select several to inspect them together.")
     left, right = st.columns([3, 2])
     fig = graph_view.figure(kept_nodes, kept_edges, tokens, highlight=pinned, n_layers=n_layers, groups=groups, height=640)
     with left:

@@ -42,6 +42,8 @@ def test_prune_keeps_the_most_influential_nodes_and_strongest_edges():
     assert set(zip(kept_edges["source"], kept_edges["target"])) == {("E_1_0", "0_5_1"), ("0_6_1", "3_9_1")}
     _, strongest = graph_view.prune(nodes, edges, 1.0, 0.5)
     assert list(strongest["source"]) == ["E_1_0"]
+    capped, _ = graph_view.prune(nodes, edges, 1.0, 1.0, max_nodes=2)  # the two most influential features stay
+    assert set(capped["node_id"]) == {"E_1_0", "0_5_1", "0_6_1", "3_9_1"}
     full_nodes, full_edges = graph_view.prune(nodes, edges, 1.0, 1.0)
     assert len(full_nodes) == len(nodes) and len(full_edges) == len(edges)
 
