@@ -98,35 +98,30 @@ class _Accum:
 
 @torch.no_grad()
 def _replacement_logits(lm, tc, ids: Tensor) -> Tensor:
-    """Logits with every MLP output replaced by the transcoder reconstruction (BOS kept real)."""
-    mods = mlp_modules(lm)
+    """Logits with every MLP output replaced by the transcoder reconstruction (BOS kept real),
+    read and written at the set's own hook points (config.yaml), as attribution does."""
+    from circuit_atlas.engine.adapters import mlp_hooks
+    from circuit_atlas.engine.replacement import hook_points
+
+    inputs: dict[int, Tensor] = {}
     acts: list[Tensor] = []
-    handles = []
 
-    def make(layer: int):
-        def hook(module, args, output):
-            x = args[0] if args else None
-            if x is None:
-                return None
-            a = tc.encode(layer, x.float())
-            acts.append(a)
-            rec = tc.decode(acts, layer)
-            sk = tc.skip(layer, x.float())
-            if sk is not None:
-                rec = rec + sk
-            rec = rec.to(output.dtype)
-            rec[:, 0] = output[:, 0]
-            return rec
+    def pre(layer: int, x: Tensor) -> None:
+        inputs[layer] = x
 
-        return hook
+    def post(layer: int, y: Tensor) -> Tensor:
+        x = inputs.pop(layer).float()
+        acts.append(tc.encode(layer, x))
+        rec = tc.decode(acts, layer)
+        sk = tc.skip(layer, x)
+        if sk is not None:
+            rec = rec + sk
+        rec = rec.to(y.dtype)
+        rec[:, 0] = y[:, 0]
+        return rec
 
-    for i, mod in enumerate(mods):
-        handles.append(mod.register_forward_hook(make(i)))
-    try:
+    with mlp_hooks(lm.model, lm.adapter, pre, post, **hook_points(tc)):
         return lm.model(ids).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -144,7 +139,7 @@ def evaluate_loaded(lm, tc, windows: Tensor, *, batch_size: int = 8, progress: b
         it = tqdm(it, desc="evaluating transcoders", unit="batch", leave=False)
     for i in it:
         ids = windows[i : i + batch_size].to(lm.device)
-        ins, outs = lm.mlp_io(ids)
+        ins, outs = lm.mlp_io(ids, hooks=(tc.feature_input_hook, tc.feature_output_hook))
         xs = [t[:, 1:].reshape(-1, t.shape[-1]).float() for t in ins]
         ys = [t[:, 1:].reshape(-1, t.shape[-1]).float() for t in outs]
         tc_acts, recons = tc.forward(xs)

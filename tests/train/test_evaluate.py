@@ -69,3 +69,25 @@ def test_mismatched_set_is_refused(setup) -> None:
     wrong = tcs.random_transcoders(lm.n_layers + 1, lm.d_model, 8, seed=0)
     with pytest.raises(tcs.TranscoderMismatchError, match="wrong-set"):
         evaluate_loaded(lm, wrong, wins, progress=False, source="wrong-set")
+
+
+def test_evaluation_reads_and_writes_at_the_sets_hook_points(setup) -> None:
+    """A set trained at another point (config.yaml's feature_input_hook) is evaluated there: the
+    figures equal a direct computation at that point, and the replacement logits change with it."""
+    from circuit_atlas.engine.evaluate import evaluate_loaded
+
+    lm, tcs, _, wins = setup
+    at_mlp = tcs.random_transcoders(lm.n_layers, lm.d_model, 48, kind="plt", seed=5)
+    at_resid = tcs.random_transcoders(lm.n_layers, lm.d_model, 48, kind="plt", seed=5)
+    at_resid.feature_input_hook = "hook_resid_mid"  # the residual before the pre-MLP norm
+    res = evaluate_loaded(lm, at_resid, wins, progress=False)
+    ins, outs = lm.mlp_io(wins, hooks=("hook_resid_mid", at_resid.feature_output_hook))
+    default_ins, _ = lm.mlp_io(wins)
+    assert not torch.allclose(ins[1], default_ins[1])  # the two points differ on this model
+    with torch.no_grad():
+        _, rec = at_resid.forward([t[:, 1:].reshape(-1, lm.d_model).float() for t in ins])
+    for layer, d in enumerate(res.layers):
+        y = outs[layer][:, 1:].reshape(-1, lm.d_model).float()
+        nmse = ((rec[layer] - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+        assert d["nmse"] == pytest.approx(float(nmse), rel=1e-3)
+    assert res.kl != pytest.approx(evaluate_loaded(lm, at_mlp, wins, progress=False).kl, rel=1e-3)
