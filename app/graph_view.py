@@ -312,17 +312,20 @@ def neighbours(edges: pd.DataFrame, nodes: pd.DataFrame, selected: Iterable[str]
     return describe(edges[edges["target"].isin(sel)], "source"), describe(edges[edges["source"].isin(sel)], "target")
 
 
-def contexts_html(contexts: list[dict], limit: int = 10) -> str:
-    """Stored top contexts (``left``, ``token``, ``right``, ``activation``) as one escaped HTML
-    block, the active token highlighted and made visible: text is never read as Markdown."""
-    rows = []
-    for c in contexts[:limit]:
-        left, tok, right = str(c.get("left", "")), str(c.get("token", "")), str(c.get("right", ""))
-        act = _num(c.get("activation"))
-        rows.append(f"<div style='margin:2px 0;white-space:pre-wrap'><code style='margin-right:0.5em'>"
-                    f"{'' if act is None else format(act, '.3g')}</code>{html.escape(left)}"
-                    f"<mark style='background:#ffd54f'><b>{html.escape(visible(tok))}</b></mark>{html.escape(right)}</div>")
-    return f"<div class='pg-contexts'>{''.join(rows)}</div>"
+def context_html(left: str, token: str, right: str, activation: object = None) -> str:
+    """One context as an escaped HTML line, the active token highlighted and made visible: text
+    is never read as Markdown (corpus text holds backticks, underscores and tags)."""
+    act = _num(activation)
+    return (f"<div style='margin:2px 0;white-space:pre-wrap'><code style='margin-right:0.5em'>"
+            f"{'' if act is None else format(act, '.3g')}</code>{html.escape(str(left))}"
+            f"<mark style='background:#ffd54f'><b>{html.escape(visible(token))}</b></mark>{html.escape(str(right))}</div>")
+
+
+def contexts_html(contexts: list[dict], limit: int = 10, css_class: str = "pg-contexts") -> str:
+    """Stored top contexts (``left``, ``token``, ``right``, ``activation``) as one HTML block."""
+    rows = [context_html(c.get("left", ""), c.get("token", ""), c.get("right", ""), c.get("activation"))
+            for c in contexts[:limit]]
+    return f"<div class='{css_class}'>{''.join(rows)}</div>"
 
 
 def heads_figure(heads: Iterable[float], bypass: float, edge: float, title: str = "", height: int = 320) -> go.Figure:

@@ -8,7 +8,6 @@ is only whitespace must still be seen."""
 
 from __future__ import annotations
 
-import html
 import json
 
 import pandas as pd
@@ -16,6 +15,7 @@ import plotly.express as px
 import streamlit as st
 
 from circuit_atlas.app import data
+from circuit_atlas.app.graph_view import context_html, contexts_html, visible
 
 SEARCH = (  # key or key prefix, label, stored contexts (their text and tokens), case-insensitive
     "MATCH (f:Feature) WHERE f.key = $q OR f.key STARTS WITH $q OR toLower(f.label) CONTAINS $lq "
@@ -30,35 +30,11 @@ SEARCH_TOKENS = (
     "MATCH (a:Active) WHERE a.prompt_id = pid AND a.pos = pos "
     "RETURN a.feature_key AS key, count(*) AS hits ORDER BY hits DESC, key LIMIT 200"
 )
-WHITESPACE = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
 INFO = (
     "MATCH (f:Feature) WHERE f.key = $key RETURN f.key AS key, f.label AS label, f.layer AS layer, "
     "f.`index` AS idx, f.scan AS scan, f.frequency AS frequency, f.max_activation AS max_activation, "
     "f.contexts AS contexts, f.logit_effects AS logit_effects"
 )
-
-
-def visible(token: str) -> str:
-    """A token as text a reader can see: whitespace-only tokens spelled with visible marks
-    (space, newline, tab), line breaks inside others shown as a mark so a context stays one line."""
-    if token and not token.strip():
-        return "".join(WHITESPACE.get(ch, ch) for ch in token)
-    return token.replace("\r", "").replace("\n", WHITESPACE["\n"])
-
-
-def _highlight(left: str, token: str, right: str) -> str:
-    """One context as HTML: everything escaped, the active token marked and made visible."""
-    return (f"{html.escape(visible(left) if left.strip() else left)}"
-            f"<mark style='background:#ffd54f'><b>{html.escape(visible(token))}</b></mark>"
-            f"{html.escape(visible(right) if right.strip() else right)}")
-
-
-def _show(rows: list[tuple[float, str]]) -> None:
-    """Contexts (activation, escaped HTML) as one block rendered as HTML, not Markdown."""
-    lines = "".join(
-        f"<div style='margin:2px 0;white-space:pre-wrap;font-family:sans-serif'>"
-        f"<code style='margin-right:0.6em'>{act:.3g}</code>{text}</div>" for act, text in rows)
-    st.html(f"<div class='ft-contexts'>{lines}</div>")
 
 
 def _contexts(info: dict, occ: pd.DataFrame, prompts: pd.DataFrame) -> None:
@@ -71,8 +47,7 @@ def _contexts(info: dict, occ: pd.DataFrame, prompts: pd.DataFrame) -> None:
         ctx = []
     if ctx:
         st.caption("Top-activating contexts from the feature-context corpus.")
-        _show([(float(c.get("activation", 0)), _highlight(str(c.get("left", "")), str(c.get("token", "")),
-                                                          str(c.get("right", "")))) for c in ctx[:20]])
+        st.html(contexts_html(ctx, limit=20, css_class="ft-contexts"))
         return
     st.caption("No stored contexts (run `circuit-atlas features`); the prompts where it is most active:")
     toks = dict(zip(prompts["prompt_id"], prompts["tokens"]))
@@ -81,11 +56,10 @@ def _contexts(info: dict, occ: pd.DataFrame, prompts: pd.DataFrame) -> None:
         tokens = [str(t) for t in (toks.get(r.prompt_id) if toks.get(r.prompt_id) is not None else [])]
         p = int(r.pos)
         if 0 <= p < len(tokens):
-            text = _highlight("".join(tokens[:p]), tokens[p], "".join(tokens[p + 1:]))
+            rows.append(context_html("".join(tokens[:p]), tokens[p], "".join(tokens[p + 1:]), r.activation))
         else:
-            text = html.escape(visible(str(r.token)))
-        rows.append((float(r.activation), text))
-    _show(rows)
+            rows.append(context_html("", str(r.token), "", r.activation))
+    st.html(f"<div class='ft-contexts'>{''.join(rows)}</div>")
 
 
 def _logit_effects(info: dict, logits: pd.DataFrame) -> None:
