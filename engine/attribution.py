@@ -388,7 +388,27 @@ def compute_graph(
         pre_logits=kept[-1][:, -1] if custom_targets else None,
         max_memory=max_memory,
         spill_dir=spill_dir,
+        targets_per_pass=_targets_per_pass(lm, len(token_ids), max_memory, batch_size),
     )
+
+
+def _targets_per_pass(lm: Any, n_pos: int, max_memory: int | str | None, batch_size: int) -> int | None:
+    """How many targets one backward pass may carry under ``max_memory``: a vmapped pass
+    through frozen attention expands every head's T x T pattern once per target (about
+    ``2 * heads * T^2 * 4`` bytes each, one layer at a time), which at thousands of tokens is
+    the largest term of a pass. At most a quarter of the budget goes to it; None (no split)
+    without a budget or when the whole batch fits."""
+    try:
+        budget = pruning.parse_memory(max_memory)
+    except ValueError as exc:
+        raise AttributionError(str(exc)) from None
+    if budget is None:
+        return None
+    config = lm.model.config
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1)
+    per_target = 2 * heads * n_pos * n_pos * 4
+    fits = max(1, (budget // 4) // per_target)
+    return None if fits >= batch_size else int(fits)
 
 
 def graph_from_run(
@@ -405,6 +425,7 @@ def graph_from_run(
     pre_logits: Tensor | None = None,
     max_memory: int | str | None = None,
     spill_dir: str | None = None,
+    targets_per_pass: int | None = None,
 ) -> RawGraph:
     """The edges of a prepared replacement run (any object with ReplacementRun's fields; batch
     copy 0 is used, so a batch of 1 suffices) for the given logit targets, ``batch_size``
@@ -415,7 +436,12 @@ def graph_from_run(
     ``max_memory`` (bytes, or a size such as ``"512M"``): a budget for the edge rows kept while
     the passes run; past it, older blocks of rows are written to a temporary folder (under
     ``spill_dir``) and read back one at a time for the greedy influence updates, then once to
-    keep the visited features' columns. Every pass's rows are the same, so the graph is too."""
+    keep the visited features' columns. Every pass's rows are the same, so the graph is too.
+
+    ``targets_per_pass``: split each batch's backward pass into passes of at most this many
+    targets (``compute_graph`` sets it from ``max_memory`` on long prompts: a vmapped pass
+    through frozen attention holds a copy of every head's T x T pattern per target). Rows stay
+    in the same order; their values are those of smaller batches (equal up to float rounding)."""
     device = run.embeddings.device
     n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
     d_model = int(run.embeddings.shape[-1])
@@ -451,6 +477,27 @@ def graph_from_run(
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
     def backward(
+        enc_layers: list[int],
+        enc_pos: list[int],
+        enc_vecs: Tensor | None,
+        logit_grads: Tensor | None,
+        custom_vecs: Tensor | None = None,
+    ) -> None:
+        """A batch of targets, in passes of at most ``targets_per_pass`` (rows in the same order)."""
+        some = enc_vecs if enc_vecs is not None else logit_grads if logit_grads is not None else custom_vecs
+        n = int(some.shape[0])  # type: ignore[union-attr]
+        step = n if targets_per_pass is None else max(1, min(n, int(targets_per_pass)))
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            one_pass(
+                enc_layers[i:j],
+                enc_pos[i:j],
+                None if enc_vecs is None else enc_vecs[i:j],
+                None if logit_grads is None else logit_grads[i:j],
+                None if custom_vecs is None else custom_vecs[i:j],
+            )
+
+    def one_pass(
         enc_layers: list[int],
         enc_pos: list[int],
         enc_vecs: Tensor | None,
