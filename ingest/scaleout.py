@@ -158,7 +158,9 @@ class RayPool:
         self.started = not ray.is_initialized()
         if self.started:
             try:
-                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+                # a local Ray of our own needs no dashboard (its start is the slowest part)
+                extra = {} if address else {"include_dashboard": False}
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **extra)
             except Exception as exc:
                 raise ScaleOutError(f"cannot start or reach Ray (address {address or 'local'}): {exc}") from exc
         resources = ray.cluster_resources()
