@@ -152,6 +152,13 @@ class _Loader:
         self._check()
 
 
+def _deferred(store: Any) -> Any:
+    """The store's ``deferred_derived()`` where it has one (every store of store/ does)."""
+    from contextlib import nullcontext
+
+    return store.deferred_derived() if hasattr(store, "deferred_derived") else nullcontext()
+
+
 def _clean_partial(graphs_dir: Path) -> None:
     """Remove temporary directories a killed ``GraphFile.save`` left behind (never a finished graph)."""
     if not graphs_dir.is_dir():
@@ -313,34 +320,42 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
         if progress:  # a line per load: what a killed run had finished is visible in its log
             tqdm.write(f"loaded {len(report.written)} graphs into the store ({loaded['n']} this run)", file=sys.stderr)
 
-    loader = _Loader(store, on_loaded)
-    attributor = None
-    try:
-        for i in range(0, len(reuse), load_batch):
-            loader.put([p for _, p, _ in reuse[i : i + load_batch]])
-        pending: list[Path] = []
-        if jobs:
-            attributor = make_attributor(backend, workers, settings, lm=lm, tc=tc, spec=model_spec,
-                                         ray_address=ray_address)
-            for result in attributor.map(jobs):
-                bar.update(1)
-                path = _accept(result, gdir, log, scores)
-                if path is not None:
-                    computed.append(path.name)
-                    pending.append(path)
-                    if len(pending) >= load_batch:
-                        loader.put(pending)
-                        pending = []
-        loader.put(pending)
-    finally:
-        if attributor is not None:
-            attributor.close()
+    # one rebuild of the derived layer when every batch is in, not one per batch (a full
+    # rebuild after each of n batches grows with the square of the corpus)
+    with _deferred(store):
+        loader = _Loader(store, on_loaded)
+        attributor = None
         try:
-            loader.finish()
+            for i in range(0, len(reuse), load_batch):
+                loader.put([p for _, p, _ in reuse[i : i + load_batch]])
+            pending: list[Path] = []
+            if jobs:
+                attributor = make_attributor(backend, workers, settings, lm=lm, tc=tc, spec=model_spec,
+                                             ray_address=ray_address)
+                for result in attributor.map(jobs):
+                    bar.update(1)
+                    path = _accept(result, gdir, log, scores)
+                    if path is not None:
+                        computed.append(path.name)
+                        pending.append(path)
+                        if len(pending) >= load_batch:
+                            loader.put(pending)
+                            pending = []
+            loader.put(pending)
         finally:
-            bar.close()
+            if attributor is not None:
+                attributor.close()
+            try:
+                loader.finish()
+            finally:
+                bar.close()
 
+    rows = {job.request_key: job for job in jobs}
     for report in loader.reports:
+        for path, reason in getattr(report, "failed", []):  # refused by the store: said and recorded
+            job = rows.get(Path(path).name)
+            log.add(RowFailure(row=job.row if job else 0, id=job.external_id if job else None,
+                               reason=f"not stored: {reason}", raw=job.text if job else str(path)))
         summary.prompt_ids.extend(report.written)
         summary.skipped += len(report.skipped)  # stored by someone else since the run started
         summary.skipped_present += len(report.skipped)
