@@ -159,13 +159,16 @@ def bolt_ceiling(store, paths: list[Path], warmup: int = 2, timed: int = 6) -> d
 
 def bench_backend(name: str, url: str, paths: list[Path], naive_edges: int, reps: int) -> dict:
     with open_store(url) as s:
+        # write_graphs rebuilds the derived layer before it returns: defer it, so the load is timed
+        # alone and the rebuild as the block's exit (one rebuild, as a user's load does)
         t = time.perf_counter()
-        rep = s.write_graphs(paths, progress=True)
-        secs = time.perf_counter() - t
-        rate = rep.edges / secs
-        t = time.perf_counter()
-        links = s.rebuild_links()
+        with s.deferred_derived():
+            rep = s.write_graphs(paths, progress=True)
+            secs = time.perf_counter() - t
+            t = time.perf_counter()
         links_s = time.perf_counter() - t
+        rate = rep.edges / secs
+        links = int(s.read("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
         key = s.read("MATCH (a:Active) RETURN a.feature_key AS k, count(*) AS n ORDER BY n DESC LIMIT 1")["k"].iloc[0]
         lat = {q: p50(s, c, {"key": key}, reps) for q, c in QUERIES.items()}
         nrate = naive(s, paths[0], naive_edges)
