@@ -115,7 +115,7 @@ def main() -> None:
                 values[p.name] = _widget(name, p)
         submitted = st.form_submit_button("Run")
     if q.uses_links:
-        st.caption("Uses the derived LINKS layer: rebuild it after ingesting (`circuit-atlas store rebuild-links`).")
+        st.caption("Uses the derived LINKS layer, which every write keeps fresh (a stale one is refused with what to run).")
     if submitted:
         st.session_state[f"cs_params_{name}"] = values
     params = st.session_state.get(f"cs_params_{name}")
