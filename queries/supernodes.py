@@ -157,9 +157,7 @@ def propose_supernodes(store: Store, scan: str, settings: SupernodeSettings = Su
 def write_auto_supernodes(store: Store, scan: str, settings: SupernodeSettings = SupernodeSettings()) -> list[dict[str, Any]]:
     """Replace this scan's automatic supernodes with a fresh proposal; user-made ones stay."""
     proposal = propose_supernodes(store, scan, settings)
-    store.delete_supernodes(method="auto", scan=scan)
-    if proposal:
-        store.write_supernodes(proposal)
+    store.write_supernodes(proposal, replace=("auto", scan))  # old set out, new set in: one transaction
     return proposal
 
 

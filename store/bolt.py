@@ -377,11 +377,20 @@ class BoltStore(Store):
                   "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
         self._touch()
 
-    def write_supernodes(self, supernodes: list[dict]) -> None:
-        """Create or replace supernodes by key, all in one transaction."""
-        if supernodes:
-            self._transaction(lambda tx: _write_supernodes(tx, supernodes), doing="writing supernodes")
-            self._touch()
+    def write_supernodes(self, supernodes: list[dict], replace: tuple[str, str] | None = None) -> None:
+        """Create or replace supernodes by key, all in one transaction; ``replace=(method, scan)``
+        first deletes that method's supernodes of that scan in the same transaction."""
+        if not supernodes and replace is None:
+            return
+
+        def work(tx) -> None:
+            if replace is not None:
+                tx.run("MATCH (s:Supernode) WHERE s.method = $m AND s.scan = $s DETACH DELETE s",
+                       {"m": replace[0], "s": replace[1]}).consume()
+            _write_supernodes(tx, supernodes)
+
+        self._transaction(work, doing="writing supernodes")
+        self._touch()
 
     def delete_supernodes(self, method: str | None = None, scan: str | None = None) -> int:
         conds, params = ["true"], {}

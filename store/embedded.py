@@ -564,13 +564,23 @@ class EmbeddedStore(Store):
                    "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
         self._touch()
 
-    def write_supernodes(self, supernodes: list[dict]) -> None:
+    def write_supernodes(self, supernodes: list[dict], replace: tuple[str, str] | None = None) -> None:
         """Create or replace supernodes by key, each -[:CONTAINS]-> its member features; all of
-        them in one transaction."""
+        them in one transaction. ``replace=(method, scan)`` first deletes that method's supernodes
+        of that scan in the same transaction, so a kill never leaves the old set gone and the new
+        one missing."""
         self._require_writer()
-        if supernodes:
-            self._transaction(lambda: self._write_supernodes(supernodes))
-            self._touch()
+        if not supernodes and replace is None:
+            return
+
+        def work() -> None:
+            if replace is not None:
+                self._exec("MATCH (s:Supernode) WHERE s.method = $m AND s.scan = $s DETACH DELETE s",
+                           {"m": replace[0], "s": replace[1]})
+            self._write_supernodes(supernodes)
+
+        self._transaction(work)
+        self._touch()
 
     def _write_supernodes(self, supernodes: list[dict]) -> None:
         """The statements of write_supernodes, inside the caller's transaction."""

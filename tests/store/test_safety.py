@@ -227,6 +227,29 @@ def test_a_failure_after_the_supernodes_leaves_neither(store_url, tmp_path, monk
         assert s.read("MATCH (s:Supernode) RETURN count(s) AS c")["c"].iloc[0] == 0
 
 
+def test_replacing_auto_supernodes_is_one_transaction(store_url, tmp_path):
+    """write_supernodes(replace=(method, scan)) deletes the old set and writes the new one together:
+    a failure half-way through the new set leaves the old set whole (two calls lost it for good)."""
+    d = _with_supernodes(tmp_path, 3)
+    with open_store(store_url) as s:
+        s.write_graphs([d])
+        meta = json.loads((d / "meta.json").read_text())
+        scan, members = meta["scan"], meta["supernode_records"][0]["members"]
+        old = [{"key": f"{scan}:auto:{i}", "scan": scan, "label": f"old {i}", "method": "auto", "members": members}
+               for i in range(3)]
+        s.write_supernodes(old)
+        new = [{"key": f"{scan}:auto:new", "scan": scan, "label": "new", "method": "auto", "members": members},
+               {"scan": scan, "label": "no key: fails inside the transaction", "method": "auto"}]
+        with pytest.raises(Exception):
+            s.write_supernodes(new, replace=("auto", scan))
+        kept = s.read("MATCH (s:Supernode) WHERE s.method = 'auto' RETURN s.label AS label")["label"]
+        assert sorted(kept) == ["old 0", "old 1", "old 2"]
+        s.write_supernodes(new[:1], replace=("auto", scan))
+        after = s.read("MATCH (s:Supernode) RETURN s.method AS m, s.label AS label")
+        assert sorted(after[after["m"] == "auto"]["label"]) == ["new"]
+        assert (after["m"] == "import").sum() == 1  # other methods' supernodes are left alone
+
+
 # -- the derived layer after every write ---------------------------------------------------
 
 def _answers(store) -> dict:
