@@ -16,6 +16,34 @@ import typer
 from circuit_atlas import __version__
 from circuit_atlas.errors import CircuitAtlasError
 
+def _classic_help() -> None:
+    """typer 0.29 prints `<bool>` after every flag and `{corpus}` for a required argument in usage
+    lines; the help reads as click's did (a flag shows no type, an argument is CORPUS), where the
+    installed typer has those hooks (bounded below 0.30 in pyproject)."""
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is not None and hasattr(option, "display_type_rich") and not getattr(option, "_classic", False):
+        shown = option.display_type_rich
+
+        def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+            return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+        option.display_type_rich = display_type_rich
+        option._classic = True
+    if argument is not None and hasattr(argument, "_usage_display_name") and not getattr(argument, "_classic", False):
+
+        def _usage_display_name(self):  # type: ignore[no-untyped-def]
+            name = self.metavar if self.metavar is not None else self.name.upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = _usage_display_name
+        argument._classic = True
+
+
+_classic_help()
+
 app = typer.Typer(
     name="circuit-atlas",
     help="Attribution graphs for a whole corpus of prompts, kept in a graph database.",

@@ -251,3 +251,11 @@ def test_main_names_the_path_of_a_file_system_error(monkeypatch, capsys, tmp_pat
     assert stop.value.code == 2
     (line,) = _lines(capsys.readouterr().err)
     assert line.startswith("error: ") and str(target) in line
+
+
+def test_help_shows_no_bool_type_and_plain_argument_names(helps):
+    """typer 0.29 wrote `<bool>` after every flag and `{corpus}` in usage lines."""
+    for path, row in helps.items():
+        usage = next(line for line in row["out"].splitlines() if "Usage:" in line)
+        assert "{" not in usage and "<bool>" not in row["out"], (path, usage)
+    assert "circuit-atlas ingest [OPTIONS] CORPUS" in helps[("ingest",)]["out"]
