@@ -5,9 +5,13 @@ Runs the same corpus three ways in one process, each into a fresh embedded store
 - baseline: attribute every prompt, write its graph file, then load all files at the end;
 - pipeline: ``ingest_corpus`` (loads of batch k overlap the attribution of batch k+1);
 - re-run: ``ingest_corpus`` again on the full store (everything skipped before attributing);
-- optionally ``--workers N`` local processes.
+- ``--workers N`` local processes (default 2; 0 skips);
+- ``--ray-workers N`` Ray actors on a local Ray started for the run (default 2; 0 skips; skipped
+  with a note when Ray is not installed: ``pip install 'circuit-atlas[scale]'``).
 
-Prints prompts/s for each and the ratios against the baseline. Ends with one JSON line.
+Prints prompts/s for each (1 process, N local workers, Ray) and the ratios against the
+baseline. Worker and actor start-up (each loads its own model) is inside the timed runs.
+Ends with one JSON line.
 
     python bench/ingest_pipeline.py                          # tiny random model, 40 prompts
     python bench/ingest_pipeline.py --model demo --transcoders ~/.circuit-atlas/transcoders/demo-quick --prompts 20
@@ -37,7 +41,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="load_model spec (default: a tiny random Llama)")
     ap.add_argument("--transcoders", default=None)
     ap.add_argument("--load-batch", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=0, help="also run with this many local worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="also run with this many local worker processes (0: no)")
+    ap.add_argument("--ray-workers", type=int, default=2, help="also run with this many Ray actors (0: no)")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
 
@@ -100,8 +105,26 @@ def main() -> None:
                                  load_batch=a.load_batch, progress=False)
             tw = time.perf_counter() - t
             assert summ.succeeded == a.prompts, summ
-        result.update(workers=a.workers, workers_s=tw, workers_speedup_vs_pipeline=pipe / tw)
+        result.update(workers=a.workers, workers_s=tw, workers_prompts_per_s=a.prompts / tw,
+                      workers_speedup_vs_pipeline=pipe / tw)
         print(f"{a.workers} local workers: {tw:.1f}s ({pipe / tw:.2f}x the one-process pipeline, incl. worker start)")
+    if a.ray_workers > 0:
+        try:
+            import ray  # noqa: F401 - only to know whether the Ray run can happen
+        except ImportError:
+            result["ray"] = "not installed (pip install 'circuit-atlas[scale]')"
+            print("ray: not installed, skipped", flush=True)
+        else:
+            with open_store(f"embedded:{work / 'store-ray'}") as s:
+                t = time.perf_counter()
+                summ = ingest_corpus(src, lm, tc, s, graphs_dir=work / "graphs-ray", backend="ray",
+                                     workers=a.ray_workers, load_batch=a.load_batch, progress=False)
+                tr = time.perf_counter() - t
+                assert summ.succeeded == a.prompts, summ
+            result.update(ray_workers=a.ray_workers, ray_s=tr, ray_prompts_per_s=a.prompts / tr,
+                          ray_speedup_vs_pipeline=pipe / tr)
+            print(f"Ray, {a.ray_workers} actors (local Ray started by the run): {tr:.1f}s"
+                  f" ({pipe / tr:.2f}x the one-process pipeline, incl. Ray and actor start)", flush=True)
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))
 
 
