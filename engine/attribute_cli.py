@@ -101,6 +101,7 @@ def attribute_command(
         None, "--max-feature-nodes", help="Visit at most this many features, most influential first (default: all)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Targets per backward pass (more is faster, uses more memory)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the edge rows held during attribution, e.g. 2G or 512M: older rows spill to a temporary folder and long prompts take fewer targets per pass (same graph; default: no budget)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (edges are accumulated in float32)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (or cuda:N)."),
     target: Optional[List[str]] = typer.Option(
@@ -133,6 +134,7 @@ def attribute_command(
     otherwise the most likely next tokens."""
     from circuit_atlas.engine.attribution import attribute
     from circuit_atlas.engine.models import load_model
+    from circuit_atlas.engine.pruning import parse_memory
     from circuit_atlas.engine.transcoders import load_transcoders
 
     if (prompt is None) == (prompts is None):
@@ -148,6 +150,10 @@ def attribute_command(
         raise typer.BadParameter("--target-label and --target-weight go with --target-direction")
     if target_weight is not None and not target_weight >= 0:
         raise typer.BadParameter(f"--target-weight must be >= 0, got {target_weight}")
+    try:  # a bad budget is said before the model loads
+        parse_memory(max_memory)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-memory") from None
     if target_direction is not None and not target_direction.is_file():
         raise DirectionFileError(f"{target_direction}: no such direction file")
     texts = [prompt] if prompt is not None else read_prompts(prompts)  # type: ignore[arg-type]
@@ -170,6 +176,7 @@ def attribute_command(
             text,
             max_feature_nodes=max_feature_nodes,
             batch_size=batch_size,
+            max_memory=max_memory,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
             prune=not no_prune,

@@ -28,6 +28,16 @@ def _auto(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_memory(value: Optional[str]) -> None:
+    """A bad --max-memory is said before the model loads."""
+    from circuit_atlas.engine.pruning import parse_memory
+
+    try:
+        parse_memory(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-memory") from None
+
+
 def _split(values: list[str]) -> list[str]:
     return [t.strip() for v in values for t in v.split(",") if t.strip()]
 
@@ -42,6 +52,7 @@ def ingest_command(
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Keep edges up to this share of cumulative edge influence."),
     max_feature_nodes: Optional[int] = typer.Option(None, "--max-feature-nodes", help="Visit at most this many features per prompt, most influential first (default: all)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Attribution targets per backward pass (more is faster, uses more memory)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the edge rows held during attribution, e.g. 2G or 512M: older rows spill to a temporary folder and long prompts take fewer targets per pass (same graph; default: no budget)."),
     workers: int = typer.Option(1, "--workers", help="Attribution workers: 1 = in this process; N = N processes (local) or N Ray actors (ray; 0 = one per GPU)."),
     backend: str = typer.Option("local", "--backend", help="local (this machine) or ray (a Ray cluster; pip install 'circuit-atlas\\[scale]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join ('auto' for the one started with `ray start`); default: a local Ray."),
@@ -66,13 +77,15 @@ def ingest_command(
     from circuit_atlas.ingest.prompts import check_corpus
 
     check_corpus(corpus, field_name=field)  # a missing or unreadable corpus is said before the model loads
+    _check_memory(max_memory)
     distributed = backend == "ray" or workers > 1
     lm, tc = _load(model, transcoders, dtype, "cpu" if distributed else _auto(device))
     spec = ModelSpec(model=model, transcoders=transcoders, dtype=dtype, device=device) if distributed else None
     with open_store(store) as s:
         summary = ingest_corpus(
             corpus, lm, tc, s, graphs_dir=graphs_dir, node_threshold=node_threshold, edge_threshold=edge_threshold,
-            max_feature_nodes=max_feature_nodes, batch_size=batch_size, workers=workers, backend=backend,
+            max_feature_nodes=max_feature_nodes, batch_size=batch_size, max_memory=max_memory, workers=workers,
+            backend=backend,
             limit=limit, tags=_split(tags), fail_fast=fail_fast, progress=True, field_name=field,
             corpus_name=corpus_name, failures_path=failures, load_batch=load_batch, model_spec=spec,
             ray_address=ray_address,

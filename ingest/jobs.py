@@ -25,6 +25,7 @@ class AttributionSettings:
     edge_threshold: float = 0.98
     max_feature_nodes: int | None = None
     batch_size: int = 64
+    max_memory: str | None = None  # the edge-row budget (``attribute(max_memory=...)``): not identity
 
     def identity(self) -> dict[str, Any]:
         """The settings as ``engine.attribution.attribute`` records them for ``request_key``
@@ -101,6 +102,7 @@ def run_job(lm: Any, tc: Any, job: AttributionJob, settings: AttributionSettings
             job.text,
             max_feature_nodes=settings.max_feature_nodes,
             batch_size=settings.batch_size,
+            max_memory=settings.max_memory,
             node_threshold=settings.node_threshold,
             edge_threshold=settings.edge_threshold,
             prune=True,

@@ -222,6 +222,7 @@ def ingest_corpus(
     edge_threshold: float = 0.98,
     max_feature_nodes: int | None = None,
     batch_size: int = 64,
+    max_memory: str | None = None,
     workers: int = 1,
     backend: str = "local",
     limit: int | None = None,
@@ -250,7 +251,7 @@ def ingest_corpus(
     gdir.mkdir(parents=True, exist_ok=True)
     _clean_partial(gdir)
     fpath = Path(failures_path) if failures_path is not None else gdir / f"failures-{corpus_name}.jsonl"
-    settings = AttributionSettings(node_threshold, edge_threshold, max_feature_nodes, batch_size)
+    settings = AttributionSettings(node_threshold, edge_threshold, max_feature_nodes, batch_size, max_memory)
     summary = IngestSummary(corpus=str(corpus_path), graphs_dir=str(gdir), failures_path=str(fpath),
                             store_url=str(getattr(store, "url", "")))
     log = FailureLog(fpath, source=str(corpus_path), fail_fast=fail_fast)

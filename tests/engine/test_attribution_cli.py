@@ -40,6 +40,23 @@ def test_attribute_one_prompt(saved, tmp_path) -> None:
     assert f"{graph.meta['scores']['replacement_score']:.4f}" in result.output
 
 
+def test_attribute_under_a_memory_budget_gives_the_same_graph(saved, tmp_path) -> None:
+    """--max-memory reaches the engine (a budget of 4K spills every block of edge rows) and the
+    graph keeps its nodes and edges (weights equal up to float rounding)."""
+    graphs = {}
+    for name, extra in (("free", []), ("budget", ["--max-memory", "4K"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["attribute", "-m", str(saved / "model"), "-t", str(saved / "tc"), "--prompt",
+                                          "The cat sat on the", "--out", str(out), "--batch-size", "8", *extra])
+        assert result.exit_code == 0, result.output
+        graphs[name] = GraphFile.load(next(p for p in out.iterdir() if is_graph_dir(p)))
+    free, budget = graphs["free"], graphs["budget"]
+    assert set(free.nodes["node_id"]) == set(budget.nodes["node_id"])
+    a = free.edges.set_index(["source", "target"])["weight"].sort_index()
+    b = budget.edges.set_index(["source", "target"])["weight"].sort_index()
+    assert a.index.equals(b.index) and float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
 def test_attribute_prompt_file_no_prune(saved, tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The cat sat on the\n\nOne two three four\n")
@@ -100,6 +117,7 @@ def test_attribute_target_tokens_as_text_or_id(saved, tmp_path) -> None:
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt", "x", "--target", ""], "--target is empty"),
     (["--prompts", "/nonexistent/prompts.txt"], "cannot read prompts"),
+    (["--prompt", "x", "--max-memory", "lots"], "memory budget 'lots'"),
 ])
 def test_attribute_input_errors_come_before_the_model_loads(tmp_path, args, says) -> None:
     """Exit 2 and one line that is not the model's error: the model path does not exist, so
