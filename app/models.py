@@ -68,11 +68,12 @@ def model_and_transcoders(prompt: Any = None, key: str = "models") -> tuple[Any,
         return f"could not load model `{model_ref}` / transcoders `{tc_ref}`: {exc}"
 
 
-def validate_panel(sets: dict[str, list[str]], group: str, key: str, what: str) -> None:
+def validate_panel(sets: dict[str, list[str]], group: str | dict[str, str], key: str, what: str) -> None:
     """One click to validate a set of features (pinned, a supernode, a search row; ``sets``
     names the candidates, a picker shows when there are several) against matched controls on a
     group's prompts: the library's validate_circuit, shown as the same table and summary line as
-    `circuit-atlas validate-circuit`. The last result stays on screen."""
+    `circuit-atlas validate-circuit`. The last result stays on screen. ``group`` is the default
+    group, or one per set (a search row's own prompts' group)."""
     from circuit_atlas.app import data
 
     with st.expander(f"Validate {what} against matched controls"):
@@ -91,8 +92,9 @@ def validate_panel(sets: dict[str, list[str]], group: str, key: str, what: str) 
             st.caption("No prompt in the store has a group to validate on.")
             return
         c1, c2, c3, c4 = st.columns(4)
-        grp = c1.selectbox("On the prompts of group", groups, index=groups.index(group) if group in groups else 0,
-                           key=f"{key}_group")
+        default = group.get(name, "") if isinstance(group, dict) else group
+        grp = c1.selectbox("On the prompts of group", groups, index=groups.index(default) if default in groups else 0,
+                           key=f"{key}_group_{name}" if isinstance(group, dict) else f"{key}_group")
         mode = c2.selectbox("Mode", ["zero", "flip"], key=f"{key}_mode", help="zero: ablate; flip: multiply by -1")
         controls = int(c3.number_input("Control sets", 0, 50, 5, key=f"{key}_controls"))
         positions = c4.selectbox("Positions", ["all", "active"], key=f"{key}_positions")

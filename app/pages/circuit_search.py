@@ -4,6 +4,8 @@ the prompt graph and feature pages, and a small graph of the top results."""
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import pandas as pd
@@ -95,10 +97,29 @@ def _row_sets(name: str, df: pd.DataFrame) -> dict[str, list[str]]:
     return sets
 
 
+def _row_groups(name: str, df: pd.DataFrame, sets: dict[str, list[str]]) -> dict[str, str]:
+    """Each row's own group: the most common group among the prompts it was found in (its
+    ``prompt_ids``), so validating an 'opposites' edge defaults to the opposites' prompts."""
+    if "prompt_ids" not in df or name in ("supernode_candidates", "prompts_with_circuit"):
+        return {}
+    prompts = data.require_prompts()
+    grp_of = dict(zip(prompts["prompt_id"], prompts["grp"]))
+    rows = [r for r in df.head(50).to_dict("records")
+            if any(isinstance(r.get(c), str) and r[c] for c in df.columns if c.endswith("_key"))]
+    out = {}
+    for label, r in zip(sets, rows):
+        ids = r.get("prompt_ids")
+        ids = json.loads(ids) if isinstance(ids, str) else list(ids if ids is not None else [])
+        groups = pd.Series([grp_of.get(i) for i in ids], dtype=object).dropna()
+        if len(groups):
+            out[label] = str(groups.value_counts().index[0])
+    return out
+
+
 def _validate_rows(name: str, df: pd.DataFrame) -> None:
     sets = _row_sets(name, df)
     if sets:
-        models.validate_panel(sets, "", key=f"cs_val_{name}", what="a result row's features")
+        models.validate_panel(sets, _row_groups(name, df, sets), key=f"cs_val_{name}", what="a result row's features")
 
 
 def main() -> None:

@@ -421,13 +421,18 @@ def test_circuit_search_row_validates_and_says_when_no_model(store_url, planted,
     ok(at.button[0].click().run())
     sets = at.selectbox(key="cs_val_recurring_edges_set").options
     assert sets and all(o.startswith("row ") and " → " in o for o in sets)
+    # each row defaults to its own prompts' group ("opposites" sorts after "capitals" and "misc")
+    opposite = next(o for o in sets if P.key("D") in o and P.key("E") in o)
+    ok(at.selectbox(key="cs_val_recurring_edges_set").select(opposite).run())
+    assert at.selectbox(key=f"cs_val_recurring_edges_group_{opposite}").value == "opposites"
+    ok(at.selectbox(key="cs_val_recurring_edges_set").select(sets[0]).run())
     ok(at.button(key="cs_val_recurring_edges_run").click().run())
     assert any("Validation needs the model and transcoders on this machine: no model and transcoders are configured"
                in e.value for e in at.error)
     _tiny(at)
     first = at.selectbox(key="cs_val_recurring_edges_set").value
     keys = first.split(": ", 1)[1].split(" → ")
-    at.selectbox(key="cs_val_recurring_edges_group").select("misc")
+    at.selectbox(key=f"cs_val_recurring_edges_group_{first}").select("misc")
     at.number_input(key="cs_val_recurring_edges_controls").set_value(1)
     ok(at.button(key="cs_val_recurring_edges_run").click().run())
     assert not at.error, [e.value for e in at.error]
