@@ -80,6 +80,23 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _short_helps(group: typer.Typer) -> None:
+    """A command's line in its group's listing is its docstring's whole first paragraph (typer
+    shows only the first line, which cut `validate-circuit` and `heads` mid-sentence)."""
+    import inspect
+
+    for info in group.registered_commands:
+        doc = inspect.getdoc(info.callback) if info.callback else None
+        if info.short_help is None and info.help is None and doc:
+            info.short_help = " ".join(doc.split("\n\n", 1)[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _short_helps(sub.typer_instance)
+
+
+_short_helps(app)
+
+
 def _library_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(usage/click errors, aborts, exits) of every command-line library that may be raising.
 

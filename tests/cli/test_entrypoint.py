@@ -259,3 +259,23 @@ def test_help_shows_no_bool_type_and_plain_argument_names(helps):
         usage = next(line for line in row["out"].splitlines() if "Usage:" in line)
         assert "{" not in usage and "<bool>" not in row["out"], (path, usage)
     assert "circuit-atlas ingest [OPTIONS] CORPUS" in helps[("ingest",)]["out"]
+
+
+def test_each_commands_listing_is_its_whole_first_paragraph(helps):
+    """A group's listing showed only the docstring's first line: `validate-circuit` read '...
+    compare the change in the' and stopped."""
+    import inspect
+    import re
+
+    root = typer.main.get_command(cli_mod.app)
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            doc = sub.help or (inspect.getdoc(sub.callback) if getattr(sub, "callback", None) else None)
+            if doc and not getattr(sub, "commands", None):
+                first = " ".join(doc.split("\n\n", 1)[0].split())
+                listing = " ".join(re.sub(r"[│╭╮╰╯─]", " ", helps[path]["out"]).split())
+                assert first in listing, (path + (name,), first)
+            walk(sub, path + (name,))
+
+    walk(root, ())
