@@ -152,13 +152,6 @@ class _Loader:
         self._check()
 
 
-def _deferred(store: Any) -> Any:
-    """The store's ``deferred_derived()`` where it has one (every store of store/ does)."""
-    from contextlib import nullcontext
-
-    return store.deferred_derived() if hasattr(store, "deferred_derived") else nullcontext()
-
-
 def _clean_partial(graphs_dir: Path) -> None:
     """Remove temporary directories a killed ``GraphFile.save`` left behind (never a finished graph)."""
     if not graphs_dir.is_dir():
@@ -323,7 +316,7 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
 
     # one rebuild of the derived layer when every batch is in, not one per batch (a full
     # rebuild after each of n batches grows with the square of the corpus)
-    with _deferred(store):
+    with store.deferred_derived():
         loader = _Loader(store, on_loaded)
         attributor = None
         try:

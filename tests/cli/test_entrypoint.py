@@ -205,6 +205,15 @@ def _exceptions_modules():
     return found
 
 
+def _main_on(small: typer.Typer, monkeypatch) -> int:
+    """Run ``main()`` on a small app in place of the real one; the exit code it stops with."""
+    monkeypatch.setattr(cli_mod, "app", small)
+    monkeypatch.setattr(sys, "argv", ["circuit-atlas"])
+    with pytest.raises(SystemExit) as stop:
+        cli_mod.main()
+    return stop.value.code
+
+
 @pytest.mark.parametrize("module", _exceptions_modules(), ids=lambda m: m.__name__)
 def test_main_turns_each_click_family_into_one_line(module, monkeypatch, capsys):
     small = typer.Typer()
@@ -213,11 +222,7 @@ def test_main_turns_each_click_family_into_one_line(module, monkeypatch, capsys)
     def fail() -> None:
         raise module.UsageError("that option makes no sense here")
 
-    monkeypatch.setattr(cli_mod, "app", small)
-    monkeypatch.setattr(sys, "argv", ["circuit-atlas"])
-    with pytest.raises(SystemExit) as stop:
-        cli_mod.main()
-    assert stop.value.code == 2
+    assert _main_on(small, monkeypatch) == 2
     (line,) = _lines(capsys.readouterr().err)
     assert line.startswith("error: that option makes no sense here")
 
@@ -229,11 +234,7 @@ def test_main_keeps_the_code_of_an_explicit_exit(monkeypatch):
     def stop() -> None:
         raise typer.Exit(3)
 
-    monkeypatch.setattr(cli_mod, "app", small)
-    monkeypatch.setattr(sys, "argv", ["circuit-atlas"])
-    with pytest.raises(SystemExit) as stopped:
-        cli_mod.main()
-    assert stopped.value.code == 3
+    assert _main_on(small, monkeypatch) == 3
 
 
 def test_main_names_the_path_of_a_file_system_error(monkeypatch, capsys, tmp_path):
@@ -244,11 +245,7 @@ def test_main_names_the_path_of_a_file_system_error(monkeypatch, capsys, tmp_pat
     def write() -> None:
         target.write_text("x")
 
-    monkeypatch.setattr(cli_mod, "app", small)
-    monkeypatch.setattr(sys, "argv", ["circuit-atlas"])
-    with pytest.raises(SystemExit) as stop:
-        cli_mod.main()
-    assert stop.value.code == 2
+    assert _main_on(small, monkeypatch) == 2
     (line,) = _lines(capsys.readouterr().err)
     assert line.startswith("error: ") and str(target) in line
 
