@@ -11,9 +11,15 @@
 //   subgraph (RActive, REDGE: every motif seen in two or more prompts lies in it). Exact, and fast
 //   on dense real graphs and on large sparse corpora alike; needs the derived layer to be fresh. Fan-in/fan-out list each unordered pair
 //   once (a_key < b_key for fan-in, b_key < c_key for fan-out).
+//   rank=specificity (the default) scores the `candidates` most recurring motifs of each kind
+//   (exact counts, found by the cut-offs above) by prompts x ln(N / graphs of the motif's most
+//   common feature) and returns the best `limit`; raise `candidates` to reach rarer motifs.
+//   rank=prompts orders by the raw count. See docs/concepts/specificity.md.
 // params:
 //   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
 //   min_prompts: {type: int, default: 2, min: 2, help: "least prompts a motif must appear in"}
+//   rank: {type: str, default: specificity, help: "order rows by 'specificity' (count x idf of the most common feature) or by raw 'prompts'"}
+//   candidates: {type: int, default: 1000, min: 1, help: "with rank=specificity: how many of the most recurring motifs of each kind are scored (at least limit)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   motif: feed_forward (a->b->c, a->c) | fan_in (a->c, b->c) | fan_out (a->b, a->c)
@@ -23,23 +29,29 @@
 //   a_label: label of a
 //   b_label: label of b
 //   c_label: label of c
+//   specificity: prompts x ln(1 / max_share); 0 when a feature of the motif is in every graph
 //   prompts: prompts containing the whole motif
+//   max_share: share of the scan's graphs where the motif's most common feature is active
+//   common_member: that feature
 //   prompt_ids: those prompts
 // post: motifs
 // examples:
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
+//   - circuit-atlas query motifs --param rank=prompts
+// @part let_cap
+RETURN CASE WHEN $rank = 'prompts' OR $limit > $candidates THEN $limit + 0 * $candidates ELSE $candidates + 0 * $limit END AS cap  // the sums type both branches alike (LadybugDB)
 // @part let_c_ff when kind in ,feed_forward
 MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
 WHERE l1.prompts >= $min_prompts
 WITH fb, l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
-ORDER BY bound DESC LIMIT $limit
+ORDER BY bound DESC LIMIT $cap
 MATCH (fb)-[l2:LINKS]->(:Feature)
 WHERE l2.prompts >= $min_prompts
 WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
 MATCH ()-[l3:LINKS]->()
 WHERE l3.source_key = ka AND l3.target_key = kc AND l3.prompts >= $min_prompts
 WITH ka, kb, kc, CASE WHEN l3.prompts < bound THEN l3.prompts ELSE bound END AS bound
-WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
 RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_ff_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_ff_b,
@@ -50,10 +62,10 @@ WHERE x.feature_key IN $c_ff_a AND y.feature_key IN $c_ff_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
-WITH prompts ORDER BY prompts DESC LIMIT $limit
+WITH prompts ORDER BY prompts DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
-RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_feed_forward
+RETURN CASE WHEN k < $cap THEN $min_prompts ELSE m END AS cut_feed_forward
 // @part let_m_ff when kind in ,feed_forward
 MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
 WHERE l1.prompts >= $cut_feed_forward
@@ -71,11 +83,11 @@ RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_ff_a, CASE WHEN size(b) =
 MATCH ()-[l1:LINKS]->()
 WHERE l1.prompts >= $min_prompts
 WITH l1.source_key AS ka, l1.target_key AS kc, l1.prompts AS bound
-ORDER BY bound DESC LIMIT $limit
+ORDER BY bound DESC LIMIT $cap
 MATCH ()-[l2:LINKS]->()
 WHERE l2.target_key = kc AND l2.source_key > ka AND l2.prompts >= $min_prompts
 WITH ka, l2.source_key AS kb, kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
-WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
 RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_fi_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_fi_b,
@@ -86,10 +98,10 @@ WHERE x.feature_key IN $c_fi_a AND y.feature_key IN $c_fi_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
-WITH prompts ORDER BY prompts DESC LIMIT $limit
+WITH prompts ORDER BY prompts DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
-RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_in
+RETURN CASE WHEN k < $cap THEN $min_prompts ELSE m END AS cut_fan_in
 // @part let_m_fi when kind in ,fan_in
 MATCH ()-[l1:LINKS]->()
 WHERE l1.prompts >= $cut_fan_in
@@ -104,11 +116,11 @@ RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_fi_a, CASE WHEN size(b) =
 MATCH ()-[l1:LINKS]->()
 WHERE l1.prompts >= $min_prompts
 WITH l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
-ORDER BY bound DESC LIMIT $limit
+ORDER BY bound DESC LIMIT $cap
 MATCH ()-[l2:LINKS]->()
 WHERE l2.source_key = ka AND l2.target_key > kb AND l2.prompts >= $min_prompts
 WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
-WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $limit
+WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH collect(DISTINCT ka) AS a, collect(DISTINCT kb) AS b, collect(DISTINCT kc) AS c
 RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS c_fo_a, CASE WHEN size(b) = 0 THEN [''] ELSE b END AS c_fo_b,
@@ -119,10 +131,10 @@ WHERE x.feature_key IN $c_fo_a AND y.feature_key IN $c_fo_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts
 WHERE prompts >= $min_prompts
-WITH prompts ORDER BY prompts DESC LIMIT $limit
+WITH prompts ORDER BY prompts DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
 WITH count(*) AS k, min(prompts) AS m
-RETURN CASE WHEN k < $limit THEN $min_prompts ELSE m END AS cut_fan_out
+RETURN CASE WHEN k < $cap THEN $min_prompts ELSE m END AS cut_fan_out
 // @part let_m_fo when kind in ,fan_out
 MATCH ()-[l1:LINKS]->()
 WHERE l1.prompts >= $cut_fan_out
@@ -139,39 +151,45 @@ WHERE x.feature_key IN $m_ff_a AND y.feature_key IN $m_ff_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_feed_forward
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})
 WITH fa, fb, kc, prompts, prompt_ids
 MATCH (fc:Feature {key: kc})
 RETURN 'feed_forward' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids, fa.prompts AS a_prompts,
+       fb.prompts AS b_prompts, fc.prompts AS c_prompts
 // @part fan_in when kind in ,fan_in
 MATCH (x:RActive)-[:REDGE]->(z:RActive)<-[:REDGE]-(y:RActive)
 WHERE x.feature_key IN $m_fi_a AND y.feature_key IN $m_fi_b AND z.feature_key IN $m_fi_c AND x.feature_key < y.feature_key
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_in
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})
 WITH fa, fb, kc, prompts, prompt_ids
 MATCH (fc:Feature {key: kc})
 RETURN 'fan_in' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids, fa.prompts AS a_prompts,
+       fb.prompts AS b_prompts, fc.prompts AS c_prompts
 // @part fan_out when kind in ,fan_out
 MATCH (y:RActive)<-[:REDGE]-(x:RActive)-[:REDGE]->(z:RActive)
 WHERE x.feature_key IN $m_fo_a AND y.feature_key IN $m_fo_b AND z.feature_key IN $m_fo_c AND y.feature_key < z.feature_key
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_out
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $limit
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})
 WITH fa, fb, kc, prompts, prompt_ids
 MATCH (fc:Feature {key: kc})
 RETURN 'fan_out' AS motif, fa.key AS a_key, fb.key AS b_key, fc.key AS c_key,
-       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids
+       fa.label AS a_label, fb.label AS b_label, fc.label AS c_label, prompts, prompt_ids, fa.prompts AS a_prompts,
+       fb.prompts AS b_prompts, fc.prompts AS c_prompts
+// @part graphs
+MATCH (p:Prompt)
+RETURN p.scan AS scan, count(*) AS graphs

@@ -16,6 +16,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from circuit_atlas.queries import specificity as spec
+
 Frames = dict[str, pd.DataFrame]
 
 
@@ -29,6 +31,13 @@ def _ids(value: Any) -> list[str]:
 def _num(frame: pd.DataFrame, cols: list[str], kind: str = "float") -> pd.DataFrame:
     for c in cols:
         frame[c] = pd.to_numeric(frame[c]).astype("float64" if kind == "float" else "int64")
+    return frame
+
+
+def _counts(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Graph counts of features (Feature.prompts, NULL on a one-off feature: 1) as ints."""
+    for c in cols:
+        frame[c] = pd.to_numeric(frame[c]).fillna(1).astype("int64")
     return frame
 
 
@@ -116,35 +125,66 @@ def recurring_edges(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df["sign_consistency"] = np.maximum(df["positive"], df["edges"] - df["positive"]) / df["edges"]
     df["prompt_ids"] = df["prompt_ids"].map(_ids)
     df = _str(df, ["source_key", "source_label", "target_key", "target_label"])
-    df = df.sort_values(["prompts", "mean_abs_weight", "source_key", "target_key"], ascending=[False, False, True, True])
+    spec.check_rank("recurring_edges", params["rank"])
+    df = spec.score_rows(df, [("source_key", "source_prompts"), ("target_key", "target_prompts")], [],
+                         spec.graphs_per_scan(frames.get("graphs")), {})
+    df = _counts(df, ["source_prompts", "target_prompts"])
+    df = df.sort_values(spec.order(params["rank"]) + ["mean_abs_weight", "source_key", "target_key"],
+                        ascending=[False, False, False, True, True])
     return df.head(params["limit"])
 
 
-def _paths(frames: Frames, params: dict[str, Any], keys: list[str]) -> pd.DataFrame:
-    df = _stacked(frames.values())
+def _answers(ids: Any, answers: Any) -> tuple[list[str], list[str]]:
+    """prompt_ids sorted, with each prompt's answer token kept beside it."""
+    pairs = sorted(zip(map(str, ids if ids is not None else []), map(str, answers if answers is not None else [])))
+    return [p for p, _ in pairs], [a for _, a in pairs]
+
+
+def recurring_paths(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
+    from circuit_atlas.queries.runner import QueryError
+
+    if params["hops"] not in (0, 2, 3):
+        raise QueryError(f"query 'recurring_paths': parameter 'hops' must be 2, 3 or 0 (both), not {params['hops']}")
+    if params["answer"] not in ("expected", "any"):
+        raise QueryError(f"query 'recurring_paths': parameter 'answer' must be expected or any, not {params['answer']!r}")
+    spec.check_rank("recurring_paths", params["rank"])
+    df = _stacked([f for k, f in frames.items() if k in ("main", "three")])
     if df.empty:
         return _empty(["hops"])
     df = _num(df, ["hops", "prompts"], "int")
     df = _num(df, ["mean_path_weight"])
-    df = df[df["prompts"] >= params["min_prompts"]]
-    df["prompt_ids"] = df["prompt_ids"].map(_ids)
+    df = df[df["prompts"] >= params["min_prompts"]].copy()
+    pairs = [_answers(i, a) for i, a in zip(df["prompt_ids"], df["answers"])]
+    df["prompt_ids"] = [p for p, _ in pairs]
+    df["answers"] = [a for _, a in pairs]
+    if params["answer"] != "any":  # one row per feature chain: the answer it reaches, or '(answers)' when they differ
+        df["token"] = [a[0] if len(set(a)) == 1 else "(answers)" for a in df["answers"]]
+    keys = ["f1_key", "f2_key", "f3_key", "token", "f1_label", "f2_label", "f3_label"]
     df = _str(df, keys)
-    df = df.sort_values(["prompts", "hops"] + keys, ascending=[False, True] + [True] * len(keys))
+    df = _counts(df, ["f1_prompts", "f2_prompts", "f3_prompts"])
+    feats = [("f1_key", "f1_prompts"), ("f2_key", "f2_prompts"), ("f3_key", "f3_prompts")]
+    tokens = ["token"] if params["answer"] == "any" else []  # a prompt's own answer is no generic output
+    df = spec.score_rows(df, feats, tokens, spec.graphs_per_scan(frames.get("graphs")), spec.token_graphs(frames.get("tokens")))
+    df = df.sort_values(spec.order(params["rank"]) + ["hops"] + keys, ascending=[False, False, True] + [True] * len(keys))
     return df.head(params["limit"])
 
 
-def recurring_paths(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
-    if params["hops"] not in (0, 2, 3):
-        from circuit_atlas.queries.runner import QueryError
-
-        raise QueryError(f"query 'recurring_paths': parameter 'hops' must be 2, 3 or 0 (both), not {params['hops']}")
-    return _paths(frames, params, ["f1_key", "f2_key", "f3_key", "token", "f1_label", "f2_label", "f3_label"])
-
-
 def token_to_logit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
-    df = _paths(frames, params, ["f1_key", "f2_key", "output_token", "f1_label", "f2_label"])
-    if len(df):
-        df["input_token"] = params["input_token"]
+    spec.check_rank("token_to_logit", params["rank"])
+    df = _stacked([frames["main"], frames["three"]])
+    if df.empty:
+        return _empty(["hops"])
+    keys = ["f1_key", "f2_key", "output_token", "f1_label", "f2_label"]
+    df = _num(df, ["hops", "prompts"], "int")
+    df = _num(df, ["mean_path_weight"])
+    df = df[df["prompts"] >= params["min_prompts"]].copy()
+    df["prompt_ids"] = df["prompt_ids"].map(_ids)
+    df = _counts(_str(df, keys), ["f1_prompts", "f2_prompts"])
+    df = spec.score_rows(df, [("f1_key", "f1_prompts"), ("f2_key", "f2_prompts")], ["output_token"],
+                         spec.graphs_per_scan(frames.get("graphs")), spec.token_graphs(frames.get("tokens")))
+    df = df.sort_values(spec.order(params["rank"]) + ["hops"] + keys, ascending=[False, False, True] + [True] * len(keys))
+    df = df.head(params["limit"])
+    df["input_token"] = params["input_token"]
     return df
 
 
@@ -332,14 +372,19 @@ def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 
     if params["kind"] not in ("", "feed_forward", "fan_in", "fan_out"):
         raise QueryError(f"query 'motifs': parameter 'kind' must be feed_forward, fan_in or fan_out, not {params['kind']!r}")
-    df = _stacked(frames.values())
+    df = _stacked([f for k, f in frames.items() if k != "graphs"])
     if df.empty:
         return _empty(["motif"])
+    spec.check_rank("motifs", params["rank"])
     df = _num(df, ["prompts"], "int")
     df = df[df["prompts"] >= params["min_prompts"]].copy()
     df["prompt_ids"] = df["prompt_ids"].map(_ids)
     df = _str(df, ["motif", "a_key", "b_key", "c_key", "a_label", "b_label", "c_label"])
-    df = df.sort_values(["prompts", "motif", "a_key", "b_key", "c_key"], ascending=[False, True, True, True, True])
+    df = _counts(df, ["a_prompts", "b_prompts", "c_prompts"])
+    df = spec.score_rows(df, [("a_key", "a_prompts"), ("b_key", "b_prompts"), ("c_key", "c_prompts")], [],
+                         spec.graphs_per_scan(frames.get("graphs")), {})
+    df = df.sort_values(spec.order(params["rank"]) + ["motif", "a_key", "b_key", "c_key"],
+                        ascending=[False, False, True, True, True, True])
     return df.head(params["limit"])
 
 

@@ -8,31 +8,42 @@
 //   derived layer to be fresh: run `circuit-atlas store rebuild-links` after ingesting, or pairs
 //   added since are missed. With min_weight 0 a pair's prompt count is its LINKS count, so only
 //   the pairs that can make the top `limit` are expanded (LINKS prompts >= the limit-th largest,
-//   found first): exact, and fast on dense real graphs and large corpora alike.
+//   found first): exact, and fast on dense real graphs and large corpora alike. Ranked by
+//   specificity (rank=specificity, the default: prompts x ln(N / graphs of the edge's most common
+//   feature), see docs/concepts/specificity.md) every pair in >= min_prompts prompts is expanded
+//   and scored, so hub edges (a feature active in every graph) sink to the bottom; rank=prompts
+//   ranks by the raw count as before, with the fast cut-off.
 // params:
 //   min_prompts: {type: int, default: 2, min: 2, help: "least number of prompts an edge must appear in"}
 //   min_weight: {type: float, default: 0.0, help: "least |weight| of an edge instance to count"}
 //   scan: {type: str, default: "", help: "only features of this transcoder set ('' = all)"}
+//   rank: {type: str, default: specificity, help: "order rows by 'specificity' (count x idf of the most common feature) or by raw 'prompts'"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   source_key: upstream feature key
 //   source_label: upstream feature label
 //   target_key: downstream feature key
 //   target_label: downstream feature label
+//   specificity: prompts x ln(1 / max_share); 0 when a feature of the edge is active in every graph
 //   prompts: number of prompts with the edge
 //   edges: number of edge instances (a pair can occur at several positions in one prompt)
 //   mean_weight: mean weight over instances
 //   median_weight: median weight over instances
 //   mean_abs_weight: mean |weight| over instances
 //   sign_consistency: share of instances carrying the majority sign (1 = always the same sign)
+//   max_share: share of the scan's graphs where the edge's more common feature is active
+//   common_member: that feature
+//   source_prompts: graphs where the source feature is active
+//   target_prompts: graphs where the target feature is active
 //   prompt_ids: prompts with the edge
 // post: recurring_edges
 // examples:
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
+//   - circuit-atlas query recurring_edges --param rank=prompts
 // @part let_cutoff
 MATCH ()-[l0:LINKS]->()
 WHERE l0.prompts >= $min_prompts AND ($scan = '' OR l0.source_key STARTS WITH ($scan + ':'))
-RETURN l0.prompts AS cutoff ORDER BY cutoff DESC LIMIT $limit
+RETURN CASE WHEN $rank = 'prompts' THEN l0.prompts ELSE $min_prompts END AS cutoff ORDER BY cutoff DESC LIMIT $limit
 // @part let_pairs
 MATCH ()-[l:LINKS]->()
 WHERE l.prompts >= $min_prompts AND ($min_weight > 0 OR l.prompts >= $cutoff)
@@ -51,4 +62,8 @@ MATCH (fa:Feature {key: sk})
 WITH fa, tk, prompts, edges, mean_weight, mean_abs_weight, positive, weights, prompt_ids
 MATCH (fb:Feature {key: tk})
 RETURN fa.key AS source_key, fa.label AS source_label, fb.key AS target_key, fb.label AS target_label,
-       prompts, edges, mean_weight, mean_abs_weight, positive, weights, prompt_ids
+       prompts, edges, mean_weight, mean_abs_weight, positive, weights, prompt_ids, fa.prompts AS source_prompts,
+       fb.prompts AS target_prompts
+// @part graphs
+MATCH (p:Prompt)
+RETURN p.scan AS scan, count(*) AS graphs
