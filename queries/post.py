@@ -391,7 +391,20 @@ def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 def supernode_candidates(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     from scipy import sparse
 
+    from circuit_atlas.queries.runner import QueryError
+
+    if not 0 < params["max_share"] <= 1:
+        raise QueryError(f"query 'supernode_candidates': parameter 'max_share' must lie in (0, 1], not {params['max_share']}")
     links, members = frames["main"], frames["members"]
+    if links.empty or members.empty:
+        return _empty(["candidate"])
+    graphs = spec.graphs_per_scan(frames.get("graphs"))
+    total = sum(graphs.values()) or 1
+    members = members.assign(key=members["key"].astype(str))
+    members["share"] = [len(_ids(v)) / (graphs.get(spec.scan_of(k)) or total) for k, v in zip(members["key"], members["prompt_ids"])]
+    hubs = set(members.loc[members["share"] > params["max_share"], "key"])
+    members = members[~members["key"].isin(hubs)].reset_index(drop=True)
+    links = links[~links["f_key"].astype(str).isin(hubs) & links["f_key"].astype(str).isin(set(members["key"]))]
     if links.empty or members.empty:
         return _empty(["candidate"])
     keys = members["key"].astype(str).tolist()
@@ -425,20 +438,45 @@ def supernode_candidates(frames: Frames, params: dict[str, Any]) -> pd.DataFrame
     graph = nx.Graph()
     for f, g, jac in zip(f_idx[keep], g_idx[keep], jaccard[keep]):
         graph.add_edge(keys[f], keys[g], jaccard=float(jac), targets=fed[f] & fed[g])
-    comps = [sorted(c) for c in nx.connected_components(graph) if len(c) >= params["min_size"]]
+    groups = [g for c in nx.connected_components(graph) for g in _split(graph.subgraph(c), params["max_size"])]
+    comps = [sorted(c) for c in groups if len(c) >= params["min_size"]]
     comps.sort(key=lambda c: (-len(c), c[0]))
     labels = dict(zip(keys, members["label"]))
     layers = dict(zip(keys, members["layer"]))
+    shares = dict(zip(keys, members["share"]))
     out = []
     for i, comp in enumerate(comps[: params["limit"]], start=1):
+        inside = graph.subgraph(comp)
         for k in comp:
-            edges = [graph.edges[k, n] for n in graph.neighbors(k)]
+            edges = [inside.edges[k, n] for n in inside.neighbors(k)] or [graph.edges[k, n] for n in graph.neighbors(k)]
             out.append({"candidate": i, "size": len(comp), "key": k, "label": labels.get(k), "layer": int(layers.get(k, -1)),
                         "prompts": int(sizes[index[k]]), "shared_targets": sorted(set().union(*(e["targets"] for e in edges))),
-                        "mean_jaccard": float(np.mean([e["jaccard"] for e in edges]))})
+                        "mean_jaccard": float(np.mean([e["jaccard"] for e in edges])), "share": float(shares[k]),
+                        "hubs_left_out": len(hubs)})
     if not out:
         return _empty(["candidate"])
     return _str(pd.DataFrame(out), ["label"])
+
+
+def _split(graph: nx.Graph, max_size: int) -> list[set[str]]:
+    """A connected group cut into Louvain communities (Jaccard-weighted, seeded) until each has
+    at most max_size members; the resolution doubles while a community is still too big, and a
+    community Louvain will not split any further is kept whole. max_size 0: never split."""
+    if max_size <= 0 or graph.number_of_nodes() <= max_size:
+        return [set(graph.nodes)]
+    out: list[set[str]] = []
+    todo = [(set(graph.nodes), 1.0)]
+    while todo:
+        nodes, resolution = todo.pop()
+        if len(nodes) <= max_size:
+            out.append(nodes)
+            continue
+        parts = nx.community.louvain_communities(graph.subgraph(nodes), weight="jaccard", resolution=resolution, seed=0)
+        if len(parts) == 1 and resolution >= 64:
+            out.append(nodes)  # no split found: kept whole, over max_size
+            continue
+        todo.extend((set(p), resolution if len(parts) > 1 else resolution * 2) for p in parts)
+    return out
 
 
 def prompt_subgraph(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
