@@ -97,16 +97,21 @@ def cli_markdown() -> str:
                 short = _escape(sub.get_short_help_str(limit=300))
                 out.append(f"| [`{name}`](#{anchor}) | {short} |")
             out.append("")
-        records = [p.get_help_record(ctx) for p in command.params]
+        arguments = [p for p in command.params if getattr(p, "param_type_name", "") == "argument"]
+        if arguments:
+            out.append("**Arguments**\n")
+            for arg in arguments:
+                record = arg.get_help_record(ctx)
+                name = (arg.metavar or arg.name.upper()).strip("[]") + ("..." if arg.nargs != 1 else "")
+                shown = " ".join([name, *record[0].split()[1:]]) if record else name
+                meaning = record[1] if record and record[1] else ("required" if arg.required else "optional")
+                out.append(f"- `{shown}`: {_escape(meaning)}")
+            out.append("")
+        records = [p.get_help_record(ctx) for p in command.params if p not in arguments]
         records = [r for r in records if r] + [("--help", "Show this message and exit.")]
-        out.append("**Options and arguments**\n")
+        out.append("**Options**\n")
         for opts, meaning in records:
             out.append(f"- `{opts}`" + (f": {_escape(meaning)}" if meaning else ""))
-        args = [p for p in command.params if getattr(p, "param_type_name", "") == "argument"]
-        for arg in args:
-            shown = (arg.metavar or arg.name.upper()).strip("[]")
-            need = "required" if arg.required else "optional"
-            out.append(f"- `{shown}` (argument, {need})")
         out.append("")
     return "\n".join(out)
 

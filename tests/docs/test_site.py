@@ -121,6 +121,8 @@ def test_cli_reference_covers_every_command_and_option(site) -> None:
             continue
         text = html.unescape(re.sub(r"<[^>]+>", "", sections[anchor]))
         for param in cmd.params:
+            if getattr(param, "hidden", False):
+                continue
             names = list(param.opts) + list(getattr(param, "secondary_opts", []))
             if getattr(param, "param_type_name", "") == "argument":
                 names = [(param.metavar or param.name.upper()).strip("[]")]
