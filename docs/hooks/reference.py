@@ -23,7 +23,8 @@ CLI_MARKER = "<!-- cli-reference -->"
 
 def build_api_tree(root: Path = ROOT, out: Path = API_TREE) -> Path:
     """Symlink every package of pyproject's package-dir table to where its import name puts it."""
-    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+    mapping = setuptools.get("package-dir") or {"circuit_atlas": "circuit_atlas"}  # no mapping: the plain layout
     for name, folder in sorted(mapping.items(), key=lambda kv: kv[0].count(".")):
         target = out.joinpath(*name.split("."))
         source = (root / folder).resolve()
