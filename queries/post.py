@@ -277,9 +277,13 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError(f"query 'contrastive': parameter 'kind' must be feature or edge ('' = both), not {params['kind']!r}")
     if params["enriched"] not in ("a", "b"):
         raise QueryError(f"query 'contrastive': parameter 'enriched' must be a or b, not {params['enriched']!r}")
+    if params["measure"] not in ("presence", "activation"):
+        raise QueryError(f"query 'contrastive': parameter 'measure' must be presence or activation, not {params['measure']!r}")
     n_a, n_b = len(params.get("ids_a") or []), len(params.get("ids_b") or [])  # the sides, from let_sides
     if n_a == 0:
         raise QueryError(f"query 'contrastive': no prompt has {params['field']} = {params['a']!r}")
+    if params["measure"] == "activation":
+        return _contrast_activations(frames, params, n_a, n_b)
     parts = []
     feats = frames["features"].copy()
     if len(feats):
@@ -304,11 +308,40 @@ def contrastive(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df["freq_a"] = df["count_a"] / n_a
     df["freq_b"] = df["count_b"] / n_b if n_b else 0.0
     df["log_odds"] = _log_odds(df["count_a"], n_a, df["count_b"], n_b, params["alpha"])
+    for c in ACTIVATION_COLUMNS:  # measure=presence: the activation columns stay empty
+        df[c] = np.nan
     df = _str(df, ["kind", "key", "source_key", "target_key", "label"])
     if params["enriched"] == "a":
         df = df.sort_values(["log_odds", "count_a", "kind", "key"], ascending=[False, False, False, True])
     else:  # side B's rows first, with A's and B's columns unchanged (count_a stays A's count)
         df = df.sort_values(["log_odds", "count_b", "kind", "key"], ascending=[True, False, False, True])
+    return df.head(params["limit"])
+
+
+ACTIVATION_COLUMNS = ["mean_act_a", "mean_act_b", "effect_size", "t_stat", "p_value", "shared_prefix", "specific_effect", "imputed"]
+
+
+def _contrast_activations(frames: Frames, params: dict[str, Any], n_a: int, n_b: int) -> pd.DataFrame:
+    """contrastive with measure=activation: feature rows from the activations (see
+    queries/activation_contrast.py), ordered by specific_effect for the side asked for."""
+    from circuit_atlas.queries.activation_contrast import contrast
+
+    inst, prompts = frames.get("instances", pd.DataFrame()), frames.get("prompt_tokens", pd.DataFrame())
+    if inst.empty or prompts.empty or params["kind"] == "edge":
+        return _empty(["kind"])
+    feats = frames["features"]
+    labels = dict(zip(feats["key"].astype(str), feats["label"])) if len(feats) else {}
+    df = contrast(inst, prompts, params.get("ids_a") or [], params.get("ids_b") or [], labels)
+    if df.empty:
+        return _empty(["kind"])
+    df = df[df["count_a"] + df["count_b"] >= params["min_prompts"]].copy()
+    df = df.assign(kind="feature", source_key=df["key"], target_key="", n_a=n_a, n_b=n_b)
+    df["freq_a"] = df["count_a"] / n_a
+    df["freq_b"] = df["count_b"] / n_b if n_b else 0.0
+    df["log_odds"] = _log_odds(df["count_a"], n_a, df["count_b"], n_b, params["alpha"])
+    df = _str(df, ["kind", "key", "source_key", "target_key", "label"])
+    asc = params["enriched"] == "b"
+    df = df.sort_values(["specific_effect", "effect_size", "key"], ascending=[asc, asc, True])
     return df.head(params["limit"])
 
 

@@ -53,3 +53,39 @@ def bolt_store(planted, tmp_path_factory):
 @pytest.fixture(params=["embedded", pytest.param("bolt", marks=pytest.mark.bolt)])
 def store(request):
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture(scope="session")
+def hub_corpus(tmp_path_factory):
+    return planted_mod.build_hub_corpus(tmp_path_factory.mktemp("hubs") / "graphs")
+
+
+@pytest.fixture(scope="session")
+def hub_embedded_store(hub_corpus, tmp_path_factory):
+    from circuit_atlas.store import open_store
+
+    store = open_store(f"embedded:{tmp_path_factory.mktemp('hub-embedded') / 'db'}")
+    _load(store, hub_corpus)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def hub_bolt_store(hub_corpus):
+    from circuit_atlas.store import arcadedb_server, open_store
+
+    with arcadedb_server.arcadedb_server() as server:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("NEO4J_USER", server.user)
+        mp.setenv("NEO4J_PASSWORD", server.password)
+        mp.setenv("NEO4J_DATABASE", server.default_database)
+        store = open_store(server.url)
+        _load(store, hub_corpus)
+        yield store
+        store.close()
+        mp.undo()
+
+
+@pytest.fixture(params=["embedded", pytest.param("bolt", marks=pytest.mark.bolt)])
+def hub_store(request):
+    return request.getfixturevalue(f"hub_{request.param}_store")

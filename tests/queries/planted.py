@@ -322,3 +322,154 @@ def build_scaled_corpus(root: str | Path, n_prompts: int, edges_per_prompt: int,
         graph.meta["prompt_props"]["external_id"] = spec.name
         dirs.append(graph.save(root / spec.name))
     return dirs
+
+
+# --- The hub corpus: what a real corpus does to recurrence counts ------------------------------
+# Two tasks whose prompts share a template ("The capital of X is" / "The opposite of X is"), each
+# prompt with its own answer, plus a few prompts without "The". Planted on top of the circuits:
+# - BOS hubs HUB1 -> HUB2, active at position 0 of every prompt, feeding " the" (among the logits
+#   of every prompt) and every prompt's answer, and the first feature of each task's circuit;
+# - PRE, active on "The" (position 1) in every prompt that starts with it, feeding both tasks;
+# - THE, the issue's feature 4:135: active on "The" with the same activation 1.6658 wherever it is
+#   active, but kept by pruning only in the capital prompts and in one opposite prompt (opp0);
+# - the capital circuit CAP_A -> CAP_B -> CAP_C -> answer (and CAP_A -> CAP_C, CAP_S -> CAP_C),
+#   the opposite circuit OPP_D -> OPP_E -> answer (and OPP_F -> OPP_E).
+HUB_VOCAB = {
+    "<bos>": 0, "The": 1, " capital": 2, " of": 3, " is": 4, " the": 5, " opposite": 6, "When": 7, " hello": 8,
+    " world": 9, **{f" country{i}": 100 + i for i in range(10)}, **{f" city{i}": 200 + i for i in range(10)},
+    **{f" adj{i}": 300 + i for i in range(10)}, **{f" anti{i}": 400 + i for i in range(10)},
+}
+HUB1, HUB2, PRE, THE = "HUB1", "HUB2", "PRE", "THE"
+CAP_A, CAP_B, CAP_C, CAP_S = "CAP_A", "CAP_B", "CAP_C", "CAP_S"
+OPP_D, OPP_E, OPP_F = "OPP_D", "OPP_E", "OPP_F"
+THE_ACTIVATION = 1.6658
+HUB_FEATURES = {  # name -> (layer, index, pos, activation)
+    HUB1: (0, 500, 0, 5.0), HUB2: (1, 501, 0, 4.0), PRE: (1, 502, 1, 0.9), THE: (2, 503, 1, THE_ACTIVATION),
+    CAP_A: (0, 510, 2, 2.0), CAP_B: (1, 511, 4, 1.5), CAP_C: (2, 512, 5, 3.0), CAP_S: (1, 513, 4, 1.1),
+    OPP_D: (0, 520, 2, 1.8), OPP_E: (2, 521, 5, 2.2), OPP_F: (1, 522, 4, 1.3),
+}
+HUB_EDGES = {
+    "capitals": {(HUB1, HUB2): 0.5, (HUB2, CAP_B): 0.3, (PRE, CAP_B): 0.2, (THE, CAP_B): 0.3, (CAP_A, CAP_B): 0.6,
+                 (CAP_B, CAP_C): 0.8, (CAP_A, CAP_C): 0.4, (CAP_S, CAP_C): 0.5},
+    "opposites": {(HUB1, HUB2): 0.5, (HUB2, OPP_E): 0.3, (PRE, OPP_E): 0.2, (OPP_D, OPP_E): 0.7, (OPP_F, OPP_E): 0.5},
+    "misc": {(HUB1, HUB2): 0.5},
+}
+HUB_ANSWER_FEEDERS = {"capitals": CAP_C, "opposites": OPP_E}
+N_HUB_TASK = 10  # prompts per task
+N_HUB_MISC = 4
+
+
+def hub_key(name: str) -> str:
+    layer, index = HUB_FEATURES[name][:2]
+    return f"{SCAN}:{layer}:{index}"
+
+
+@dataclass
+class HubCorpus:
+    root: Path
+    graph_dirs: list[Path]
+    prompts: dict[str, PlantedPrompt]
+    answers: dict[str, str]  # prompt name -> its expected answer ('' for misc)
+
+    def ids(self, group: str) -> set[str]:
+        return {p.graph_id for p in self.prompts.values() if p.group == group}
+
+
+def build_hub_corpus(root: str | Path, seed: int = 0, noise_features: int = 6, noise_edges: int = 10) -> HubCorpus:
+    """Write the hub corpus under ``root`` (see the comment above HUB_VOCAB)."""
+    rng = random.Random(seed)
+    root = Path(root)
+    next_noise = iter(range(5000, 10**9))
+    specs: list[tuple[PlantedPrompt, str]] = []
+    for i in range(N_HUB_TASK):
+        specs.append((PlantedPrompt(f"cap{i}", "capitals", ["geo"], ["<bos>", "The", " capital", " of", f" country{i}", " is"]), f" city{i}"))
+    for i in range(N_HUB_TASK):
+        specs.append((PlantedPrompt(f"opp{i}", "opposites", ["lex"], ["<bos>", "The", " opposite", " of", f" adj{i}", " is"]), f" anti{i}"))
+    for i in range(N_HUB_MISC):
+        specs.append((PlantedPrompt(f"misc{i}", "misc", ["noise"], ["<bos>", "When", " hello", " world"] + [" world"] * i), ""))
+    prompts, dirs, answers = {}, [], {}
+    for spec, answer in specs:
+        graph = _hub_graph(spec, answer, rng, next_noise, noise_features, noise_edges)
+        prompts[spec.name] = spec
+        answers[spec.name] = answer
+        dirs.append(graph.save(root / spec.name))
+    return HubCorpus(root=root, graph_dirs=dirs, prompts=prompts, answers=answers)
+
+
+def _hub_graph(spec: PlantedPrompt, answer: str, rng: random.Random, next_noise, n_noise: int, n_edges: int) -> GraphFile:
+    last = len(spec.tokens) - 1
+    token_ids = [HUB_VOCAB[t] for t in spec.tokens]
+    nodes: list[dict] = []
+    edges: list[tuple[str, str, float]] = []
+
+    def add(node_id, type_, layer, pos, feature=-1, token_id=-1, activation=None, influence=None, prob=None):
+        nodes.append(dict(node_id=node_id, type=type_, layer=layer, pos=pos, feature=feature, token_id=token_id,
+                          activation=activation, influence=influence, prob=prob, label=None))
+        return node_id
+
+    for pos, t in enumerate(token_ids):
+        add(embedding_node_id(t, pos), "embedding", -1, pos, token_id=t)
+    for layer in range(N_LAYERS):
+        add(error_node_id(layer, last), "error", layer, last, influence=0.01)
+    top = answer or " the"
+    spec.top_token = top
+    logits = {top: add(logit_node_id(N_LAYERS, HUB_VOCAB[top], last), "logit", N_LAYERS, last, token_id=HUB_VOCAB[top], prob=0.6)}
+    if top != " the":
+        logits[" the"] = add(logit_node_id(N_LAYERS, HUB_VOCAB[" the"], last), "logit", N_LAYERS, last, token_id=HUB_VOCAB[" the"], prob=0.1)
+    i = int("".join(ch for ch in spec.name if ch.isdigit()))
+    names = {"capitals": [HUB1, HUB2, PRE, THE, CAP_A, CAP_B, CAP_C, CAP_S],
+             "opposites": [HUB1, HUB2, PRE, OPP_D, OPP_E, OPP_F] + ([THE] if i == 0 else []),
+             "misc": [HUB1, HUB2]}[spec.group]
+    fid: dict[str, str] = {}
+    for name in names:
+        layer, index, pos, act = HUB_FEATURES[name]
+        if pos >= 4:  # after the prompt's own word the activations differ a little (before it, the
+            act = act + 0.05 * i  # prefix is shared, and so is the activation: a causal model)
+        fid[name] = add(feature_node_id(layer, index, pos), "feature", layer, pos, feature=index, activation=act, influence=0.2)
+        spec.features[hub_key(name)] = act
+    group_edges = dict(HUB_EDGES[spec.group])
+    if THE in fid and spec.group == "opposites":
+        group_edges[(THE, OPP_E)] = 0.3
+    for (s, t), w in group_edges.items():
+        edges.append((fid[s], fid[t], w))
+        spec.feature_edges[(hub_key(s), hub_key(t))] = w
+    feeder = HUB_ANSWER_FEEDERS.get(spec.group)
+    if feeder:
+        edges.append((fid[feeder], logits[top], 0.9))
+        spec.logit_edges[(hub_key(feeder), top)] = 0.9
+    for hub, w in ((HUB2, 0.3), (HUB1, 0.2)):
+        edges.append((fid[hub], logits[" the"], w))
+        spec.logit_edges[(hub_key(hub), " the")] = w
+    if top != " the":
+        edges.append((fid[HUB2], logits[top], 0.1))
+        spec.logit_edges[(hub_key(HUB2), top)] = 0.1
+    noise = []
+    used = {n["node_id"] for n in nodes}
+    while len(noise) < n_noise:
+        layer, pos, index = rng.randrange(N_LAYERS), rng.randrange(1, last + 1), next(next_noise)
+        nid = feature_node_id(layer, index, pos)
+        if nid not in used:
+            used.add(nid)
+            noise.append(add(nid, "feature", layer, pos, feature=index, activation=round(rng.uniform(0.1, 1.0), 3), influence=0.01))
+    targets = list(fid.values()) + list(logits.values())
+    for _ in range(n_edges):
+        n = rng.choice(noise)
+        edges.append((n, rng.choice(targets), round(rng.uniform(0.05, 0.3), 3)) if rng.random() < 0.5 else (rng.choice(list(fid.values())), n, 0.05))
+    edge_df = pd.DataFrame(edges, columns=["source", "target", "weight"]).drop_duplicates(["source", "target"]).astype({"weight": "float32"})
+    settings = {"node_threshold": 0.8, "edge_threshold": 0.98, "max_feature_nodes": None, "pruned": True, "logit_targets": None}
+    gid = graph_id(MODEL, SCAN, token_ids, settings)
+    spec.graph_id = gid
+    meta = {
+        "graph_id": gid, "prompt": "".join(spec.tokens[1:]), "tokens": spec.tokens, "token_ids": token_ids, "model": MODEL,
+        "scan": SCAN, "n_layers": N_LAYERS, "settings": settings,
+        "scores": {"replacement_score": 0.8, "completeness_score": 0.9},
+        "prompt_props": {"corpus": "hubs", "group": spec.group, "tags": spec.tags, "expected": answer or None,
+                         "correct": True, "external_id": spec.name, "top_token": top},
+        "logit_tokens": {str(HUB_VOCAB[t]): t for t in logits},
+        "supernodes": [],
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+    node_df = pd.DataFrame(nodes)
+    for col in ("activation", "influence", "prob"):
+        node_df[col] = node_df[col].astype("float32")
+    return GraphFile(meta=meta, nodes=node_df, edges=edge_df)
