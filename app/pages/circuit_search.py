@@ -24,6 +24,16 @@ SEARCHES = {  # query -> title shown in the picker
 }
 
 
+SCORE_CONFIG = {  # score and share columns, readable at a glance
+    "specificity": st.column_config.NumberColumn("specificity", format="%.2f",
+                                                 help="prompts × ln(1 / max_share); 0 through a part present in every graph"),
+    "max_share": st.column_config.NumberColumn("max share", format="%.2f", help="share of graphs holding the row's most common part"),
+    "common_member": st.column_config.TextColumn("most common part"),
+    "share": st.column_config.NumberColumn("share", format="%.2f"),
+    "mean_jaccard": st.column_config.NumberColumn("mean Jaccard", format="%.2f"),
+}
+
+
 def _widget(name: str, p: Param) -> Any:
     """One form field for a declared parameter, typed like it."""
     key = f"cs_{name}_{p.name}"
@@ -152,7 +162,16 @@ def main() -> None:
     if df.empty:
         st.info("No results: lower min_prompts or the weight threshold.")
         return
+    if "specificity" in df:
+        ranked = "specificity" if params.get("rank", "specificity") == "specificity" else "raw prompt count"
+        st.caption(f"Ranked by {ranked}. specificity = prompts × ln(1 / max_share): max_share is the share of graphs "
+                   "holding the row's most common part (common_member), so rows through hubs or generic outputs "
+                   "such as ' the' score 0; `prompts` is the raw count. See docs/concepts/specificity.md.")
+    if name == "supernode_candidates" and "hubs_left_out" in df and len(df):
+        st.caption(f"{int(df['hubs_left_out'].iloc[0])} hub features (active in more than max_share of the graphs) "
+                   "were left out of the groups.")
     shown, config = data.linkify(df)
+    config = {**SCORE_CONFIG, **config}
     st.dataframe(shown, hide_index=True, column_config=config, key=f"cs_table_{name}")
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"cs_csv_{name}")

@@ -104,6 +104,10 @@ TOP_K_CALLS = [
     ("contrastive", {"a": "capitals", "min_prompts": 2}),
     ("hubs", {"min_prompts": 1}),
     ("hubs", {"min_prompts": 1, "by": "prompts"}),
+    ("recurring_edges", {"min_prompts": 2, "rank": "prompts"}),
+    ("recurring_paths", {"min_prompts": 2, "rank": "prompts", "answer": "any"}),
+    ("motifs", {"min_prompts": 2, "rank": "prompts"}),
+    ("token_to_logit", {"input_token": " capital", "min_prompts": 1, "rank": "prompts"}),
 ]
 
 
