@@ -28,7 +28,7 @@
 //   min_prompts: {type: int, default: 2, min: 2, help: "least prompts (both sides together) for a row"}
 //   alpha: {type: float, default: 0.5, help: "additive smoothing of the log-odds"}
 //   kind: {type: str, default: "", help: "'feature' or 'edge' rows only ('' = both; 'feature' skips the edge statement)"}
-//   enriched: {type: str, default: a, help: "which side's enriched rows come first: 'a' (highest log-odds first) or 'b' (lowest first); the limit cuts after this order, so each side gets its own top rows"}
+//   enriched: {type: str, default: a, help: "which side's enriched rows come first: 'a' (highest log-odds, or specific_effect with measure=activation, first) or 'b' (lowest first); the limit cuts after this order, so each side gets its own top rows"}
 //   measure: {type: str, default: presence, help: "'presence' (prompts whose pruned graph holds it) or 'activation' (activations compared, feature rows only)"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
