@@ -95,11 +95,11 @@ def request_key(model: str, scan: str, token_ids: list[int], settings: dict[str,
 
 def _hash_strings(h: Any, arr: pa.Array) -> None:
     arr = pa.concat_arrays([arr.cast(pa.large_string())])  # one chunk, offset 0, 64-bit offsets
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[: len(arr) + 1]
-    h.update(offsets.tobytes())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    h.update((offsets - offsets[0]).tobytes())
     data = arr.buffers()[2]
     if data is not None:
-        h.update(memoryview(data)[: int(offsets[-1])])
+        h.update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
 
 
 def _column(table: Any, name: str) -> pa.Array:
@@ -107,27 +107,74 @@ def _column(table: Any, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def content_digest(nodes: Any, edges: Any) -> str:
-    """Digest of a graph's content: node ids, types and activations (sorted by id) and edges with
-    their weights (sorted by source, target, weight). Works on DataFrames or Arrow tables; values
-    are compared as float32, the files' type, so a graph hashes the same before and after a save."""
-    h = hashlib.sha256()
+# A graph's identity hashes its weights and activations rounded to this many significant digits.
+# The same prompt attributed twice differs by float noise (another thread count or batch split,
+# another order of float32 sums): relative differences near 1e-6, three orders of magnitude
+# below the rounding unit of 3 digits (1e-3 of the value), while a real change of the graph
+# (other transcoders, settings, model weights) moves weights by far more. Rounding alone cannot
+# settle a value that sits on a rounding boundary, so the importer also compares a graph with a
+# stored one of the same structure value by value (``weights_close``).
+WEIGHT_DIGITS = 3
+
+
+def round_significant(values: Any, digits: int = WEIGHT_DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Values rounded to ``digits`` significant digits, as exact integers: (mantissa, exponent)
+    with value ~= mantissa * 10**exponent; zero is (0, 0) and NaN (no value) is (0, -999)."""
+    x = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(x)
+    a = np.abs(np.where(nan, 0.0, x))
+    nz = a > 0
+    exp = np.zeros(x.shape, np.int64)
+    exp[nz] = np.floor(np.log10(a[nz])).astype(np.int64) - (digits - 1)
+    mant = np.zeros(x.shape, np.int64)
+    mant[nz] = np.rint(x[nz] / np.power(10.0, exp[nz])).astype(np.int64)
+    over = np.abs(mant) >= 10 ** digits  # 9.996 -> 10.0: one digit more, renormalise
+    mant[over] = np.rint(mant[over] / 10).astype(np.int64)
+    exp[over] += 1
+    exp[~nz] = 0
+    exp[nan] = -999
+    return mant, exp
+
+
+def weights_close(a: Any, b: Any, digits: int = WEIGHT_DIGITS) -> np.ndarray:
+    """Where two arrays of values agree within one rounding unit at ``digits`` significant digits
+    of the larger (NaN equals NaN): the test for "the same graph up to float noise"."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both_nan = np.isnan(x) & np.isnan(y)
+    big = np.maximum(np.abs(x), np.abs(y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = np.where(big > 0, np.power(10.0, np.floor(np.log10(np.where(big > 0, big, 1.0))) - (digits - 1)), 0.0)
+        close = np.abs(x - y) <= unit
+    return both_nan | close
+
+
+def _sorted_structure(nodes: Any, edges: Any) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Node ids sorted, their types, the permutation, and each edge's endpoints as positions in the
+    sorted ids with the edge order sorted by (source, target, weight)."""
     ids = _column(nodes, "node_id").cast(pa.string())
     order = pc.sort_indices(ids)
-    _hash_strings(h, pc.take(ids, order))
-    _hash_strings(h, pc.take(_column(nodes, "type").cast(pa.string()), order))
-    act = pc.take(_column(nodes, "activation").cast(pa.float32()), order).fill_null(np.float32("nan"))
-    h.update(np.ascontiguousarray(act.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
-    e = pa.table({
-        "s": _column(edges, "source").cast(pa.string()),
-        "t": _column(edges, "target").cast(pa.string()),
-        "w": _column(edges, "weight").cast(pa.float32()),
-    })
-    e = e.take(pc.sort_indices(e, [("s", "ascending"), ("t", "ascending"), ("w", "ascending")]))
-    _hash_strings(h, e.column("s").combine_chunks())
-    _hash_strings(h, e.column("t").combine_chunks())
-    w = e.column("w").combine_chunks().fill_null(np.float32("nan"))
-    h.update(np.ascontiguousarray(w.to_numpy(zero_copy_only=False), dtype=np.float32).tobytes())
+    sids = pc.take(ids, order)
+    types = pc.take(_column(nodes, "type").cast(pa.string()), order)
+    src = pc.index_in(_column(edges, "source").cast(pa.string()), value_set=sids).fill_null(-1)
+    dst = pc.index_in(_column(edges, "target").cast(pa.string()), value_set=sids).fill_null(-1)
+    s = src.to_numpy(zero_copy_only=False).astype(np.int64)
+    t = dst.to_numpy(zero_copy_only=False).astype(np.int64)
+    w = _column(edges, "weight").cast(pa.float32()).fill_null(np.float32("nan")).to_numpy(zero_copy_only=False)
+    eorder = np.lexsort((w, t, s))
+    return sids, types, order.to_numpy(), s[eorder], t[eorder], w[eorder]
+
+
+def content_digest(nodes: Any, edges: Any) -> str:
+    """Digest of a graph's content: its structure (node ids and types, the pairs its edges join)
+    with the node activations and edge weights rounded to WEIGHT_DIGITS significant digits, so
+    float noise leaves it unchanged (see WEIGHT_DIGITS). Works on DataFrames or Arrow tables."""
+    h = hashlib.sha256(f"content:2:{WEIGHT_DIGITS}".encode())
+    sids, types, order, s, t, w = _sorted_structure(nodes, edges)
+    _hash_strings(h, sids)
+    _hash_strings(h, types)
+    act = _column(nodes, "activation").cast(pa.float32()).fill_null(np.float32("nan")).to_numpy(zero_copy_only=False)
+    for arr in (*round_significant(act[order]), s, t, *round_significant(w)):
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -205,21 +252,7 @@ class GraphFile:
         """Write atomically: files go to a temporary sibling directory that is renamed into place,
         so a crash never leaves a half-written graph under the final name."""
         self.validate()
-        final = Path(directory)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "library_version": __version__, **self.meta}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            pq.write_table(self.nodes_table(), tmp / "nodes.parquet")
-            pq.write_table(self.edges_table(), tmp / "edges.parquet")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        return _save(self.meta, self.nodes_table(), self.edges_table(), directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "GraphFile":
@@ -233,6 +266,53 @@ class GraphFile:
         graph = cls(meta=meta, nodes=nodes, edges=edges)
         graph.validate(source=path)
         return graph
+
+
+def _save(meta: dict[str, Any], nodes: pa.Table, edges: pa.Table, directory: str | os.PathLike) -> Path:
+    """Write a graph directory atomically (a temporary sibling renamed into place)."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "library_version": __version__, **meta}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        pq.write_table(nodes, tmp / "nodes.parquet")
+        pq.write_table(edges, tmp / "edges.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@dataclass
+class GraphTables:
+    """One graph as Arrow tables (NODE_SCHEMA, EDGE_SCHEMA) plus its meta: what a reader that
+    builds columns directly hands to a store, with no pandas and no files in between (a store
+    that loads from Arrow validates them as it does graph directories)."""
+
+    meta: dict[str, Any]
+    nodes: pa.Table
+    edges: pa.Table
+    source: str = ""  # the file it was read from (named in errors)
+
+    @property
+    def graph_id(self) -> str:
+        return self.meta["graph_id"]
+
+    @classmethod
+    def of(cls, graph: "GraphFile", source: str = "") -> "GraphTables":
+        return cls(graph.meta, graph.nodes_table(), graph.edges_table(), source)
+
+    def to_graph_file(self) -> GraphFile:
+        return GraphFile(meta=self.meta, nodes=self.nodes.to_pandas(), edges=self.edges.to_pandas())
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write as a graph directory (checked as GraphFile.save checks)."""
+        self.to_graph_file().validate()
+        return _save(self.meta, self.nodes, self.edges, directory)
 
 
 def is_graph_dir(path: str | os.PathLike) -> bool:

@@ -36,6 +36,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from circuit_atlas.engine import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
@@ -391,6 +393,11 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
     """A GraphFile from a Neuronpedia graph JSON document (any form found in the wild: see the
     module docstring). What it had to decide is in ``meta["import_warnings"]`` and, so the store
     keeps it on the Prompt, ``meta["settings"]["import_warnings"]``."""
+    return tables_from_neuronpedia(doc, source=source).to_graph_file()
+
+
+def tables_from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.GraphTables:
+    """`from_neuronpedia` as Arrow tables (what the importer hands the store: no pandas)."""
     if not isinstance(doc, dict):
         raise NeuronpediaFormatError(f"{source}: top level is {type(doc).__name__}, expected an object")
     for key in ("metadata", "nodes", "links"):
@@ -455,18 +462,21 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         k = int(np.flatnonzero(~finite)[0])
         raise NeuronpediaFormatError(f"{source}: {int((~finite).sum())} links have non-finite weights (NaN/inf, or beyond "
                                      f"float32), e.g. {src[k]} -> {tgt[k]}: {w64[k]}; refused")
-    sources, targets = set(src), set(tgt)
-    dangling = (sources | targets) - seen.keys()  # a non-string id is unknown too
-    if dangling:
+    known = pa.array(list(seen), pa.string())
+    try:
+        src_a, tgt_a = pa.array(src, pa.string()), pa.array(tgt, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a non-string id: unknown
+        src_a = tgt_a = None
+    if src_a is None or pc.index_in(src_a, value_set=known).null_count or pc.index_in(tgt_a, value_set=known).null_count:
+        dangling = (set(map(_hashable, src)) | set(map(_hashable, tgt))) - seen.keys()
         raise NeuronpediaFormatError(f"{source}: links refer to unknown nodes, e.g. {sorted(map(repr, dangling))[:3]}")
     if clash:
         _resolve_clashes(clash, kinds, src, tgt, warnings)
-    if not sources.isdisjoint(rename):
-        src = [rename.get(i, i) for i in src]
-    if not targets.isdisjoint(rename):
-        tgt = [rename.get(i, i) for i in tgt]
-    nodes = _node_frame(rows)
-    edges = pd.DataFrame({"source": np.asarray(src, dtype=object), "target": np.asarray(tgt, dtype=object), "weight": w})
+        src_a = pa.array(src, pa.string())
+    src_a, tgt_a = _renamed(src_a, rename), _renamed(tgt_a, rename)
+    nodes = _node_table(rows)
+    edges = pa.Table.from_arrays([src_a, tgt_a, pa.array(w, pa.float32())],
+                                 schema=gf.EDGE_SCHEMA)
 
     tokens = [str(t) for t in md.get("prompt_tokens") or []]
     if "token_ids" in ours:
@@ -502,8 +512,7 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         "metadata_extra": {k: v for k, v in md.items() if k not in std_md},
         "top_extra": {k: v for k, v in doc.items() if k not in ("metadata", "qParams", "nodes", "links")},
     }
-    graph = gf.GraphFile(meta={}, nodes=nodes, edges=edges)
-    gid = str(ours["graph_id"]) if "graph_id" in ours else gf.graph_id(model, scan, token_ids, settings, graph.nodes, graph.edges)
+    gid = str(ours["graph_id"]) if "graph_id" in ours else gf.graph_id(model, scan, token_ids, settings, nodes, edges)
     meta: dict[str, Any] = {
         "graph_id": gid,
         "prompt": str(md.get("prompt") or ""),
@@ -523,25 +532,36 @@ def from_neuronpedia(doc: dict[str, Any], *, source: str = "<json>") -> gf.Graph
         meta["created_at"] = ours["created_at"]
     if warnings:
         meta["import_warnings"] = list(warnings)
-    graph.meta = meta  # ids unique, types known, no dangling link: what GraphFile.validate checks, done above
-    return graph
+    # ids unique, types known, no dangling link: what GraphFile.validate checks, done above
+    return gf.GraphTables(meta, nodes, edges)
 
 
-def _node_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The node rows with the dtypes of ``NODE_SCHEMA`` (what a saved and loaded graph has)."""
-    col = {name: [r[name] for r in rows] for name in gf.NODE_SCHEMA.names}
-    return pd.DataFrame({
-        "node_id": np.asarray(col["node_id"], dtype=object),
-        "type": np.asarray(col["type"], dtype=object),
-        "layer": np.asarray(col["layer"], dtype=np.int32),
-        "pos": np.asarray(col["pos"], dtype=np.int32),
-        "feature": np.asarray(col["feature"], dtype=np.int64),
-        "token_id": np.asarray(col["token_id"], dtype=np.int64),
-        "activation": np.asarray(col["activation"], dtype=np.float32),
-        "influence": np.asarray(col["influence"], dtype=np.float32),
-        "prob": np.asarray(col["prob"], dtype=np.float32),
-        "label": np.asarray(col["label"], dtype=object),
-    })
+def _hashable(x: Any) -> Any:
+    return x if isinstance(x, (str, int, float)) or x is None else repr(x)
+
+
+def _renamed(ids: pa.Array, rename: dict[str, str]) -> pa.Array:
+    """``ids`` with every id that ``rename`` maps replaced (vectorised: no loop over links)."""
+    if not rename:
+        return ids
+    idx = pc.index_in(ids, value_set=pa.array(list(rename), pa.string()))
+    if idx.null_count == len(ids):
+        return ids
+    return pc.if_else(pc.is_null(idx), ids, pa.array(list(rename.values()), pa.string()).take(idx))
+
+
+def _node_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The node rows as a table of ``NODE_SCHEMA`` (NaN, the rows' "no value", becomes null as in
+    a saved and loaded graph)."""
+    cols = []
+    for f in gf.NODE_SCHEMA:
+        values = [r[f.name] for r in rows]
+        if pa.types.is_floating(f.type):
+            arr = np.asarray(values, dtype=np.float32)
+            cols.append(pa.array(arr, f.type, mask=np.isnan(arr)))
+        else:
+            cols.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(cols, schema=gf.NODE_SCHEMA)
 
 
 def _loads(raw: bytes, source: str) -> Any:
@@ -577,8 +597,13 @@ def read_json_bytes(path: str | os.PathLike) -> bytes:
 
 def read_neuronpedia(path: str | os.PathLike) -> gf.GraphFile:
     """One Neuronpedia graph JSON file (``.json`` or gzip-compressed ``.json.gz``)."""
+    return read_neuronpedia_tables(path).to_graph_file()
+
+
+def read_neuronpedia_tables(path: str | os.PathLike) -> gf.GraphTables:
+    """`read_neuronpedia` as Arrow tables (the importer's path: no pandas)."""
     p = Path(path)
-    return from_neuronpedia(_loads(read_json_bytes(p), str(p)), source=str(p))
+    return tables_from_neuronpedia(_loads(read_json_bytes(p), str(p)), source=str(p))
 
 
 def neuronpedia_files(directory: str | os.PathLike) -> list[Path]:

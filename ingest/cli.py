@@ -110,6 +110,7 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line."),
 ) -> None:
     """Import graphs made elsewhere, with their labels and supernodes. Bad files are listed and skipped (exit 2 after the good ones are stored)."""
+    from circuit_atlas.engine.graph_files import WEIGHT_DIGITS
     from circuit_atlas.ingest.importers import GraphImportError, import_path
     from circuit_atlas.paths import home
     from circuit_atlas.store import open_store
@@ -127,13 +128,23 @@ def import_command(
         rep = import_path(path, s, graphs_dir=graphs_dir, overwrite_labels=overwrite_labels, prune=not no_prune,
                           node_threshold=node_threshold, edge_threshold=edge_threshold, tokenizer=tok,
                           model=model_name, scan=scan, failures_path=fpath)
-    typer.echo(f"found {rep.found}, written {len(rep.written)}, skipped {len(rep.skipped)} (already stored), "
+    typer.echo(f"found {rep.found}, written {len(rep.written)}, skipped {len(rep.skipped)} (already stored"
+               f"{f', {len(rep.same_up_to_noise)} of them up to float noise' if rep.same_up_to_noise else ''}), "
                f"failed {len(rep.failed)}; {rep.nodes} nodes, {rep.edges} edges, {rep.labels} labels, "
                f"{rep.supernodes} supernodes ({rep.supernodes_restored} restored) in {rep.seconds:.1f}s")
     for gid in rep.written:
         typer.echo(f"{gid}  {rep.sources.get(gid, '')}")
     for src, warning in rep.warnings:
         typer.echo(f"warning: {src}: {warning}", err=True)
+    digits = WEIGHT_DIGITS
+    for row in rep.same_up_to_noise:
+        typer.echo(f"same graph: {row['path']} is stored graph {row['stored']} up to float noise (its {row['values']} "
+                   f"weights and activations agree within {digits} significant digits, largest relative difference "
+                   f"{row['max_rel']:.1e}); not written")
+    for row in rep.variants:
+        typer.echo(f"{row['path']}: written as {row['graph_id']}, a different graph with the structure of stored graph "
+                   f"{row['stored']}: {row['differ']} of its {row['values']} weights and activations differ beyond "
+                   f"{digits} significant digits (largest relative difference {row['max_rel']:.1e})")
     for shared in rep.shared_texts:
         typer.echo(f"{len(shared['graph_ids'])} stored graphs share the prompt text {shared['text']!r}: "
                    f"{', '.join(shared['graph_ids'])} (see: circuit-atlas query prompt_texts)")

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.ingest import identity
 from circuit_atlas.errors import CircuitAtlasError
 
 KINDS = ("graph", "neuronpedia", "circuit-tracer")
@@ -56,6 +59,10 @@ class ImportSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what the reader decided)
     shared_texts: list[dict[str, Any]] = field(default_factory=list)  # {"text", "graph_ids"} with >= 2 stored graphs
+    # same structure as a stored (or earlier) graph: {"path", "graph_id", "stored", "values", "differ", "max_rel"};
+    # same_up_to_noise: not written (differ == 0); variants: written, a different graph (differ > 0)
+    same_up_to_noise: list[dict[str, Any]] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # graph id -> the file it came from
     nodes: int = 0
     edges: int = 0
@@ -105,18 +112,21 @@ def discover(path: str | os.PathLike) -> list[Source]:
                        "circuit-tracer .pt file)")
 
 
-def _feature_keys(graph: gf.GraphFile) -> dict[str, str]:
+def _feature_keys(graph: gf.GraphTables) -> dict[str, str]:
     """node id -> Feature key for the graph's feature nodes."""
     n = graph.nodes
-    feats = n[n["type"] == "feature"]
+    feats = n.filter(pc.equal(n.column("type"), "feature"))
     scan = graph.meta["scan"]
-    return {str(i): f"{scan}:{int(l)}:{int(f)}" for i, l, f in zip(feats["node_id"], feats["layer"], feats["feature"])}
+    return {str(i): f"{scan}:{int(l)}:{int(f)}" for i, l, f in zip(
+        feats.column("node_id").to_pylist(), feats.column("layer").to_pylist(), feats.column("feature").to_pylist())}
 
 
-def supernode_records(graph: gf.GraphFile) -> list[dict[str, Any]]:
+def supernode_records(graph: gf.GraphTables) -> list[dict[str, Any]]:
     """The graph's supernodes as records for ``store.write_supernodes``."""
     if graph.meta.get("supernode_records"):
         return [dict(r) for r in graph.meta["supernode_records"]]
+    if not any(graph.meta.get("supernodes") or []):
+        return []
     keys = _feature_keys(graph)
     out = []
     for s in graph.meta.get("supernodes") or []:
@@ -132,24 +142,24 @@ def supernode_records(graph: gf.GraphFile) -> list[dict[str, Any]]:
     return out
 
 
-def feature_labels(graph: gf.GraphFile) -> dict[str, str]:
+def feature_labels(graph: gf.GraphTables) -> dict[str, str]:
     """Feature key -> label for every labelled feature node of the graph."""
-    keys = _feature_keys(graph)
     n = graph.nodes
-    out = {}
-    for nid, label in zip(n["node_id"], n["label"]):
-        if isinstance(label, str) and label and str(nid) in keys:
-            out[keys[str(nid)]] = label
-    return out
+    labelled = n.filter(pc.and_(pc.equal(n.column("type"), "feature"),
+                                pc.fill_null(pc.not_equal(n.column("label"), ""), False)))
+    scan = graph.meta["scan"]
+    return {f"{scan}:{int(l)}:{int(f)}": lab for l, f, lab in zip(
+        labelled.column("layer").to_pylist(), labelled.column("feature").to_pylist(), labelled.column("label").to_pylist())}
 
 
-def _logit_tokens_from_clerps(graph: gf.GraphFile) -> None:
+def _logit_tokens_from_clerps(graph: gf.GraphTables) -> None:
     """Neuronpedia logit clerps read ``Output " Paris" (p=0.771)``: keep the token text."""
     if graph.meta.get("logit_tokens"):
         return
     n = graph.nodes
+    logits = n.filter(pc.equal(n.column("type"), "logit"))
     found = {}
-    for tid, label in zip(n.loc[n["type"] == "logit", "token_id"], n.loc[n["type"] == "logit", "label"]):
+    for tid, label in zip(logits.column("token_id").to_pylist(), logits.column("label").to_pylist()):
         m = _OUTPUT_CLERP.match(label) if isinstance(label, str) else None
         if m:
             found[str(int(tid))] = m.group(1)
@@ -157,20 +167,20 @@ def _logit_tokens_from_clerps(graph: gf.GraphFile) -> None:
         graph.meta["logit_tokens"] = found
 
 
-def read_source(src: Source, **pt_options: Any) -> gf.GraphFile:
-    """Load one source as a GraphFile (raises the engine's format error naming the file)."""
-    if src.kind == "graph":
-        return gf.GraphFile.load(src.path)
+def read_source(src: Source, **pt_options: Any) -> gf.GraphTables:
+    """Load one source as Arrow tables (raises the engine's format error naming the file)."""
+    if src.kind == "graph":  # our own directory: taken as it is
+        return gf.GraphTables.of(gf.GraphFile.load(src.path), str(src.path))
     if src.kind == "neuronpedia":
-        from circuit_atlas.engine.neuronpedia import read_neuronpedia
+        from circuit_atlas.engine.neuronpedia import read_neuronpedia_tables
 
-        graph = read_neuronpedia(src.path)
-        _logit_tokens_from_clerps(graph)
-        return graph
-    from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
+        graph = read_neuronpedia_tables(src.path)
+        graph.source = str(src.path)
+    else:
+        from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
 
-    graph = read_circuit_tracer_pt(src.path, **pt_options)
-    _logit_tokens_from_clerps(graph)
+        graph = gf.GraphTables.of(read_circuit_tracer_pt(src.path, **pt_options), str(src.path))
+    _logit_tokens_from_clerps(graph)  # Neuronpedia and circuit-tracer files: token text from the clerps
     return graph
 
 
@@ -205,6 +215,31 @@ def write_failures(path: str | os.PathLike, failed: list[tuple[str, str]]) -> Pa
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("".join(json.dumps({"path": f, "reason": r}) + "\n" for f, r in failed))
     return p
+
+
+def _same_up_to_noise(store: Any, graph: gf.GraphTables, read: dict[str, gf.GraphTables], summary: ImportSummary) -> bool:
+    """Whether a graph whose id is new equals a stored graph of the same prompt (or one read
+    earlier in this import) with its structure, up to float noise: then it is recorded in
+    summary.same_up_to_noise and not written. A same-structure graph that differs beyond the
+    noise is recorded in summary.variants (and written)."""
+    earlier = [g for g in read.values() if g.meta.get("prompt") == graph.meta.get("prompt")
+               and g.meta.get("token_ids") == graph.meta.get("token_ids") and g.meta.get("scan") == graph.meta.get("scan")]
+    candidates: list[tuple[str, list[str], Any, Any]] = [
+        (g.graph_id, g.nodes.column("node_id").to_pylist(), g.nodes, g.edges) for g in earlier]
+    for gid in identity.stored_of_same_prompt(store, graph.meta):
+        candidates.append((gid, *identity.stored_tables(store, gid)))
+    for other_id, node_ids, nodes, edges in candidates:
+        if not identity.same_structure(graph.nodes, graph.edges, node_ids, edges):
+            continue
+        cmp = identity.compare(graph.nodes, graph.edges, nodes, edges)
+        row = {"path": graph.source, "graph_id": graph.graph_id, "stored": other_id, "values": cmp.values,
+               "differ": cmp.differ, "max_rel": cmp.max_rel}
+        if cmp.same:
+            summary.same_up_to_noise.append(row)
+            summary.skipped.append(graph.graph_id)
+            return True
+        summary.variants.append(row)
+    return False
 
 
 def import_path(
@@ -244,42 +279,53 @@ def import_path(
     pt_options = {"prune": prune, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
                   "tokenizer": tokenizer, "model": model, "scan": scan}
     try:
-        dirs: list[Path] = []
-        origin: dict[str, str] = {}  # graph dir -> source file
+        items: list[Any] = []  # what the store loads: in-memory graphs where it takes them, else directories
+        origin: dict[str, str] = {}  # what was handed to the store -> source file
         graphs: dict[str, tuple[list[dict], dict[str, str], str]] = {}
+        read: dict[str, gf.GraphTables] = {}  # this import's graphs, by id
+        present = store.prompt_ids()
+        in_memory = getattr(store, "accepts_tables", False)
         for src in tqdm(sources, desc="reading graphs", unit="graph", disable=not progress):
             try:
                 graph = read_source(src, **pt_options)
                 if graph.graph_id in graphs:  # the same graph twice in this import
                     summary.skipped.append(graph.graph_id)
                     continue
+                if graph.graph_id not in present and _same_up_to_noise(store, graph, read, summary):
+                    continue
                 records = supernode_records(graph)
                 graphs[graph.graph_id] = (records, feature_labels(graph), str(graph.meta.get("prompt") or ""))
+                read[graph.graph_id] = graph
                 for w in graph.meta.get("import_warnings") or []:
                     summary.warnings.append((str(src.path), str(w)))
-                if src.kind == "graph" and (not records or graph.meta.get("supernode_records")):
-                    d = src.path
-                else:  # the records go into meta.json: the store writes them with the graph
-                    if records:
-                        graph.meta["supernode_records"] = records
-                    d = graph.save(out_dir / graph.graph_id)
+                as_is = src.kind == "graph" and (not records or graph.meta.get("supernode_records"))
+                if records:  # the records go into meta.json: the store writes them with the graph
+                    graph.meta["supernode_records"] = records
+                saved = graph.save(out_dir / graph.graph_id) if graphs_dir is not None and src.kind != "graph" else None
+                if in_memory:  # no files in between
+                    item: Any = graph
+                elif as_is:
+                    item = src.path
+                else:
+                    item = saved or graph.save(out_dir / graph.graph_id)
             except CircuitAtlasError as exc:
                 summary.failed.append((str(src.path), str(exc)))
                 continue
             summary.sources[graph.graph_id] = str(src.path)
-            origin[str(d)] = str(src.path)
-            dirs.append(d)
-        report = store.write_graphs(dirs, progress=progress)
+            origin[str(item) if not isinstance(item, gf.GraphTables) else item.source] = str(src.path)
+            items.append(item)
+        report = store.write_graphs(items, progress=progress)
         for d, reason in getattr(report, "failed", []) or []:
             summary.failed.append((origin.get(str(d), str(d)), str(reason)))
         summary.written, summary.skipped = list(report.written), summary.skipped + list(report.skipped)
         summary.nodes, summary.edges = report.nodes, report.edges
+        summary.variants = [v for v in summary.variants if v["graph_id"] in report.written]
         # supernodes: in the graph's own transaction where the store supports it; any still
         # missing (an older store, or graphs stored by a run that lost them) are written by key
         written = [r for gid in report.written for r in graphs[gid][0]]
-        present = [r for gid in report.skipped if gid in graphs for r in graphs[gid][0]]
+        present_records = [r for gid in report.skipped if gid in graphs for r in graphs[gid][0]]
         missing_new = _missing_supernodes(store, written)
-        missing_old = _missing_supernodes(store, present)
+        missing_old = _missing_supernodes(store, present_records)
         if missing_new or missing_old:
             store.write_supernodes(missing_new + missing_old)
         summary.supernodes = len(written)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from circuit_atlas.errors import CircuitAtlasError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # LINKS holds the feature pairs that recur: seen in at least this many prompts. A pair seen in one
 # prompt only stays in that prompt's EDGEs; on large corpora such pairs are almost every pair
 # (one-off features), and keeping them would make every LINKS scan pay for them.
@@ -27,8 +27,15 @@ LINKS_MIN_PROMPTS = 2
 # Versions a writer upgrades in place, since only derived data changed (rebuilt from EDGE and OF):
 # 1 -> 2 added LINKS.prompt_ids; 2 -> 3 added LINKS.source_key/target_key, the recurrence of each
 # feature (Feature.prompts, Feature.prompt_ids), the recurring subgraph (RActive, REDGE) and
-# Prompt.feature_weight (computed from the stored instances by the upgrade, at load after it).
-UPGRADABLE = {1, 2}
+# Prompt.feature_weight (computed from the stored instances by the upgrade, at load after it);
+# 3 -> 4 added Feature.label_source and Feature.auto_label (labels already there are taken as
+# the user's: their origin is unknown, and a user's label must never be replaced).
+UPGRADABLE = {1, 2, 3}
+# Feature.label_source: where the shown Feature.label came from. A user's label (the app, the
+# `set_feature_labels` default) and an imported one (Neuronpedia clerps) are never replaced by an
+# automatic one; an automatic one (LABEL_AUTO) is replaced by every recompute of feature contexts.
+LABEL_USER, LABEL_IMPORT, LABEL_AUTO = "user", "import", "auto"
+LABEL_SOURCES = (LABEL_USER, LABEL_IMPORT, LABEL_AUTO)
 
 
 class StoreError(CircuitAtlasError, RuntimeError):
@@ -129,6 +136,7 @@ class Store(abc.ABC):
     # it fresh as its last step); a kill in between leaves it marked stale, and the next writer
     # open rebuilds it. Queries that need it refuse a stale one (queries/runner.py).
     _defer_derived = 0
+    _delta_open = False  # a store that updates the layer incrementally: a deferral's budget is open
 
     def derived_stale(self) -> bool:
         """True when Meta says the derived layer is stale (a store written before the mark
@@ -145,12 +153,15 @@ class Store(abc.ABC):
             yield self
         finally:
             self._defer_derived -= 1
+            if not self._defer_derived:
+                self._delta_open = False
         if not self._defer_derived and self.derived_stale():
             self.rebuild_links()
 
     def _refresh_derived(self) -> None:
-        """After a write of per-prompt graphs: rebuild the derived layer unless deferred."""
-        if not self._defer_derived:
+        """After a write of per-prompt graphs: rebuild the derived layer unless deferred, or
+        unless the write kept it fresh (an incremental update in the write's own transaction)."""
+        if not self._defer_derived and self.derived_stale():
             self.rebuild_links()
 
     def __enter__(self) -> "Store":

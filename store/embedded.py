@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
-from circuit_atlas.store import dialect, recovery
-from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreBusy, StoreError, WriteReport, version_error
+from circuit_atlas.store import derived_delta, dialect, recovery
+from circuit_atlas.store.base import (LABEL_AUTO, LABEL_IMPORT, LABEL_USER, LINKS_MIN_PROMPTS, SCHEMA_VERSION,
+                                     UPGRADABLE, ReadOnlyViolation, Store, StoreBusy, StoreError, WriteReport, version_error)
 
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
 DB_FILE = "atlas.lbdb"
@@ -40,7 +41,11 @@ NODE_TABLES: dict[str, list[tuple[str, str]]] = {
     "Meta": [("key", "STRING"), ("schema_version", "INT64"), ("write_token", "STRING"), ("derived_stale", "BOOLEAN")],
     "Feature": [("key", "STRING"), ("scan", "STRING"), ("layer", "INT64"), ("index", "INT64"), ("label", "STRING"),
                 ("frequency", "DOUBLE"), ("max_activation", "DOUBLE"), ("contexts", "STRING"), ("logit_effects", "STRING"),
-                ("prompts", "INT64"), ("prompt_ids", "STRING[]")],  # the last two: derived (rebuild_links)
+                ("prompts", "INT64"), ("prompt_ids", "STRING[]"),  # these two: derived (rebuild_links)
+                # where `label` came from (store/base.py LABEL_SOURCES) and the latest automatic label
+                # (ingest/autolabel.py), kept even while a user's label is shown; last, since an upgrade
+                # appends them (COPY matches columns by position)
+                ("label_source", "STRING"), ("auto_label", "STRING")],
     "Token": [("key", "STRING"), ("model", "STRING"), ("token_id", "INT64"), ("text", "STRING")],
     "Prompt": [("id", "STRING"), ("text", "STRING"), ("tokens", "STRING[]"), ("token_ids", "INT64[]"), ("model", "STRING"),
                ("scan", "STRING"), ("node_threshold", "DOUBLE"), ("edge_threshold", "DOUBLE"),
@@ -84,6 +89,11 @@ RECURRING = (
 # Prompt.feature_weight of stores written before it existed (new prompts get it at load)
 FEATURE_WEIGHT = ("MATCH (a:Active) WITH a.prompt_id AS pid, a.feature_key AS k, max(a.activation) AS w "
                   "WITH pid, sum(w) AS total MATCH (p:Prompt {id: pid}) SET p.feature_weight = total")
+# a store from before Feature.label_source: its labels' origin is unknown, and a user's must never be replaced
+LABELS_OF_OLD_STORE = (f"MATCH (f:Feature) WHERE f.label IS NOT NULL AND f.label <> '' AND f.label_source IS NULL "
+                       f"SET f.label_source = '{LABEL_USER}'")
+# the automatic label may be shown: no label, or the shown one is an automatic one
+AUTO_MAY_SHOW = f"(f.label IS NULL OR f.label = '' OR f.label_source = '{LABEL_AUTO}')"
 DERIVED_TABLES = ("LINKS", "REDGE", "RActive")  # dropped and recreated by rebuild_links, in this order
 TYPE_TABLE = {"feature": "Active", "embedding": "Embedding", "error": "Error", "logit": "Logit"}
 
@@ -108,6 +118,7 @@ class EmbeddedStore(Store):
     """LadybugDB store in a directory; one writer process, any number of read-only readers."""
 
     backend = "embedded"
+    accepts_tables = True  # write_graphs also takes in-memory graphs (engine.graph_files.GraphTables)
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False, batch_prompts: int = 64,
                  batch_edges: int = 3_000_000) -> None:
@@ -120,6 +131,8 @@ class EmbeddedStore(Store):
         self.batch_prompts = batch_prompts
         self.batch_edges = batch_edges
         self._db = self._conn = None
+        self._delta_budget: int | None = None  # see _begin_delta
+        self._delta_written, self._delta_old = 0, True
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.url}: not a directory (an embedded store is a directory)")
         if read_only and not (self.path / DB_FILE).exists():
@@ -226,6 +239,9 @@ class EmbeddedStore(Store):
     def _df(self, cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self._exec(cypher, params).get_as_df()
 
+    def _arrow(self, cypher: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self._exec(cypher, params).get_as_arrow()
+
     def _set_schema_version(self, version: int) -> None:
         """For tests and migrations: record another schema version."""
         self._exec("MATCH (m:Meta {key: 'schema'}) SET m.schema_version = $v", {"v": version})
@@ -261,12 +277,17 @@ class EmbeddedStore(Store):
 
     def _upgrade(self, version: int) -> None:
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
+        feature_types = dict(NODE_TABLES["Feature"])
         if version < 3:  # Feature gained the derived prompts/prompt_ids, Prompt its feature_weight
-            for col, typ in NODE_TABLES["Feature"][-2:]:
-                self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {typ}")
+            for col in ("prompts", "prompt_ids"):
+                self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {feature_types[col]}")
             col, typ = NODE_TABLES["Prompt"][-1]
             self._exec(f"ALTER TABLE Prompt ADD IF NOT EXISTS {col} {typ}")
             self._exec(FEATURE_WEIGHT)
+        if version < 4:  # Feature gained label_source and auto_label; the labels there are the user's
+            for col in ("label_source", "auto_label"):
+                self._exec(f"ALTER TABLE Feature ADD IF NOT EXISTS {col} {feature_types[col]}")
+            self._exec(LABELS_OF_OLD_STORE)
         self.rebuild_links()  # drops and recreates the derived tables with their current columns
         self._set_schema_version(SCHEMA_VERSION)
 
@@ -351,6 +372,9 @@ class EmbeddedStore(Store):
         self._require_writer()
         t0 = time.perf_counter()
         report = WriteReport()
+        if not (self._defer_derived and self._delta_open):  # a deferral shares one budget
+            self._begin_delta()
+            self._delta_open = bool(self._defer_derived)
         present = self.prompt_ids()
         dirs = list(graph_dirs)
         batch: list[LoadedGraph] = []
@@ -359,13 +383,14 @@ class EmbeddedStore(Store):
         bar = tqdm(total=len(dirs), desc="loading graphs", unit="graph", disable=not progress)
         for d in dirs:
             try:
-                meta = read_graph_meta(d)
+                in_memory = not isinstance(d, (str, os.PathLike))
+                meta = check_graph_meta(d.meta) if in_memory else read_graph_meta(d)
                 gid = meta["graph_id"]
                 if gid in present or gid in queued:
                     report.skipped.append(gid)
                     bar.update(1)
                     continue
-                batch.append(read_graph_dir(d, meta))
+                batch.append(loaded_graph(d) if in_memory else read_graph_dir(d, meta))
             except GraphFileError as exc:  # a bad graph is reported; the others are still written
                 report.failed.append((str(d), one_line(exc)))
                 bar.update(1)
@@ -434,10 +459,19 @@ class EmbeddedStore(Store):
         # graphs' meta.json carries (an import's) and the mark that the derived layer is stale.
         # The `complete` flag stays as a second line of defence (a store written by an older
         # version, a failed rollback).
+        incremental = self._delta_allowed(len(graphs))
+
         def work() -> None:
-            self._mark_stale()
+            delta = None
+            if incremental:  # the derived layer's change goes in this transaction: it stays fresh
+                self._touch()
+                delta = self._derived_delta(nodes, edges)
+            else:  # marked stale here, rebuilt after (see Store.deferred_derived)
+                self._mark_stale()
             self._copy("Prompt", pa.Table.from_pylist(prompts, schema=_PROMPT_SCHEMA), NODE_TABLES["Prompt"])
-            self._load_nodes_edges(nodes, edges)
+            self._load_nodes_edges(nodes, edges, delta)
+            if delta is not None:
+                self._write_delta(delta)
             if supernodes:
                 self._write_supernodes(supernodes)
             self._exec("MATCH (p:Prompt) WHERE p.id IN $ids SET p.complete = true", {"ids": ids})
@@ -450,13 +484,18 @@ class EmbeddedStore(Store):
             except Exception:
                 pass  # the next writer's cleanup removes them
             raise
+        if incremental:
+            self._delta_written += len(graphs)
+        self._delta_old = True
         report.written.extend(ids)
         report.nodes += sum(g.nodes.num_rows for g in graphs)
         report.edges += sum(g.edges.num_rows for g in graphs)
 
-    def _load_nodes_edges(self, nodes: dict[str, pa.Table], edges: list[tuple[str, str, pa.Table]]) -> None:
-        """COPY one prepared batch (see `_prepare_batch`): global nodes not yet present, per-prompt
-        nodes, HAS, OF and EDGE (one COPY per endpoint-table pair)."""
+    def _load_nodes_edges(self, nodes: dict[str, pa.Table], edges: list[tuple[str, str, pa.Table]],
+                          delta: derived_delta.Delta | None = None) -> None:
+        """COPY one prepared batch (see `_prepare_batch`): global nodes not yet present (new
+        features with their derived `prompts`/`prompt_ids` from ``delta``), per-prompt nodes,
+        HAS, OF and EDGE (one COPY per endpoint-table pair)."""
         feats = nodes["Active"]
         # Global nodes: create the ones not yet present (first occurrence in the batch wins).
         fkeys = feats.column("feature_key")
@@ -468,17 +507,21 @@ class EmbeddedStore(Store):
             old = first.filter(pc.invert(is_new))
             first = first.filter(is_new)
             labelled = old.filter(pc.is_valid(old.column("label")))
-            if labelled.num_rows:
-                self._exec("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) WHERE f.label IS NULL SET f.label = r.l",
+            if labelled.num_rows:  # an imported label fills an empty one or replaces an automatic one
+                self._exec(f"UNWIND $rows AS r MATCH (f:Feature {{key: r.k}}) WHERE {AUTO_MAY_SHOW} "
+                           f"SET f.label = r.l, f.label_source = '{LABEL_IMPORT}'",
                            {"rows": [{"k": k, "l": l} for k, l in zip(labelled.column("feature_key").to_pylist(),
                                                                         labelled.column("label").to_pylist())]})
         n = first.num_rows
         nulls_d, nulls_s = pa.nulls(n, pa.float64()), pa.nulls(n, pa.string())
+        prompts, prompt_ids = self._derived_of_new(first.column("feature_key"), delta, existing)
         self._copy("Feature", pa.table({"key": first.column("feature_key"), "scan": first.column("scan"),
                                         "layer": first.column("layer"), "index": first.column("index"),
                                         "label": first.column("label"), "frequency": nulls_d, "max_activation": nulls_d,
-                                        "contexts": nulls_s, "logit_effects": nulls_s, "prompts": pa.nulls(n, pa.int64()),
-                                        "prompt_ids": pa.nulls(n, pa.list_(pa.string()))}), NODE_TABLES["Feature"])
+                                        "contexts": nulls_s, "logit_effects": nulls_s, "prompts": prompts,
+                                        "prompt_ids": prompt_ids,
+                                        "label_source": pc.if_else(pc.is_valid(first.column("label")), LABEL_IMPORT, nulls_s),
+                                        "auto_label": nulls_s}), NODE_TABLES["Feature"])
         toks = nodes["Token"]
         existing_t = self._existing("Token", toks.column("key"))
         if existing_t:
@@ -500,6 +543,111 @@ class EmbeddedStore(Store):
                        f" (from='{table}', to='Token')")
         for ft, tt, grp in edges:
             self._copy("EDGE", grp, rel2 + [("weight", "FLOAT")], f" (from='{ft}', to='{tt}')")
+
+    # -- incremental derived layer (store/derived_delta.py) ----------------------------------
+    def _begin_delta(self) -> None:
+        """At the start of a write (or of a deferral): batches may update the derived layer
+        incrementally while it is fresh and the graphs so written stay within max(prompts stored
+        now, batch_prompts); beyond that, deltas that each read the touched features' old rows
+        cost more than one rebuild, and the layer is marked stale and rebuilt once after."""
+        n = int(self._df("MATCH (p:Prompt) RETURN count(p) AS c")["c"].iloc[0])
+        self._delta_budget = None if self.derived_stale() else max(n, self.batch_prompts)
+        self._delta_old = n > 0
+        self._delta_written = 0
+
+    def _delta_allowed(self, n: int) -> bool:
+        """Whether a batch of ``n`` graphs updates the derived layer in its own transaction."""
+        if self._delta_budget is None or self._delta_written + n > self._delta_budget:
+            self._delta_budget = None  # from here on the layer is stale until rebuilt
+            return False
+        return True
+
+    def _derived_delta(self, nodes: dict[str, pa.Table], edges: list[tuple[str, str, pa.Table]]) -> derived_delta.Delta:
+        """The derived layer's change for a prepared batch, read before its COPY (the store holds
+        the old state only): the batch's features' old prompts, the old instances of those in
+        one old prompt, the old edges of newly recurring instances and of the batch's pairs."""
+        active = nodes["Active"]
+        empty = pa.table({"from": pa.array([], pa.string()), "to": pa.array([], pa.string()), "weight": pa.array([], pa.float32())})
+        aa = pa.concat_tables([g for f, t, g in edges if (f, t) == ("Active", "Active")] or [empty])
+        al = pa.concat_tables([g for f, t, g in edges if (f, t) == ("Active", "Logit")] or [empty])
+        new = derived_delta.batch_features(active)
+        old = derived_delta.OldState()
+        if self._delta_old:
+            keys = list(new)
+            rec = self._arrow("UNWIND $k AS x MATCH (f:Feature {key: x}) WHERE f.prompts IS NOT NULL "
+                              "RETURN f.key AS k, f.prompt_ids AS ps", {"k": keys})
+            old.recurring = dict(zip(rec.column("k").to_pylist(), rec.column("ps").to_pylist()))
+            rest = [k for k in keys if k not in old.recurring]
+            old.instances = self._arrow(
+                "UNWIND $k AS x MATCH (a:Active)-[:OF]->(f:Feature {key: x}) RETURN a.id AS id, a.prompt_id AS prompt_id, "
+                "a.feature_key AS feature_key, a.layer AS layer, a.pos AS pos, a.activation AS activation, "
+                "a.influence AS influence", {"k": rest})
+            n_set = derived_delta.newly_recurring(derived_delta.prompt_sets(new, old), old)
+            ids = derived_delta.old_instances_of(old, n_set).column("id").to_pylist()
+            if ids:
+                ends = ["src", "dst"]
+                old.edges_out = self._arrow(
+                    "UNWIND $ids AS x MATCH (a:Active {id: x})-[e:EDGE]->(b:Active)-[:OF]->(fb:Feature) RETURN a.id AS src, "
+                    "b.id AS dst, a.feature_key AS sk, fb.key AS tk, fb.prompts AS tp, a.prompt_id AS p, e.weight AS weight",
+                    {"ids": ids}).rename_columns(["from", "to", "sk", "tk", "tp", "p", "weight"])
+                old.edges_in = self._arrow(
+                    "UNWIND $ids AS x MATCH (b:Active)-[e:EDGE]->(a:Active {id: x}), (b)-[:OF]->(fb:Feature) RETURN b.id AS src, "
+                    "a.id AS dst, fb.key AS sk, a.feature_key AS tk, fb.prompts AS sp, a.prompt_id AS p, e.weight AS weight",
+                    {"ids": ids}).rename_columns(["from", "to", "sk", "tk", "sp", "p", "weight"])
+                old.edges_logit = self._arrow(
+                    "UNWIND $ids AS x MATCH (a:Active {id: x})-[e:EDGE]->(t:Logit) RETURN a.id AS src, t.id AS dst, "
+                    "e.weight AS weight", {"ids": ids}).rename_columns([*ends, "weight"]).rename_columns(["from", "to", "weight"])
+            pairs = derived_delta.batch_pairs(active, aa)
+            both = pa.array(sorted(old.recurring), pa.string())
+            pairs = pairs.filter(pc.and_(pc.is_in(pairs.column("s"), value_set=both), pc.is_in(pairs.column("t"), value_set=both)))
+            if pairs.num_rows:  # the old edges of pairs whose ends both recurred: all in REDGE, read via OF
+                pe = self._arrow("UNWIND $k AS x MATCH (a:Active)-[:OF]->(f:Feature {key: x}) MATCH (a)-[e:EDGE]->(b:Active) "
+                                 "RETURN a.feature_key AS s, b.feature_key AS t, a.prompt_id AS p, e.weight AS w",
+                                 {"k": pc.unique(pairs.column("s")).to_pylist()})
+                old.pair_edges = pe.filter(pc.is_in(pe.column("t"), value_set=both))
+        return derived_delta.compute(active, aa, al, new, old)
+
+    def _derived_of_new(self, keys: pa.Array, delta: derived_delta.Delta | None, existing: set[str]) -> tuple[pa.Array, pa.Array]:
+        """`prompts` and `prompt_ids` of the features a batch creates (null without a delta); the
+        delta remembers which of its features were already stored (their values are SET)."""
+        n = len(keys)
+        if delta is None:
+            return pa.nulls(n, pa.int64()), pa.nulls(n, pa.list_(pa.string()))
+        delta.existing = existing
+        at = pc.index_in(keys, value_set=delta.feature_rows.column("key"))
+        return delta.feature_rows.column("prompts").take(at), delta.feature_rows.column("prompt_ids").take(at)
+
+    def _write_delta(self, delta: derived_delta.Delta) -> None:
+        """Apply a delta inside the batch's transaction (after its nodes and edges are in)."""
+        rows = delta.feature_rows
+        if delta.existing and rows.num_rows:
+            rows = rows.filter(pc.is_in(rows.column("key"), value_set=pa.array(sorted(delta.existing), pa.string())))
+            if rows.num_rows:
+                self._exec("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) SET f.prompts = r.n, f.prompt_ids = r.ps",
+                           {"rows": [{"k": k, "n": c, "ps": ps} for k, c, ps in zip(
+                               rows.column("key").to_pylist(), rows.column("prompts").to_pylist(),
+                               rows.column("prompt_ids").to_pylist())]})
+        self._copy("RActive", delta.ractive, NODE_TABLES["RActive"])
+        rel = [("from", "STRING"), ("to", "STRING"), ("weight", "FLOAT")]
+        self._copy("REDGE", delta.redge_active, rel, " (from='RActive', to='RActive')")
+        self._copy("REDGE", delta.redge_logit, rel, " (from='RActive', to='Logit')")
+        links = delta.links
+        was = links.filter(links.column("old"))
+        if was.num_rows:
+            self._exec("UNWIND $rows AS r MATCH (a:Feature {key: r.s})-[l:LINKS]->(b:Feature {key: r.t}) SET l.prompts = r.n, "
+                       "l.mean_weight = r.mw, l.mean_abs_weight = r.maw, l.prompt_ids = r.ps",
+                       {"rows": [{"s": s_, "t": t, "n": n, "mw": mw, "maw": maw, "ps": ps} for s_, t, n, mw, maw, ps in zip(
+                           *(was.column(c).to_pylist() for c in ("s", "t", "prompts", "mean_weight", "mean_abs_weight",
+                                                                  "prompt_ids")))]})
+        fresh = links.filter(pc.invert(links.column("old")))
+        self._copy("LINKS", pa.table({"from": fresh.column("s"), "to": fresh.column("t"), "prompts": fresh.column("prompts"),
+                                      "mean_weight": fresh.column("mean_weight"),
+                                      "mean_abs_weight": fresh.column("mean_abs_weight"),
+                                      "prompt_ids": fresh.column("prompt_ids"), "source_key": fresh.column("s"),
+                                      "target_key": fresh.column("t")}),
+                   [("from", "STRING"), ("to", "STRING"), ("prompts", "INT64"), ("mean_weight", "DOUBLE"),
+                    ("mean_abs_weight", "DOUBLE"), ("prompt_ids", "STRING[]"), ("source_key", "STRING"),
+                    ("target_key", "STRING")])
 
     def _existing(self, table: str, keys: pa.Array | pa.ChunkedArray) -> set[str]:
         """Which of `keys` are already stored in `table` (skips the query on an empty table)."""
@@ -540,29 +688,55 @@ class EmbeddedStore(Store):
         self._exec("MATCH (m:Meta {key: 'schema'}) SET m.derived_stale = false, m.write_token = $t", {"t": uuid.uuid4().hex})
         return int(self._df("MATCH ()-[l:LINKS]->() RETURN count(l) AS c")["c"].iloc[0])
 
-    def set_feature_labels(self, labels: dict[str, str]) -> None:
-        """Set Feature.label by key (the app's editable labels, imported clerps)."""
+    def set_feature_labels(self, labels: dict[str, str], source: str = LABEL_USER) -> None:
+        """Set Feature.label by key, with its source (``user``: the app's editable labels;
+        ``import``: clerps). An empty label clears it: the automatic label, if any, shows again."""
         self._require_writer()
-        if labels:
-            self._exec("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) SET f.label = r.l",
-                       {"rows": [{"k": k, "l": v} for k, v in labels.items()]})
-            self._touch()
+        if source not in (LABEL_USER, LABEL_IMPORT):
+            raise StoreError(f"label source {source!r}: set_feature_labels writes 'user' or 'import' labels "
+                             "(automatic ones come with write_feature_info)")
+        rows = [{"k": k, "l": (v or "").strip()} for k, v in labels.items()]
+        if rows:
+            def work() -> None:
+                self._exec("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) WHERE r.l <> '' SET f.label = r.l, "
+                           "f.label_source = $s", {"rows": rows, "s": source})
+                self._exec(f"UNWIND $rows AS r MATCH (f:Feature {{key: r.k}}) WHERE r.l = '' SET f.label = f.auto_label, "
+                           f"f.label_source = CASE WHEN f.auto_label IS NULL THEN NULL ELSE '{LABEL_AUTO}' END", {"rows": rows})
+                self._touch()
 
-    def write_feature_info(self, df: pd.DataFrame) -> None:
-        """Store per-feature statistics on Feature nodes, creating Features that are absent."""
+            self._transaction(work)
+
+    def write_feature_info(self, df: pd.DataFrame) -> list[str]:
+        """Store per-feature statistics on Feature nodes, creating Features that are absent. With an
+        ``auto_label`` column, that is stored too and shown as the label unless a user or an import
+        labelled the feature; returns the keys of those (their label kept)."""
         self._require_writer()
         rows = []
         for r in df.to_dict("records"):
             rows.append({k: (None if isinstance(r.get(k), float) and np.isnan(r.get(k)) else r.get(k)) for k in
-                         ("key", "scan", "layer", "index", "frequency", "max_activation", "contexts", "logit_effects")})
+                         ("key", "scan", "layer", "index", "frequency", "max_activation", "contexts", "logit_effects",
+                          "auto_label")})
         for r in rows:
             r["layer"] = int(r["layer"]); r["index"] = int(r["index"])
             r["frequency"] = None if r["frequency"] is None else float(r["frequency"])
             r["max_activation"] = None if r["max_activation"] is None else float(r["max_activation"])
-        self._exec("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) SET f.scan = r.scan, f.layer = r.layer, "
-                   "f.`index` = r.`index`, f.frequency = r.frequency, f.max_activation = r.max_activation, "
-                   "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
-        self._touch()
+
+        def work() -> list[str]:
+            self._exec("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) SET f.scan = r.scan, f.layer = r.layer, "
+                       "f.`index` = r.`index`, f.frequency = r.frequency, f.max_activation = r.max_activation, "
+                       "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
+            kept: list[str] = []
+            if "auto_label" in df.columns:  # in the same transaction: a kill never leaves half the labels
+                self._exec("UNWIND $rows AS r MATCH (f:Feature {key: r.key}) SET f.auto_label = r.auto_label", {"rows": rows})
+                self._exec(f"UNWIND $rows AS r MATCH (f:Feature {{key: r.key}}) WHERE {AUTO_MAY_SHOW} "
+                           f"SET f.label = r.auto_label, "
+                           f"f.label_source = CASE WHEN r.auto_label IS NULL THEN NULL ELSE '{LABEL_AUTO}' END", {"rows": rows})
+                kept = self._df("UNWIND $k AS k MATCH (f:Feature {key: k}) WHERE f.label_source IN $s RETURN f.key AS key",
+                                {"k": [r["key"] for r in rows], "s": [LABEL_USER, LABEL_IMPORT]})["key"].tolist()
+            self._touch()
+            return sorted(kept)
+
+        return self._transaction(work)
 
     def write_supernodes(self, supernodes: list[dict], replace: tuple[str, str] | None = None) -> None:
         """Create or replace supernodes by key, each -[:CONTAINS]-> its member features; all of
@@ -674,31 +848,36 @@ def read_graph_meta(directory: str | os.PathLike) -> dict[str, Any]:
     from circuit_atlas.engine.graph_files import read_meta
 
     try:
-        meta = read_meta(directory)
-        if not isinstance(meta, dict):
-            raise GraphFileError("meta.json is not a JSON object")
-        for key, types in _META_TYPES.items():
-            if key not in meta:
-                raise GraphFileError(f"meta.json lacks '{key}'")
-            if not isinstance(meta[key], types) or isinstance(meta[key], bool):
-                raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
-        for key, types in _META_OPTIONAL.items():
-            if meta.get(key) is not None and not isinstance(meta[key], types):
-                raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
-        if not meta["graph_id"]:
-            raise GraphFileError("meta.json 'graph_id' is empty")
-        if not all(isinstance(t, str) for t in meta["tokens"]):
-            raise GraphFileError("meta.json 'tokens' must be a list of strings")
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in meta["token_ids"]):
-            raise GraphFileError("meta.json 'token_ids' must be a list of integers")
-        tags = (meta.get("prompt_props") or {}).get("tags")
-        if tags is not None and not isinstance(tags, list):
-            raise GraphFileError("meta.json 'prompt_props.tags' must be a list")
-        for r in meta.get("supernode_records") or []:
-            if not isinstance(r, dict) or not isinstance(r.get("key"), str):
-                raise GraphFileError("meta.json 'supernode_records' must be objects with a string 'key'")
+        return check_graph_meta(read_meta(directory))
     except GraphFileError as exc:
         raise _in(directory, exc) from None
+
+
+def check_graph_meta(meta: Any) -> dict[str, Any]:
+    """``meta`` (a graph's meta.json, or an in-memory graph's meta) checked for the types a load
+    needs (see read_graph_meta)."""
+    if not isinstance(meta, dict):
+        raise GraphFileError("meta.json is not a JSON object")
+    for key, types in _META_TYPES.items():
+        if key not in meta:
+            raise GraphFileError(f"meta.json lacks '{key}'")
+        if not isinstance(meta[key], types) or isinstance(meta[key], bool):
+            raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
+    for key, types in _META_OPTIONAL.items():
+        if meta.get(key) is not None and not isinstance(meta[key], types):
+            raise GraphFileError(f"meta.json '{key}' must be {_kind(types)}, not {json.dumps(meta[key])[:60]}")
+    if not meta["graph_id"]:
+        raise GraphFileError("meta.json 'graph_id' is empty")
+    if not all(isinstance(t, str) for t in meta["tokens"]):
+        raise GraphFileError("meta.json 'tokens' must be a list of strings")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in meta["token_ids"]):
+        raise GraphFileError("meta.json 'token_ids' must be a list of integers")
+    tags = (meta.get("prompt_props") or {}).get("tags")
+    if tags is not None and not isinstance(tags, list):
+        raise GraphFileError("meta.json 'prompt_props.tags' must be a list")
+    for r in meta.get("supernode_records") or []:
+        if not isinstance(r, dict) or not isinstance(r.get("key"), str):
+            raise GraphFileError("meta.json 'supernode_records' must be objects with a string 'key'")
     return meta
 
 
@@ -715,6 +894,10 @@ def _read_table(path: Path, schema: pa.Schema, what: str) -> pa.Table:
         t = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise GraphFileError(f"{path.parent}: corrupt parquet file ({exc})") from exc
+    return _cast_table(t, schema, what)
+
+
+def _cast_table(t: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     missing = [name for name in schema.names if name not in t.column_names]
     if missing:
         raise GraphFileError(f"{what} table lacks columns {missing}")
@@ -741,9 +924,27 @@ def read_graph_dir(directory: str | os.PathLike, meta: dict[str, Any] | None = N
         raise _in(directory, exc) from None
 
 
+def loaded_graph(graph: Any) -> LoadedGraph:
+    """An in-memory graph (engine.graph_files.GraphTables: meta and Arrow tables) checked as
+    `read_graph_dir` checks a directory, with no files in between; errors name its source."""
+    where = str(getattr(graph, "source", "") or "<in-memory graph>")
+    try:
+        meta = check_graph_meta(graph.meta)
+        nodes = _cast_table(graph.nodes, NODE_SCHEMA, "nodes")
+        edges = _cast_table(graph.edges, EDGE_SCHEMA, "edges")
+        return _checked(nodes, edges, meta, where)
+    except GraphFileError as exc:
+        raise _in(where, exc) from None
+
+
 def _read_graph_dir(path: Path, meta: dict[str, Any]) -> LoadedGraph:
     nodes = _read_table(path / "nodes.parquet", NODE_SCHEMA, "nodes")
     edges = _read_table(path / "edges.parquet", EDGE_SCHEMA, "edges")
+    return _checked(nodes, edges, meta, str(path))
+
+
+def _checked(nodes: pa.Table, edges: pa.Table, meta: dict[str, Any], where: str) -> LoadedGraph:
+    """The checks of `GraphFile.validate`, vectorised, on tables cast to the graph-file schemas."""
     for what, table in (("nodes", nodes), ("edges", edges)):
         for col in _NOT_NULL[what]:
             n = table.column(col).null_count
@@ -767,7 +968,7 @@ def _read_graph_dir(path: Path, meta: dict[str, Any]) -> LoadedGraph:
         dangling = set(edges.column("source").filter(pc.is_null(src)).to_pylist())
         dangling |= set(edges.column("target").filter(pc.is_null(dst)).to_pylist())
         raise GraphFileError(f"edges refer to unknown nodes, e.g. {sorted(map(str, dangling))[:3]}")
-    return LoadedGraph(meta, nodes.append_column("code", code), edges, src, dst, str(path))
+    return LoadedGraph(meta, nodes.append_column("code", code), edges, src, dst, where)
 
 
 def _prompt_row(g: LoadedGraph) -> dict[str, Any]:

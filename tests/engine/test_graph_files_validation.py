@@ -229,3 +229,46 @@ def test_import_of_a_folder_with_one_bad_graph_names_it_without_traceback(good_d
     assert "Traceback" not in out
     assert proc.returncode in (0, 1, 2), out
     assert "settings" in out  # the reason reaches the user, whatever else is reported
+
+
+def test_graph_id_is_the_same_under_float_noise_and_differs_beyond_rounding():
+    """The id hashes weights and activations rounded to WEIGHT_DIGITS significant digits: float32
+    noise (1e-7 relative, what another thread count gives) leaves it, a change of 1% does not."""
+    import numpy as np
+    import pyarrow as pa
+
+    from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, graph_id, round_significant, weights_close
+
+    rng = np.random.default_rng(3)
+    n = 60
+    ids = [f"{i % 4}_{i}_{i % 5}" for i in range(n)]
+    acts = rng.uniform(0.5, 3, n).astype(np.float32)
+
+    def graph(weights, activations):
+        nodes = pa.table({"node_id": ids, "type": ["feature"] * n, "layer": pa.array([i % 4 for i in range(n)], pa.int32()),
+                          "pos": pa.array([i % 5 for i in range(n)], pa.int32()), "feature": pa.array(range(n), pa.int64()),
+                          "token_id": pa.array([-1] * n, pa.int64()), "activation": pa.array(activations, pa.float32()),
+                          "influence": pa.nulls(n, pa.float32()), "prob": pa.nulls(n, pa.float32()),
+                          "label": pa.nulls(n, pa.string())}, schema=NODE_SCHEMA)
+        src, dst = rng.integers(0, n, 200), rng.integers(0, n, 200)
+        edges = pa.table({"source": [ids[i] for i in src], "target": [ids[j] for j in dst],
+                          "weight": pa.array(weights, pa.float32())}, schema=EDGE_SCHEMA)
+        return nodes, edges
+
+    w = rng.normal(0, 1, 200).astype(np.float32)
+    # values away from rounding boundaries: noise below a thousandth of a unit cannot cross one
+    mant = np.abs(w) / 10.0 ** (np.floor(np.log10(np.abs(w))) - 2)
+    w = w[np.abs(mant - np.floor(mant) - 0.5) < 0.4][:150]
+    w = np.concatenate([w, w[:50]])
+    rng = np.random.default_rng(4)
+    a = graph(w, acts)
+    rng = np.random.default_rng(4)
+    noisy = graph(w * (1 + np.float32(1e-6) * np.sign(w)), acts * np.float32(1 + 1e-6))
+    rng = np.random.default_rng(4)
+    changed = graph(np.where(np.arange(200) == 7, w * 1.01, w), acts)
+    key = ("m", "s", [1, 2, 3], {"node_threshold": 0.8})
+    assert graph_id(*key, *a) == graph_id(*key, *noisy) != graph_id(*key, *changed)
+    assert graph_id(*key, *a) != graph_id("m", "s", [1, 2, 4], {"node_threshold": 0.8}, *a)
+    mant, exp = round_significant([0.0012345, -9.996, 0.0])
+    assert mant.tolist() == [123, -100, 0] and exp.tolist() == [-5, -1, 0]
+    assert weights_close([1.0001, 0.5], [1.0004, 0.5006]).all() and not weights_close([1.0], [1.02]).any()

@@ -321,3 +321,73 @@ def test_supernodes_come_with_the_graph_and_lost_ones_are_restored_by_a_reimport
         assert int(s.read(count, {"id": pid})["n"].iloc[0]) == n_super
         third = import_path(src, s, progress=False)
         assert third.supernodes_restored == 0
+
+
+# ------------------------------------------------------------------ identity under float noise
+def _copy_with(src: Path, dst: Path, change) -> Path:
+    doc = json.loads(src.read_text())
+    change(doc["links"])
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(doc))
+    return dst
+
+
+def _on_boundary(w: float, side: float) -> float:
+    """A value next to the rounding boundary nearest ``w`` at WEIGHT_DIGITS significant digits,
+    ``side`` (+1/-1) of it by about 1e-7 of the value: float noise that rounds two ways."""
+    from circuit_atlas.engine.graph_files import WEIGHT_DIGITS
+
+    unit = 10.0 ** (math.floor(math.log10(abs(w))) - (WEIGHT_DIGITS - 1))
+    boundary = (math.floor(w / unit) + 0.5) * unit
+    return boundary + side * unit * 1e-4
+
+
+def test_float_noise_is_the_same_graph_and_a_change_beyond_it_another(tmp_path):
+    import random
+
+    src = MAIN / "the-opposite-of-20251026-175335.json"
+    rng = random.Random(7)
+
+    def base(links):  # one weight set just below a rounding boundary
+        links[0]["weight"] = _on_boundary(links[0]["weight"], -1)
+
+    def noise(links):  # every weight moved by float noise (1e-6 relative), the first one across the boundary
+        base(links)
+        for x in links[1:]:
+            x["weight"] *= 1 + rng.uniform(-1e-6, 1e-6)
+        links[0]["weight"] = _on_boundary(links[0]["weight"], +1)
+
+    def mild_noise(links):
+        base(links)
+        for x in links[1:]:
+            x["weight"] *= 1 + rng.uniform(-1e-7, 1e-7)
+
+    def changed(links):  # a real difference: ten weights 5% larger
+        base(links)
+        for x in links[1:11]:
+            x["weight"] *= 1.05
+
+    paths = {name: _copy_with(src, tmp_path / name / "g.json", fn)
+             for name, fn in (("base", base), ("noise", noise), ("mild", mild_noise), ("changed", changed))}
+    ids = {name: npd.read_neuronpedia_tables(p).graph_id for name, p in paths.items()}
+    # these weights are bfloat16 values, many exactly half-way between two 3-digit roundings: noise
+    # moves them either way, so the ids may differ; the forced one always does
+    assert ids["noise"] != ids["base"] != ids["changed"]
+
+    url = f"embedded:{tmp_path / 'store'}"
+    first = run_cli("import", str(paths["base"].parent), "--store", url)
+    assert first.returncode == 0, first.stderr
+    for name in ("mild", "noise"):
+        r = run_cli("import", str(paths[name].parent), "--store", url)
+        assert r.returncode == 0, r.stderr
+        assert "written 0" in r.stdout
+        if name == "noise":
+            assert f"is stored graph {ids['base']} up to float noise" in r.stdout and "not written" in r.stdout
+    r = run_cli("import", str(paths["changed"].parent), "--store", url, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "written 1" in r.stdout
+    assert f"written as {ids['changed']}, a different graph with the structure of stored graph {ids['base']}: 10 of" in r.stdout
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["variants"][0]["differ"] == 10
+    with open_store(url, read_only=True) as s:
+        assert s.prompt_ids() == {ids["base"], ids["changed"]}

@@ -276,15 +276,33 @@ def test_fresh_after_every_write(store_url, small):
 
 
 def test_deferred_writes_rebuild_once(store_url, small, monkeypatch):
+    """Past the incremental budget (embedded: max(stored prompts, batch_prompts) graphs; Bolt has
+    none), writes inside a deferral mark the layer stale and it is rebuilt once on leaving."""
     with open_store(store_url) as s:
+        calls = []
+        real = s.rebuild_links
+        monkeypatch.setattr(s, "rebuild_links", lambda progress=False: calls.append(1) or real())
+        s.batch_prompts = 1  # embedded: the first graph goes in incrementally, the others past the budget
+        with s.deferred_derived():
+            for d in small:
+                s.write_graphs([d])
+            assert s.derived_stale() and not calls
+        assert calls == [1] and not s.derived_stale()
+
+
+def test_deferred_writes_within_the_budget_keep_the_layer_fresh_with_no_rebuild(tmp_path, small, monkeypatch):
+    with open_store(f"embedded:{tmp_path / 'store'}") as s:
         calls = []
         real = s.rebuild_links
         monkeypatch.setattr(s, "rebuild_links", lambda progress=False: calls.append(1) or real())
         with s.deferred_derived():
             for d in small:
                 s.write_graphs([d])
-            assert s.derived_stale() and not calls
-        assert calls == [1] and not s.derived_stale()
+                assert not s.derived_stale()
+        assert not calls
+        incremental = _answers(s)
+        real()
+        assert _answers(s) == incremental and incremental["edges"]
 
 
 def test_a_stale_derived_layer_is_refused_then_rebuilt_by_the_next_writer(tmp_path, small):
