@@ -11,7 +11,8 @@
 //   (rebuild-links). An edge row's label is its source feature's.
 //   measure=presence (the default) counts the prompts whose pruned graph holds the feature: a
 //   feature can look enriched only because pruning kept it where it mattered. measure=activation
-//   compares activations instead (feature rows only): a feature's value in a prompt is its largest
+//   compares activations instead (feature rows only, of the features active in >= 2 graphs, whose
+//   instances the derived layer keeps): a feature's value in a prompt is its largest
 //   activation there, 0 where it is not active; where a graph pruned it away, the value is
 //   recovered from another graph of the same model and scan that shares the tokens up to that
 //   position (a causal model computes the same activation on the same prefix; `imputed` counts

@@ -13,7 +13,8 @@
 //   prompts and, on a large corpus of mostly one-off features, a small part of the graph. Exact;
 //   needs the derived layer (LINKS, RActive, REDGE) to be fresh.
 //   answer=expected (the default): only edges into each prompt's own answer count (its expected
-//   token where the corpus gives one, else the model's top token), and paths that reach the
+//   token where the corpus gives one, else the model's top token; a graph with neither has no
+//   answer and no path), and paths that reach the
 //   answers of different prompts are one row (a capital circuit ending at " Paris" in one prompt
 //   and " Rome" in another): `token` is that answer when they share it, '(answers)' when not, and
 //   `answers` lists each prompt's. answer=any: every logit, one row per output token.
