@@ -52,6 +52,19 @@ def write_corpus(path: Path, n: int = 20) -> Path:
     return path
 
 
+DERIVED = ("MATCH (f:Feature) WHERE f.prompts IS NOT NULL RETURN f.key AS k, f.prompts AS n, f.prompt_ids AS ps ORDER BY k",
+           "MATCH (a:RActive)-[e:REDGE]->(b) RETURN a.id AS s, b.id AS t, e.weight AS w ORDER BY s, t, w",
+           "MATCH (a:Feature)-[l:LINKS]->(b:Feature) RETURN a.key AS s, b.key AS t, l.prompts AS n, l.prompt_ids AS ps, "
+           "l.mean_weight AS mw, l.mean_abs_weight AS maw ORDER BY s, t")
+
+
+def derived_layer(url: str) -> list[dict]:
+    """The derived layer (recurring features, the recurring subgraph's edges, LINKS), read-only."""
+    with open_store(url, read_only=True) as s:
+        return [{k: [list(x) if hasattr(x, "__len__") and not isinstance(x, str) else x for x in v]
+                 for k, v in s.read(q).to_dict("list").items()} for q in DERIVED]
+
+
 def test_corpus_of_20_prompts_into_the_store(tmp_path, tiny):
     lm, tc, _, _ = tiny
     corpus = write_corpus(tmp_path / "animals.jsonl")
@@ -97,6 +110,13 @@ def test_corpus_of_20_prompts_into_the_store(tmp_path, tiny):
         top = int(logits.loc[logits["prob"].idxmax(), "token_id"])
         assert r.top == lm.tokenizer.decode([top])
         assert bool(r.correct) == (r.top.strip() == "mat")
+
+    # the loads kept the derived layer fresh batch by batch (incrementally): it equals a full rebuild
+    incremental = derived_layer(url)
+    assert incremental[2]["n"], "the corpus has recurring pairs"
+    with open_store(url) as s:
+        s.rebuild_links()
+    assert_close(derived_layer(url), incremental)
 
     # a re-run adds nothing and computes nothing
     before = store_state(url)
