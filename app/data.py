@@ -120,10 +120,49 @@ def _cached_stats(url: str, ver: str) -> dict[str, Any]:
 
 
 def query(name: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-    """A library query's result, cached per store URL and version."""
+    """A library query's result, cached per store URL and version; every feature label column it
+    returns comes with where that label came from (``with_label_sources``)."""
     store = get_store()
     with _answering():
-        return _cached_query(store.url, version(store), name, dict(params or {}))
+        return with_label_sources(_cached_query(store.url, version(store), name, dict(params or {})))
+
+
+LABEL_SOURCES = "UNWIND $keys AS k MATCH (f:Feature {key: k}) RETURN f.key AS key, f.label_source AS label_source"
+
+
+def label_columns(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(label column, its feature-key column, the source column to add) of a query's frame:
+    ``label`` with ``key`` or ``feature_key``, ``X_label`` with ``X_key`` (source_label, f1_label, ...)."""
+    out = []
+    for col in df.columns:
+        if col == "label":
+            key = next((k for k in ("feature_key", "key") if k in df.columns), None)
+        elif col.endswith("_label"):
+            key = col[: -len("label")] + "key"
+            key = key if key in df.columns else None
+        else:
+            continue
+        if key is not None and f"{col}_source" not in df.columns:
+            out.append((col, key, f"{col}_source"))
+    return out
+
+
+def with_label_sources(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a ``<label column>_source`` column (user | import | auto, empty where no
+    label) after each feature label column that lacks one, read from the store by key; the library
+    queries return the labels, and a reader must be able to tell an automatic one from a user's."""
+    cols = label_columns(df)
+    if not cols or df.empty:
+        return df
+    keys = sorted({k for _, key, _ in cols for k in df[key] if isinstance(k, str) and k})
+    found = read(LABEL_SOURCES, {"keys": keys}) if keys else pd.DataFrame(columns=["key", "label_source"])
+    source = dict(zip(found["key"], found["label_source"])) if len(found) else {}
+    out = df.copy()
+    for label, key, name in cols:
+        values = [source.get(k) if isinstance(lab, str) and lab and isinstance(k, str) else None
+                  for lab, k in zip(out[label], out[key])]
+        out.insert(out.columns.get_loc(label) + 1, name, pd.Series(values, index=out.index, dtype=object))
+    return out
 
 
 def read(cypher: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -209,7 +248,8 @@ def writer() -> Iterator[Store]:
 
 
 def save_label(key: str, label: str) -> None:
-    """Set a feature's label (a user annotation)."""
+    """Set a feature's label (a user annotation, never replaced by an automatic label); an empty
+    one clears it, and the automatic label shows again."""
     with writer() as store:
         store.set_feature_labels({key: label})
 
@@ -246,5 +286,6 @@ def linkify(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     return out, config
 
 
-__all__ = ["NoData", "StoreError", "empty_state", "get_store", "link", "linkify", "prompt_label", "prompts", "query", "read",
-           "require_prompts", "save_label", "save_supernode", "stats", "store_url", "version", "writer"]
+__all__ = ["NoData", "StoreError", "empty_state", "get_store", "label_columns", "link", "linkify", "prompt_label", "prompts",
+           "query", "read", "require_prompts", "save_label", "save_supernode", "stats", "store_url", "version",
+           "with_label_sources", "writer"]

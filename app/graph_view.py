@@ -96,9 +96,18 @@ def _num(v: object) -> float | None:
     return None if math.isnan(f) else f
 
 
-def node_label(r: pd.Series | dict) -> str:
+AUTO_MARK = " (auto)"  # after an automatic label in plain text; the drawing sets it in italics
+
+
+def is_auto(r: pd.Series | dict) -> bool:
+    """True for a feature whose shown label is an automatic one (``label_source`` 'auto')."""
+    return r.get("kind", "feature") == "feature" and r.get("label_source") == "auto" and isinstance(r.get("label"), str)
+
+
+def node_label(r: pd.Series | dict, mark_auto: bool = True) -> str:
     """What a reader calls a node: the token (embedding), the token and its probability (logit),
-    the feature's label or else its key (feature), ``err L{layer}`` (error), the name (supernode)."""
+    the feature's label or else its key (feature), ``err L{layer}`` (error), the name (supernode).
+    An automatic feature label ends in `` (auto)`` unless ``mark_auto`` is off."""
     kind, label = r.get("kind"), r.get("label")
     label = label if isinstance(label, str) else ""
     layer = _num(r.get("layer"))
@@ -111,15 +120,17 @@ def node_label(r: pd.Series | dict) -> str:
         return f"err L{int(layer)}" if layer is not None else "err"
     if kind == "feature":
         key = r.get("feature_key")
-        return label or (str(key) if isinstance(key, str) and key else str(r.get("node_id")))
+        if label and mark_auto and is_auto(r):
+            return visible(label) + AUTO_MARK
+        return visible(label) if label else (str(key) if isinstance(key, str) and key else str(r.get("node_id")))
     return label or str(r.get("node_id"))
 
 
-def node_labels(nodes: pd.DataFrame) -> pd.Series:
+def node_labels(nodes: pd.DataFrame, mark_auto: bool = True) -> pd.Series:
     """``node_label`` for every row, indexed like ``nodes``."""
     if nodes.empty:
         return pd.Series([], dtype=object, index=nodes.index)
-    return pd.Series([node_label(r) for r in nodes.to_dict("records")], index=nodes.index, dtype=object)
+    return pd.Series([node_label(r, mark_auto) for r in nodes.to_dict("records")], index=nodes.index, dtype=object)
 
 
 def picker_label(r: pd.Series | dict, tokens: list[str] | None = None) -> str:
@@ -193,6 +204,8 @@ def layout(nodes: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[float, int]]]:
 
 def _hover(r: dict) -> str:
     parts = [f"<b>{html.escape(node_label(r))}</b> ({r['kind']}, {r['node_id']})"]
+    if is_auto(r):
+        parts.append("label: automatic, from the feature's top contexts and logit effects")
     if isinstance(r.get("feature_key"), str) and r.get("feature_key"):
         parts.append(f"feature {r['feature_key']}")
     for col in ("activation", "influence", "prob"):
@@ -251,9 +264,10 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
         fig.add_annotation(x=x0, y=y1, text=html.escape(_short(name, 30)), showarrow=False, xanchor="left", yanchor="bottom",
                            font=dict(size=10, color=KIND_STYLE["supernode"][1]))
     hi = set(highlight)
-    labels = node_labels(pos_nodes)
+    labels = node_labels(pos_nodes, mark_auto=False)
     keyed = pos_nodes["kind"].eq("feature") & labels.eq(pos_nodes.get("feature_key"))
     labels[keyed] = [":".join(str(k).rsplit(":", 2)[-2:]) for k in labels[keyed]]  # "layer:index" on the drawing
+    auto = {i for i, r in zip(pos_nodes.index, pos_nodes.to_dict("records")) if is_auto(r)}
     infl_all = pd.to_numeric(pos_nodes.get("influence"), errors="coerce").fillna(0).abs()
     if len(pos_nodes) <= text_limit:
         texted = set(pos_nodes["node_id"])
@@ -271,7 +285,8 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
         size = (9 + 14 * (infl / infl.max() if infl.max() > 0 else infl * 0)).to_numpy(float)
         fig.add_trace(go.Scatter(
             x=sub["x"], y=sub["y"], mode="markers+text", name=kind, customdata=sub["node_id"],
-            text=[_short(labels[i]) if records[i]["node_id"] in texted else "" for i in idx],
+            text=[(f"<i>{html.escape(_short(labels[i]))}</i>" if i in auto else _short(labels[i]))
+                  if records[i]["node_id"] in texted else "" for i in idx],
             textposition="bottom center" if kind == "embedding" else "top center", textfont=dict(size=9),
             hovertext=[_hover(records[i]) for i in idx], hoverinfo="text",
             marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.5, color="white")),

@@ -16,14 +16,20 @@ and the direct path from all of them to the unembedding is their sum. The final 
 treated as a positive scale (its per-dimension gain is ignored), so the values rank tokens but
 are not exact logit changes. Position 0 (BOS) is left out, as in the graphs.
 
+Each feature that has contexts also gets an automatic label from this evidence
+(ingest/autolabel.py, e.g. ``Texas, Dallas → Austin``), stored as ``Feature.auto_label``; it is
+the feature's shown ``label`` (``label_source`` 'auto') unless a user or an import labelled it,
+and those labels are never replaced (docs/concepts/labels.md).
+
 Everything goes to the store with ``store.write_feature_info`` (``Feature.frequency``,
-``max_activation``, ``contexts`` and ``logit_effects`` as JSON).
+``max_activation``, ``contexts`` and ``logit_effects`` as JSON, ``auto_label``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,7 @@ import pandas as pd
 import torch
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.ingest.autolabel import auto_label
 
 
 class FeatureContextError(CircuitAtlasError, ValueError):
@@ -46,7 +53,16 @@ class FeatureSummary:
     features: int = 0  # features of the transcoder set
     stored: int = 0  # features written to the store
     dead: int = 0  # features that never fired on the corpus
+    labelled: int = 0  # features whose shown label is now the automatic one
+    weak: int = 0  # of those, marked (weak)
+    kept: int = 0  # features with a user or imported label, kept (their automatic label stored beside it)
+    unlabelled: int = 0  # stored features without evidence for a label (no context)
     seconds: float = 0.0
+
+    def labels_line(self) -> str:
+        """What happened to the labels, in one line (printed by every run)."""
+        return (f"automatic labels: {self.labelled} labelled ({self.weak} marked weak), {self.kept} kept "
+                f"(user or imported label), {self.unlabelled} skipped (no context)")
 
 
 class _TopK:
@@ -96,6 +112,7 @@ def logit_effects(lm: Any, tc: Any, layer: int, features: torch.Tensor, n_tokens
     dec = sum(tc.decoder_vectors(layer, t, feats).to(device=device, dtype=torch.float32) for t in targets)
     logits = dec @ w_u.float().T  # (n, V)
     logits = logits - logits.mean(dim=1, keepdim=True)
+    std = logits.std(dim=1)  # the spread the automatic labels judge a promoted token against
     n = min(n_tokens, logits.shape[1])
     up_v, up_i = logits.topk(n, dim=1)
     dn_v, dn_i = (-logits).topk(n, dim=1)
@@ -104,6 +121,7 @@ def logit_effects(lm: Any, tc: Any, layer: int, features: torch.Tensor, n_tokens
         out.append({
             "promoted": [[decode(int(i)), round(float(v), 5)] for v, i in zip(up_v[r].tolist(), up_i[r].tolist())],
             "suppressed": [[decode(int(i)), round(-float(v), 5)] for v, i in zip(dn_v[r].tolist(), dn_i[r].tolist())],
+            "std": round(float(std[r]), 6), "vocab": int(logits.shape[1]),
         })
     return out
 
@@ -187,6 +205,7 @@ def compute_feature_contexts(
         return tok_cache[i]
 
     rows: list[dict[str, Any]] = []
+    weak: set[str] = set()  # keys whose automatic label is marked weak
     scan = tc.scan
     bar = tqdm(total=tc.n_layers, desc="feature pages", unit="layer", disable=not progress)
     for layer, top in enumerate(tops):
@@ -205,20 +224,33 @@ def compute_feature_contexts(
                 toks = [decode(int(t)) for t in windows[w]]
                 ctx = _window_text(toks, pos, max(skip, pos - context_window), min(t_len, pos + context_window + 1))
                 ctx["activation"] = round(float(v), 5)
+                ctx["prev"] = toks[pos - 1] if pos > skip else ""  # the token before (automatic labels)
                 contexts.append(ctx)
             count = int(top.count[f])
+            label = auto_label(contexts, eff)
+            summary.unlabelled += int(label.text is None)
+            if label.weak:
+                weak.add(f"{scan}:{layer}:{f}")
             rows.append({
                 "key": f"{scan}:{layer}:{f}", "scan": scan, "layer": layer, "index": int(f),
                 "frequency": count / summary.tokens if summary.tokens else 0.0,
                 "max_activation": float(top.vals[0, f]) if count else 0.0,
                 "contexts": json.dumps(contexts, ensure_ascii=False),
                 "logit_effects": json.dumps(eff, ensure_ascii=False),
+                "auto_label": label.text,
             })
         bar.update(1)
     bar.close()
     for s in tqdm(range(0, len(rows), write_chunk), desc="writing feature info", unit="chunk",
                   disable=not progress or len(rows) <= write_chunk):
-        store.write_feature_info(pd.DataFrame(rows[s : s + write_chunk]))
+        chunk = rows[s : s + write_chunk]
+        kept = set(store.write_feature_info(pd.DataFrame(chunk)) or ())  # keys whose user/imported label stays
+        shown = [r["key"] for r in chunk if r["auto_label"] is not None and r["key"] not in kept]
+        summary.kept += len(kept)
+        summary.labelled += len(shown)
+        summary.weak += len(weak.intersection(shown))
     summary.stored = len(rows)
+    if progress:  # said with the progress bars; callers without them read the summary
+        print(summary.labels_line(), file=sys.stderr)
     summary.seconds = time.perf_counter() - t0
     return summary

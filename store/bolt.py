@@ -25,10 +25,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from circuit_atlas.store import dialect
-from circuit_atlas.store.base import LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE, ReadOnlyViolation, Store, StoreError, WriteReport, version_error
+from circuit_atlas.store.base import (LABEL_AUTO, LABEL_IMPORT, LABEL_USER, LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE,
+                                     ReadOnlyViolation, Store, StoreError, WriteReport, version_error)
 from circuit_atlas.engine.graph_files import GraphFileError
 from circuit_atlas.store import recovery
-from circuit_atlas.store.embedded import FEATURE_WEIGHT, feature_weight, one_line, read_graph_dir, read_graph_meta
+from circuit_atlas.store.embedded import (AUTO_MAY_SHOW, FEATURE_WEIGHT, LABELS_OF_OLD_STORE, feature_weight, one_line,
+                                         read_graph_dir, read_graph_meta)
 
 LABEL_KEYS = {"Prompt": "id", "Active": "id", "Embedding": "id", "Error": "id", "Logit": "id",
               "Feature": "key", "Token": "key", "Supernode": "key", "Meta": "key", "RActive": "id"}
@@ -136,6 +138,8 @@ class BoltStore(Store):
         """Bring an older store to SCHEMA_VERSION in place (only derived data changes)."""
         if version < 3:
             self._run(FEATURE_WEIGHT)  # Prompt.feature_weight, set at load since version 3
+        if version < 4:
+            self._run(LABELS_OF_OLD_STORE)  # Feature.label_source: the labels there are taken as the user's
         self.rebuild_links()  # 1 -> 2: LINKS.prompt_ids; 2 -> 3: LINKS keys, Feature.prompts/prompt_ids, RActive/REDGE
         self._set_schema_version(SCHEMA_VERSION)
 
@@ -252,7 +256,11 @@ class BoltStore(Store):
         if g.feats:
             tx.run("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) "
                    "ON CREATE SET f.scan = r.scan, f.layer = r.layer, f.`index` = r.`index` "
-                   "SET f.label = coalesce(f.label, r.label)", rows=g.feats).consume()
+                   # an imported label fills an empty one or replaces an automatic one
+                   f"WITH f, r, r.label IS NOT NULL AND {AUTO_MAY_SHOW} AS imported "
+                   "SET f.label = CASE WHEN imported THEN r.label ELSE f.label END, "
+                   f"f.label_source = CASE WHEN imported THEN '{LABEL_IMPORT}' ELSE f.label_source END",
+                   rows=g.feats).consume()
         if g.toks:
             tx.run("UNWIND $rows AS r MERGE (t:Token {key: r.key}) "
                    "ON CREATE SET t.model = r.model, t.token_id = r.token_id "
@@ -360,22 +368,49 @@ class BoltStore(Store):
                           doing="rebuilding the derived layer (run `circuit-atlas store rebuild-links` again once "
                                 "the cause is fixed)")
 
-    def set_feature_labels(self, labels: dict[str, str]) -> None:
-        if labels:
-            self._run("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) SET f.label = r.l",
-                      {"rows": [{"k": k, "l": v} for k, v in labels.items()]})
-            self._touch()
+    def set_feature_labels(self, labels: dict[str, str], source: str = LABEL_USER) -> None:
+        """As EmbeddedStore.set_feature_labels: a user's or imported label; '' clears it."""
+        if source not in (LABEL_USER, LABEL_IMPORT):
+            raise StoreError(f"label source {source!r}: set_feature_labels writes 'user' or 'import' labels "
+                             "(automatic ones come with write_feature_info)")
+        rows = [{"k": k, "l": (v or "").strip()} for k, v in labels.items()]
+        if rows:
+            def work(tx) -> None:
+                tx.run("UNWIND $rows AS r MATCH (f:Feature {key: r.k}) WHERE r.l <> '' SET f.label = r.l, "
+                       "f.label_source = $s", rows=rows, s=source).consume()
+                tx.run(f"UNWIND $rows AS r MATCH (f:Feature {{key: r.k}}) WHERE r.l = '' SET f.label = f.auto_label, "
+                       f"f.label_source = CASE WHEN f.auto_label IS NULL THEN NULL ELSE '{LABEL_AUTO}' END", rows=rows).consume()
+                tx.run("MATCH (m:Meta {key: 'schema'}) SET m.write_token = $t", t=uuid.uuid4().hex).consume()
 
-    def write_feature_info(self, df: pd.DataFrame) -> None:
+            self._transaction(work, doing="saving labels")
+
+    def write_feature_info(self, df: pd.DataFrame) -> list[str]:
+        """As EmbeddedStore.write_feature_info; returns the keys whose user/imported label stays."""
         rows = []
         for r in df.to_dict("records"):
             rows.append({"key": r["key"], "scan": r.get("scan"), "layer": int(r["layer"]), "index": int(r["index"]),
                          "frequency": _nn(r.get("frequency")), "max_activation": _nn(r.get("max_activation")),
-                         "contexts": r.get("contexts"), "logit_effects": r.get("logit_effects")})
-        self._run("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) SET f.scan = r.scan, f.layer = r.layer, "
-                  "f.`index` = r.`index`, f.frequency = r.frequency, f.max_activation = r.max_activation, "
-                  "f.contexts = r.contexts, f.logit_effects = r.logit_effects", {"rows": rows})
-        self._touch()
+                         "contexts": r.get("contexts"), "logit_effects": r.get("logit_effects"),
+                         "auto_label": _s(_nn(r.get("auto_label")))})
+        with_labels = "auto_label" in df.columns
+
+        def work(tx) -> list[str]:
+            tx.run("UNWIND $rows AS r MERGE (f:Feature {key: r.key}) SET f.scan = r.scan, f.layer = r.layer, "
+                   "f.`index` = r.`index`, f.frequency = r.frequency, f.max_activation = r.max_activation, "
+                   "f.contexts = r.contexts, f.logit_effects = r.logit_effects", rows=rows).consume()
+            kept: list[str] = []
+            if with_labels:  # in the same transaction: a failure never leaves half the labels
+                tx.run("UNWIND $rows AS r MATCH (f:Feature {key: r.key}) SET f.auto_label = r.auto_label", rows=rows).consume()
+                tx.run(f"UNWIND $rows AS r MATCH (f:Feature {{key: r.key}}) WHERE {AUTO_MAY_SHOW} "
+                       "SET f.label = r.auto_label, "
+                       f"f.label_source = CASE WHEN r.auto_label IS NULL THEN NULL ELSE '{LABEL_AUTO}' END", rows=rows).consume()
+                kept = [rec["key"] for rec in tx.run("UNWIND $k AS k MATCH (f:Feature {key: k}) WHERE f.label_source IN $s "
+                                                     "RETURN f.key AS key", k=[r["key"] for r in rows],
+                                                     s=[LABEL_USER, LABEL_IMPORT])]
+            tx.run("MATCH (m:Meta {key: 'schema'}) SET m.write_token = $t", t=uuid.uuid4().hex).consume()
+            return sorted(kept)
+
+        return self._transaction(work, doing="writing feature contexts")
 
     def write_supernodes(self, supernodes: list[dict], replace: tuple[str, str] | None = None) -> None:
         """Create or replace supernodes by key, all in one transaction; ``replace=(method, scan)``

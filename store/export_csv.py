@@ -16,7 +16,9 @@ from circuit_atlas.store.base import Store
 NODES = {
     "Feature": ("key", "Feature", {"scan": "string", "layer": "long", "index": "long", "label": "string",
                                    "frequency": "double", "max_activation": "double", "contexts": "string", "logit_effects": "string",
-                                   "prompts": "long", "prompt_ids": "string[]"}),
+                                   "prompts": "long", "prompt_ids": "string[]",
+                                   # where the label came from (user | import | auto) and the automatic label
+                                   "label_source": "string", "auto_label": "string"}),
     "Token": ("key", "Token", {"model": "string", "token_id": "long", "text": "string"}),
     "Prompt": ("id", "Prompt", {"text": "string", "model": "string", "scan": "string", "corpus": "string",
                                 "prompt_group": "string", "expected": "string", "correct": "boolean", "top_token": "string",

@@ -1,6 +1,7 @@
 """Feature: search a feature by key, label, context text or the tokens it fires on; its
 top-activating contexts, activations, logit effects, the prompts where it is active, its
-recurring partners; and an editable label.
+recurring partners; and an editable label (a user's label wins over the automatic one, which
+is shown with the evidence it was read from).
 
 Contexts are shown as escaped HTML, never as Markdown: text from a corpus holds backticks,
 underscores and asterisks that Markdown would turn into code spans and italics, and a token that
@@ -15,12 +16,13 @@ import plotly.express as px
 import streamlit as st
 
 from circuit_atlas.app import data
-from circuit_atlas.app.graph_view import context_html, contexts_html, visible
+from circuit_atlas.app.graph_view import AUTO_MARK, context_html, contexts_html, visible
 
 SEARCH = (  # key or key prefix, label, stored contexts (their text and tokens), case-insensitive
     "MATCH (f:Feature) WHERE f.key = $q OR f.key STARTS WITH $q OR toLower(f.label) CONTAINS $lq "
     "OR toLower(f.contexts) CONTAINS $lq "
-    "RETURN f.key AS key, f.label AS label, f.layer AS layer LIMIT 200"
+    "OR toLower(f.auto_label) CONTAINS $lq "
+    "RETURN f.key AS key, f.label AS label, f.label_source AS label_source, f.layer AS layer LIMIT 200"
 )
 # features active on a stored prompt's token that contains the words (what a researcher means by
 # "the features on ' capital'")
@@ -31,7 +33,8 @@ SEARCH_TOKENS = (
     "RETURN a.feature_key AS key, count(*) AS hits ORDER BY hits DESC, key LIMIT 200"
 )
 INFO = (
-    "MATCH (f:Feature) WHERE f.key = $key RETURN f.key AS key, f.label AS label, f.layer AS layer, "
+    "MATCH (f:Feature) WHERE f.key = $key RETURN f.key AS key, f.label AS label, f.label_source AS label_source, "
+    "f.auto_label AS auto_label, f.layer AS layer, "
     "f.`index` AS idx, f.scan AS scan, f.frequency AS frequency, f.max_activation AS max_activation, "
     "f.contexts AS contexts, f.logit_effects AS logit_effects"
 )
@@ -94,7 +97,7 @@ def _pick_key() -> str | None:
             st.info("No active features in the store.")
             return None
         options = hubs["key"].tolist()
-        labels = dict(zip(hubs["key"], hubs["label"]))
+        labels = _shown_labels(hubs)
     else:
         found = _search(q.strip())
         if found.empty:
@@ -102,9 +105,60 @@ def _pick_key() -> str | None:
             return None
         exact = found[found["key"] == q.strip()]
         options = exact["key"].tolist() + [k for k in found["key"] if k != q.strip()]
-        labels = dict(zip(found["key"], found["label"]))
+        labels = _shown_labels(found)
     return st.selectbox("Feature", options, key=f"ft_pick_{q.strip()}",
                         format_func=lambda k: f"{k} — {labels.get(k)}" if isinstance(labels.get(k), str) and labels.get(k) else k)
+
+
+def _shown_labels(df: pd.DataFrame) -> dict[str, str]:
+    """Key -> the label as the picker shows it: an automatic one marked as such."""
+    src = df["label_source"] if "label_source" in df.columns else pd.Series([None] * len(df), index=df.index)
+    return {k: visible(lab) + (AUTO_MARK if s == "auto" else "") for k, lab, s in zip(df["key"], df["label"], src)
+            if isinstance(lab, str) and lab}
+
+
+SOURCE_NAMES = {"user": "yours (saved here)", "import": "imported (e.g. a Neuronpedia explanation)",
+                "auto": "automatic, from this feature's evidence"}
+
+
+def _label_panel(key: str, info: dict) -> None:
+    """The shown label and where it came from; the automatic label and why it reads so; the form
+    that sets the user's label (empty: back to the automatic one)."""
+    from circuit_atlas.ingest.autolabel import auto_label
+
+    label, source, auto = info.get("label"), info.get("label_source"), info.get("auto_label")
+    if label:
+        st.caption(f"label: {visible(label)} — {SOURCE_NAMES.get(source, 'origin unknown')}")
+    else:
+        st.caption("label: (none)" + ("" if auto else " — no automatic label: run `circuit-atlas features` "
+                                                           "to compute contexts and labels"))
+    if auto:
+        try:
+            ctx = json.loads(info.get("contexts") or "[]")
+            eff = json.loads(info.get("logit_effects") or "{}")
+        except json.JSONDecodeError:
+            ctx, eff = [], {}
+        again = auto_label(ctx, eff)  # the rule is deterministic: the stored evidence says why
+        why = again.why if again.text == auto else "computed by another version of the rule: rerun `circuit-atlas features`"
+        st.caption(f"automatic label: {visible(auto)} ({why})" if source != "auto" else f"why: {why}")
+    user_value = str(label) if label and source in ("user", "import") else ""
+    with st.form("ft_label_form"):
+        new_label = st.text_input("Label", value=user_value, key=f"ft_label_{key}",
+                                  placeholder=f"automatic: {visible(auto)}" if auto else "a name for this feature",
+                                  help="Your label is shown everywhere instead of the automatic one, and no recompute "
+                                       "replaces it. Save an empty label to go back to the automatic one.")
+        saved = st.form_submit_button("Save label")
+    if saved:
+        try:
+            data.save_label(key, new_label.strip())
+        except data.StoreError as exc:
+            st.error(f"Could not save the label: {exc}")
+        else:
+            st.session_state["ft_flash"] = (f"Label of {key} saved: '{new_label.strip()}'" if new_label.strip()
+                                            else f"Label of {key} cleared" + (": the automatic label shows" if auto else ""))
+            st.rerun()
+    if st.session_state.get("ft_flash"):
+        st.success(st.session_state.pop("ft_flash"))
 
 
 def _search(q: str) -> pd.DataFrame:
@@ -117,7 +171,7 @@ def _search(q: str) -> pd.DataFrame:
         extra = [k for k in on_tokens["key"] if k not in set(found["key"])]
         if extra:
             info = data.read("MATCH (f:Feature) WHERE f.key IN $keys RETURN f.key AS key, f.label AS label, "
-                             "f.layer AS layer", {"keys": extra})
+                             "f.label_source AS label_source, f.layer AS layer", {"keys": extra})
             order = {k: i for i, k in enumerate(extra)}  # most occurrences first
             found = pd.concat([found, info.sort_values("key", key=lambda c: c.map(order))], ignore_index=True)
     return found
@@ -133,21 +187,7 @@ def main() -> None:
     info = info_df.iloc[0].to_dict() if len(info_df) else {"key": key}
     info = {k: (None if not isinstance(v, (str, list)) and pd.isna(v) else v) for k, v in info.items()}
     st.header(f"{key}")
-    st.caption(f"label: {info.get('label') or '(none)'}")
-
-    with st.form("ft_label_form"):
-        new_label = st.text_input("Label", value=str(info.get("label") or ""), key=f"ft_label_{key}")
-        saved = st.form_submit_button("Save label")
-    if saved:
-        try:
-            data.save_label(key, new_label.strip())
-        except data.StoreError as exc:
-            st.error(f"Could not save the label: {exc}")
-        else:
-            st.session_state["ft_flash"] = f"Label of {key} saved: '{new_label.strip()}'"
-            st.rerun()
-    if st.session_state.get("ft_flash"):
-        st.success(st.session_state.pop("ft_flash"))
+    _label_panel(key, info)
 
     try:
         profile = data.query("feature_profile", {"key": key, "min_prompts": 1, "limit": 25})
@@ -184,7 +224,8 @@ def main() -> None:
 
     a, b = st.columns(2)
     for col, section, title in ((a, "upstream", "Recurring upstream partners"), (b, "downstream", "Recurring downstream partners")):
-        part = profile[profile["section"] == section][["key", "label", "prompts", "weight"]].copy()
+        cols = ["key", "label"] + (["label_source"] if "label_source" in profile.columns else []) + ["prompts", "weight"]
+        part = profile[profile["section"] == section][cols].copy()
         with col:
             st.subheader(title)
             if part.empty:

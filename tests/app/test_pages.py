@@ -466,3 +466,72 @@ def test_prompt_graph_head_loadings_still_split_an_edge_of_the_card(store_url, p
     caption = next(c.value for c in at.caption if c.value.startswith("Parts sum to"))
     parts, recomputed = (float(x) for x in re.findall(r"Parts sum to ([-+\d.e]+); the edge recomputed ([-+\d.e]+)", caption)[0])
     assert abs(parts - recomputed) <= 1e-4 * max(1.0, abs(recomputed))
+
+
+def _auto_labelled(url: str, name: str, auto: str, contexts: list[dict], effects: dict) -> str:
+    """Store evidence and an automatic label for a planted feature, as `circuit-atlas features` does."""
+    import json
+
+    from circuit_atlas.store import open_store
+
+    key = P.key(name)
+    layer, index = int(key.split(":")[1]), int(key.split(":")[2])
+    with open_store(url) as s:
+        s.write_feature_info(pd.DataFrame([{"key": key, "scan": P.SCAN, "layer": layer, "index": index, "frequency": 0.1,
+                                            "max_activation": 2.0, "contexts": json.dumps(contexts),
+                                            "logit_effects": json.dumps(effects), "auto_label": auto}]))
+    return key
+
+
+def _evidence() -> tuple[str, list[dict], dict]:
+    """Contexts and logit effects, and the label the rule reads from them."""
+    from circuit_atlas.ingest.autolabel import auto_label
+
+    contexts = [{"activation": 2.0 - i / 10, "left": "the capital of ", "token": t, "right": " is", "prev": " of"}
+                for i, t in enumerate([" France", " France", " Italy", " France", " Spain", " Italy"])]
+    effects = {"promoted": [[" Paris", 9.0], [" Rome", 8.5], [" the", 1.0]], "suppressed": [], "std": 1.0, "vocab": 1000}
+    return auto_label(contexts, effects).text, contexts, effects
+
+
+def test_automatic_labels_are_marked_on_the_prompt_graph_and_in_query_results(writable_store_url, planted):
+    label, contexts, effects = _evidence()
+    assert label == "France, Italy, Spain → Paris, Rome"
+    key = _auto_labelled(writable_store_url, "B", label, contexts, effects)
+    at = page("prompt_graph")
+    at.query_params["prompt"] = planted.gid("cap0")
+    ok(at.run())
+    texts = [x for t in _chart(at)["data"] if t.get("text") for x in t["text"]]
+    assert f"<i>{label[:17]}…</i>" in texts, [t for t in texts if "<i>" in t]  # italic on the drawing (cut to the drawing's 18 characters)
+    options = at.multiselect(key="pg_inspect").options
+    assert any(o.startswith(label + " (auto)  (L1 @4") for o in options), options
+    from circuit_atlas.app import data
+
+    frame = data.query("prompt_subgraph", {"prompt_id": planted.gid("cap0")})
+    row = frame[frame["feature_key"] == key].iloc[0]
+    assert (row["label"], row["label_source"]) == (label, "auto")
+    assert frame.loc[frame["kind"] == "embedding", "label_source"].isna().all()  # a token is no feature label
+    edges = data.query("recurring_edges", {"min_prompts": 2, "limit": 50})
+    hit = edges[edges["source_key"] == key]
+    assert len(hit) and set(hit["source_label_source"]) == {"auto"}
+
+
+def test_feature_page_shows_the_automatic_label_and_a_users_label_wins(writable_store_url, planted):
+    label, contexts, effects = _evidence()
+    key = _auto_labelled(writable_store_url, "C", label, contexts, effects)
+    at = page("feature")
+    at.query_params["key"] = key
+    ok(at.run())
+    captions = [c.value for c in at.caption]
+    assert f"label: {label} — automatic, from this feature's evidence" in captions
+    assert any(c.startswith("why: fires on 100% of contexts shown, top logit z=") for c in captions), captions
+    box = at.text_input(key=f"ft_label_{key}")
+    assert box.value == "" and box.placeholder == f"automatic: {label}"  # saving as-is never freezes the automatic one
+    box.input("says Paris")
+    ok(at.button[0].click().run())
+    captions = [c.value for c in at.caption]
+    assert "label: says Paris — yours (saved here)" in captions
+    assert any(c.startswith(f"automatic label: {label} (fires on") for c in captions), captions
+    at.text_input(key=f"ft_label_{key}").input("")
+    ok(at.button[0].click().run())
+    assert any(f"Label of {key} cleared: the automatic label shows" in s.value for s in at.success)
+    assert f"label: {label} — automatic, from this feature's evidence" in [c.value for c in at.caption]

@@ -115,3 +115,5 @@ def test_features_command(tmp_path, tiny):
         feats = _features(s)
     assert feats and all(1 <= len(json.loads(f.ctx)) <= 3 for f in feats.values())
     assert "features stored" in r.stdout
+    # the automatic labels are said: every stored feature has contexts here, so each is labelled
+    assert f"automatic labels: {len(feats)} labelled (" in r.stderr and "0 kept" in r.stderr
