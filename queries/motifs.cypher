@@ -13,13 +13,17 @@
 //   once (a_key < b_key for fan-in, b_key < c_key for fan-out).
 //   rank=specificity (the default) scores the `candidates` most recurring motifs of each kind
 //   (exact counts, found by the cut-offs above) by prompts x ln(N / graphs of the motif's most
-//   common feature) and returns the best `limit`; raise `candidates` to reach rarer motifs.
-//   rank=prompts orders by the raw count. See docs/concepts/specificity.md.
+//   common feature) and returns the best `limit`; raise `candidates` to reach rarer motifs. The
+//   candidates leave out motifs through hubs (features active in more than max_share of their
+//   scan's graphs), so hub motifs cannot crowd the specific ones out; hub motifs that reach the
+//   cut-off are still returned and scored. rank=prompts orders by the raw count. See
+//   docs/concepts/specificity.md.
 // params:
 //   kind: {type: str, default: "", help: "'feed_forward', 'fan_in', 'fan_out' ('' = all)"}
 //   min_prompts: {type: int, default: 2, min: 2, help: "least prompts a motif must appear in"}
 //   rank: {type: str, default: specificity, help: "order rows by 'specificity' (count x idf of the most common feature) or by raw 'prompts'"}
 //   candidates: {type: int, default: 1000, min: 1, help: "with rank=specificity: how many of the most recurring motifs of each kind are scored (at least limit)"}
+//   max_share: {type: float, default: 0.5, help: "with rank=specificity: motifs through a feature active in more than this share of its scan's graphs (a hub) are not among the candidates, though still returned when they reach the cut-off"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   motif: feed_forward (a->b->c, a->c) | fan_in (a->c, b->c) | fan_out (a->b, a->c)
@@ -39,14 +43,22 @@
 //   - circuit-atlas query motifs --param kind=feed_forward --param min_prompts=5
 //   - circuit-atlas query motifs --param rank=prompts
 // @part let_cap
-RETURN CASE WHEN $rank = 'prompts' OR $limit > $candidates THEN $limit + 0 * $candidates ELSE $candidates + 0 * $limit END AS cap  // the sums type both branches alike (LadybugDB)
+RETURN CASE WHEN $rank = 'prompts' OR $limit > $candidates THEN $limit + 0 * $candidates ELSE $candidates + 0 * $limit END AS cap,  // the sums type both branches alike (LadybugDB)
+       CASE WHEN $rank = 'prompts' THEN $limit + 0 * 1000000000 ELSE 1000000000 + 0 * $limit END AS out_cap
+// @part let_hubs
+MATCH (p:Prompt)
+WITH p.scan AS scan, count(*) AS n
+MATCH (f:Feature)
+WHERE f.prompts >= 2 AND $rank = 'specificity' AND f.scan = scan AND f.prompts > $max_share * n
+WITH collect(f.key) AS hubs
+RETURN CASE WHEN size(hubs) = 0 THEN [''] ELSE hubs END AS hub_keys
 // @part let_c_ff when kind in ,feed_forward
 MATCH (fa:Feature)-[l1:LINKS]->(fb:Feature)
-WHERE l1.prompts >= $min_prompts
+WHERE l1.prompts >= $min_prompts AND NOT l1.source_key IN $hub_keys AND NOT l1.target_key IN $hub_keys
 WITH fb, l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $cap
 MATCH (fb)-[l2:LINKS]->(:Feature)
-WHERE l2.prompts >= $min_prompts
+WHERE l2.prompts >= $min_prompts AND NOT l2.source_key IN $hub_keys AND NOT l2.target_key IN $hub_keys
 WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
 MATCH ()-[l3:LINKS]->()
 WHERE l3.source_key = ka AND l3.target_key = kc AND l3.prompts >= $min_prompts
@@ -81,11 +93,11 @@ RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_ff_a, CASE WHEN size(b) =
        CASE WHEN size(c) = 0 THEN [''] ELSE c END AS m_ff_c
 // @part let_c_fi when kind in ,fan_in
 MATCH ()-[l1:LINKS]->()
-WHERE l1.prompts >= $min_prompts
+WHERE l1.prompts >= $min_prompts AND NOT l1.source_key IN $hub_keys AND NOT l1.target_key IN $hub_keys
 WITH l1.source_key AS ka, l1.target_key AS kc, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $cap
 MATCH ()-[l2:LINKS]->()
-WHERE l2.target_key = kc AND l2.source_key > ka AND l2.prompts >= $min_prompts
+WHERE l2.target_key = kc AND l2.source_key > ka AND l2.prompts >= $min_prompts AND NOT l2.source_key IN $hub_keys AND NOT l2.target_key IN $hub_keys
 WITH ka, l2.source_key AS kb, kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
 WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
@@ -114,11 +126,11 @@ RETURN CASE WHEN size(a) = 0 THEN [''] ELSE a END AS m_fi_a, CASE WHEN size(b) =
        CASE WHEN size(c) = 0 THEN [''] ELSE c END AS m_fi_c
 // @part let_c_fo when kind in ,fan_out
 MATCH ()-[l1:LINKS]->()
-WHERE l1.prompts >= $min_prompts
+WHERE l1.prompts >= $min_prompts AND NOT l1.source_key IN $hub_keys AND NOT l1.target_key IN $hub_keys
 WITH l1.source_key AS ka, l1.target_key AS kb, l1.prompts AS bound
 ORDER BY bound DESC LIMIT $cap
 MATCH ()-[l2:LINKS]->()
-WHERE l2.source_key = ka AND l2.target_key > kb AND l2.prompts >= $min_prompts
+WHERE l2.source_key = ka AND l2.target_key > kb AND l2.prompts >= $min_prompts AND NOT l2.source_key IN $hub_keys AND NOT l2.target_key IN $hub_keys
 WITH ka, kb, l2.target_key AS kc, CASE WHEN l2.prompts < bound THEN l2.prompts ELSE bound END AS bound
 WITH ka, kb, kc, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
@@ -151,7 +163,7 @@ WHERE x.feature_key IN $m_ff_a AND y.feature_key IN $m_ff_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_feed_forward
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $out_cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})
@@ -166,7 +178,7 @@ WHERE x.feature_key IN $m_fi_a AND y.feature_key IN $m_fi_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_in
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $out_cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})
@@ -181,7 +193,7 @@ WHERE x.feature_key IN $m_fo_a AND y.feature_key IN $m_fo_b AND z.feature_key IN
 WITH DISTINCT x.feature_key AS ka, y.feature_key AS kb, z.feature_key AS kc, x.prompt_id AS pid
 WITH ka, kb, kc, count(*) AS prompts, collect(pid) AS prompt_ids
 WHERE prompts >= $cut_fan_out
-WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $cap
+WITH ka, kb, kc, prompts, prompt_ids ORDER BY prompts DESC, ka, kb, kc LIMIT $out_cap
 MATCH (fa:Feature {key: ka})
 WITH fa, kb, kc, prompts, prompt_ids
 MATCH (fb:Feature {key: kb})

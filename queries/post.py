@@ -147,7 +147,7 @@ def recurring_paths(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         raise QueryError(f"query 'recurring_paths': parameter 'hops' must be 2, 3 or 0 (both), not {params['hops']}")
     if params["answer"] not in ("expected", "any"):
         raise QueryError(f"query 'recurring_paths': parameter 'answer' must be expected or any, not {params['answer']!r}")
-    spec.check_rank("recurring_paths", params["rank"])
+    spec.check_rank("recurring_paths", params["rank"], params["max_share"])
     df = _stacked([f for k, f in frames.items() if k in ("main", "three")])
     if df.empty:
         return _empty(["hops"])
@@ -408,7 +408,7 @@ def motifs(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     df = _stacked([f for k, f in frames.items() if k != "graphs"])
     if df.empty:
         return _empty(["motif"])
-    spec.check_rank("motifs", params["rank"])
+    spec.check_rank("motifs", params["rank"], params["max_share"])
     df = _num(df, ["prompts"], "int")
     df = df[df["prompts"] >= params["min_prompts"]].copy()
     df["prompt_ids"] = df["prompt_ids"].map(_ids)

@@ -21,8 +21,10 @@
 //   rank=specificity (the default) scores the `candidates` most recurring paths (exact counts,
 //   found by the cut-offs above) by prompts x ln(N / graphs of the path's most common part: a
 //   feature, or with answer=any the output token) and returns the best `limit` of them; raise
-//   `candidates` to reach rarer paths. rank=prompts ranks by the raw count. See
-//   docs/concepts/specificity.md.
+//   `candidates` to reach rarer paths. The candidates leave out paths through hubs (features
+//   active in more than max_share of their scan's graphs: they score at most prompts x ln 2), so
+//   hub paths cannot crowd the specific ones out; hub paths that reach the cut-off are still
+//   returned and scored. rank=prompts ranks by the raw count. See docs/concepts/specificity.md.
 // description: 2- and 3-hop paths feature -> feature (-> feature) -> logit token recurring across prompts.
 // params:
 //   token: {type: str, default: "", help: "only paths ending at this output token text ('' = any)"}
@@ -32,6 +34,7 @@
 //   answer: {type: str, default: expected, help: "'expected': only paths into each prompt's answer (expected token, else its top token); 'any': every logit"}
 //   rank: {type: str, default: specificity, help: "order rows by 'specificity' (count x idf of the most common part) or by raw 'prompts'"}
 //   candidates: {type: int, default: 1000, min: 1, help: "with rank=specificity: how many of the most recurring paths are scored (at least limit)"}
+//   max_share: {type: float, default: 0.5, help: "with rank=specificity: paths through a feature active in more than this share of its scan's graphs (a hub) are not among the candidates, though still returned when they reach the cut-off"}
 //   limit: {type: int, default: 100, help: "most rows returned"}
 // columns:
 //   hops: edges on the path (2 or 3)
@@ -54,7 +57,15 @@
 //   - circuit-atlas query recurring_paths --param token=" Paris" --param min_prompts=3
 //   - circuit-atlas query recurring_paths --param answer=any --param rank=prompts
 // @part let_cap
-RETURN CASE WHEN $rank = 'prompts' OR $limit > $candidates THEN $limit + 0 * $candidates ELSE $candidates + 0 * $limit END AS cap  // the sums type both branches alike (LadybugDB)
+RETURN CASE WHEN $rank = 'prompts' OR $limit > $candidates THEN $limit + 0 * $candidates ELSE $candidates + 0 * $limit END AS cap,  // the sums type both branches alike (LadybugDB)
+       CASE WHEN $rank = 'prompts' THEN $limit + 0 * 1000000000 ELSE 1000000000 + 0 * $limit END AS out_cap
+// @part let_hubs
+MATCH (p:Prompt)
+WITH p.scan AS scan, count(*) AS n
+MATCH (f:Feature)
+WHERE f.prompts >= 2 AND $rank = 'specificity' AND f.scan = scan AND f.prompts > $max_share * n
+WITH collect(f.key) AS hubs
+RETURN CASE WHEN size(hubs) = 0 THEN [''] ELSE hubs END AS hub_keys
 // @part let_answers
 MATCH (p:Prompt)-[:HAS]->(t:Logit)
 WHERE $answer <> 'any' AND t.token = CASE WHEN p.expected IS NULL OR p.expected = '' THEN p.top_token ELSE p.expected END
@@ -62,12 +73,12 @@ WITH collect(t.id) AS ids
 RETURN CASE WHEN size(ids) = 0 THEN [''] ELSE ids END AS answer_ids
 // @part let_c2 when hops in 0,2
 MATCH (d:RActive)-[e:REDGE]->(t:Logit)
-WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token) AND ($answer = 'any' OR t.id IN $answer_ids)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token) AND ($answer = 'any' OR t.id IN $answer_ids) AND NOT d.feature_key IN $hub_keys
 WITH d.feature_key AS kl, CASE WHEN $answer = 'any' THEN t.token ELSE '' END AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
 WITH kl, token, feeds ORDER BY feeds DESC LIMIT $cap
 MATCH ()-[l:LINKS]->()
-WHERE l.target_key = kl AND l.prompts >= $min_prompts
+WHERE l.target_key = kl AND l.prompts >= $min_prompts AND NOT l.source_key IN $hub_keys
 WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
 WITH kf, kl, token, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
@@ -98,12 +109,12 @@ RETURN CASE WHEN size(m2_k1) = 0 THEN [''] ELSE m2_k1 END AS m2_k1, CASE WHEN si
 RETURN $cap * 10 AS probe
 // @part let_t3 when hops in 0,3
 MATCH (d:RActive)-[e:REDGE]->(t:Logit)
-WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token) AND ($answer = 'any' OR t.id IN $answer_ids)
+WHERE abs(e.weight) >= $min_weight AND ($token = '' OR t.token = $token) AND ($answer = 'any' OR t.id IN $answer_ids) AND NOT d.feature_key IN $hub_keys
 WITH d.feature_key AS kl, CASE WHEN $answer = 'any' THEN t.token ELSE '' END AS token, count(DISTINCT t.prompt_id) AS feeds
 WHERE feeds >= $min_prompts
 WITH kl, token, feeds ORDER BY feeds DESC LIMIT $probe
 MATCH ()-[l:LINKS]->()
-WHERE l.target_key = kl AND l.prompts >= $min_prompts
+WHERE l.target_key = kl AND l.prompts >= $min_prompts AND NOT l.source_key IN $hub_keys
 WITH l.source_key AS kf, kl, token, CASE WHEN l.prompts < feeds THEN l.prompts ELSE feeds END AS bound
 WITH kf, kl, token, bound ORDER BY bound DESC LIMIT $probe
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
@@ -118,7 +129,7 @@ WITH a.feature_key AS k2, b.feature_key AS k3, CASE WHEN $answer = 'any' THEN t.
 WHERE n2 >= $min_prompts
 WITH k2, k3, token, n2 ORDER BY n2 DESC LIMIT $probe
 MATCH ()-[l:LINKS]->()
-WHERE l.target_key = k2 AND l.prompts >= $min_prompts
+WHERE l.target_key = k2 AND l.prompts >= $min_prompts AND NOT l.source_key IN $hub_keys
 WITH l.source_key AS k1, k2, k3, token, CASE WHEN l.prompts < n2 THEN l.prompts ELSE n2 END AS bound
 WITH k1, k2, k3, token, bound ORDER BY bound DESC LIMIT $cap
 UNWIND [1] AS keep_order  // LadybugDB 0.22 drops an ORDER BY ... LIMIT that feeds an aggregation directly
@@ -166,7 +177,7 @@ WHERE (CASE WHEN $answer = 'any' THEN t.token ELSE '' END) IN $m2_tok AND ($toke
 WITH a.feature_key AS k1, b.feature_key AS k2, CASE WHEN $answer = 'any' THEN t.token ELSE '' END AS token, t.prompt_id AS pid, t.token AS answer, sum(e1.weight * e2.weight) AS s, count(*) AS n
 WITH k1, k2, token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids, collect(answer) AS answers
 WHERE prompts >= $cut2
-WITH k1, k2, token, prompts, mean_path_weight, prompt_ids, answers ORDER BY prompts DESC, k1, k2, token LIMIT $cap
+WITH k1, k2, token, prompts, mean_path_weight, prompt_ids, answers ORDER BY prompts DESC, k1, k2, token LIMIT $out_cap
 MATCH (f1:Feature {key: k1})
 WITH f1, k2, token, prompts, mean_path_weight, prompt_ids, answers
 MATCH (f2:Feature {key: k2})
@@ -183,7 +194,7 @@ WITH a.feature_key AS k1, b.feature_key AS k2, c.feature_key AS k3, CASE WHEN $a
      sum(e1.weight * e2.weight * e3.weight) AS s, count(*) AS n
 WITH k1, k2, k3, token, count(*) AS prompts, sum(s) / sum(n) AS mean_path_weight, collect(pid) AS prompt_ids, collect(answer) AS answers
 WHERE prompts >= $cut3
-WITH k1, k2, k3, token, prompts, mean_path_weight, prompt_ids, answers ORDER BY prompts DESC, k1, k2, k3, token LIMIT $cap
+WITH k1, k2, k3, token, prompts, mean_path_weight, prompt_ids, answers ORDER BY prompts DESC, k1, k2, k3, token LIMIT $out_cap
 MATCH (f1:Feature {key: k1})
 WITH f1, k2, k3, token, prompts, mean_path_weight, prompt_ids, answers
 MATCH (f2:Feature {key: k2})

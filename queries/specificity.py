@@ -88,11 +88,13 @@ def score_rows(df: pd.DataFrame, features: Iterable[tuple[str, str]], tokens: It
     return out
 
 
-def check_rank(query: str, rank: str) -> None:
-    if rank not in RANKS:
-        from circuit_atlas.queries.runner import QueryError
+def check_rank(query: str, rank: str, max_share: float | None = None) -> None:
+    from circuit_atlas.queries.runner import QueryError
 
+    if rank not in RANKS:
         raise QueryError(f"query '{query}': parameter 'rank' must be specificity or prompts, not {rank!r}")
+    if max_share is not None and not 0 < max_share <= 1:
+        raise QueryError(f"query '{query}': parameter 'max_share' must lie in (0, 1], not {max_share}")
 
 
 def order(rank: str) -> list[str]:

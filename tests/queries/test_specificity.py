@@ -175,3 +175,18 @@ CALLS = [
 def test_same_rows_on_both_backends(name, params, hub_embedded_store, hub_bolt_store):
     a, b = run_query(hub_embedded_store, name, params), run_query(hub_bolt_store, name, params)
     assert list(a.columns) == list(b.columns) and _normal(a) == _normal(b)
+
+
+@pytest.mark.parametrize("name,keys,extra", [("recurring_paths", ["f1_key", "f2_key", "f3_key"], {"hops": 2}),
+                                            ("motifs", ["a_key", "b_key", "c_key"], {})])
+def test_hubs_cannot_crowd_the_candidates_out(hub_store, name, keys, extra):
+    """With a candidate pool of one, the most recurring row is a hub row (all 24 graphs); the pool
+    leaves hubs out (max_share), so the specific row is found; without that (max_share=1) only the
+    hub row reaches the cut-off."""
+    top = run_query(hub_store, name, {"candidates": 1, "limit": 1, **extra})
+    assert set(top[keys].iloc[0]) - {""} <= CAPITAL | OPPOSITE | {hub_key(THE)} and top["specificity"].iloc[0] > 0
+    crowded = run_query(hub_store, name, {"candidates": 1, "limit": 1, "max_share": 1.0, **extra})
+    if name == "recurring_paths":  # the BOS hub path reaches every prompt's answer
+        assert set(crowded[keys].iloc[0]) & HUBS and crowded["specificity"].iloc[0] == 0
+    with pytest.raises(QueryError, match="'max_share' must"):
+        run_query(hub_store, name, {"max_share": 0})
