@@ -71,6 +71,8 @@ class ImportSummary:
     supernodes_restored: int = 0
     failures_path: str | None = None
     seconds: float = 0.0
+    read_seconds: float = 0.0  # of which reading and converting the files
+    store_seconds: float = 0.0  # of which the store's write (with its derived-layer update)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -314,7 +316,9 @@ def import_path(
             summary.sources[graph.graph_id] = str(src.path)
             origin[str(item) if not isinstance(item, gf.GraphTables) else item.source] = str(src.path)
             items.append(item)
+        summary.read_seconds = time.perf_counter() - t0
         report = store.write_graphs(items, progress=progress)
+        summary.store_seconds = report.seconds
         for d, reason in getattr(report, "failed", []) or []:
             summary.failed.append((origin.get(str(d), str(d)), str(reason)))
         summary.written, summary.skipped = list(report.written), summary.skipped + list(report.skipped)

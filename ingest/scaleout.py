@@ -71,15 +71,40 @@ class Attributor(Protocol):
     def close(self) -> None: ...
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def in_process_threads() -> int:
+    """Torch intra-op threads for attributing in the driver: its cores less one, which the store
+    loader thread (a COPY per batch, beside the attribution) and the driver's own work need.
+    With as many threads as cores, every parallel op waits at its barrier for a thread the
+    loader or another process has descheduled: on 2 shared cores a tiny model's prompt took
+    34 s with 2 threads and 4 s with 1 (bench/ingest_pipeline.py, docs/benchmarks/pipeline.md)."""
+    return max(1, usable_cpus() - 1)
+
+
 class InProcess:
-    """Attribute in this process with the caller's model."""
+    """Attribute in this process with the caller's model (torch on `in_process_threads()`
+    threads while it runs; the caller's setting is restored after)."""
 
     def __init__(self, lm: Any, tc: Any, settings: AttributionSettings) -> None:
         self.lm, self.tc, self.settings = lm, tc, settings
 
     def map(self, jobs: Iterable[AttributionJob]) -> Iterator[JobResult]:
-        for job in jobs:
-            yield run_job(self.lm, self.tc, job, self.settings)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(in_process_threads())
+        try:
+            for job in jobs:
+                yield run_job(self.lm, self.tc, job, self.settings)
+        finally:
+            torch.set_num_threads(before)
 
     def close(self) -> None:
         pass
@@ -112,7 +137,7 @@ class LocalPool:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, usable_cpus() // workers)
         self.workers = workers
         self.pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_pool_init,

@@ -247,3 +247,30 @@ def test_ray_backend(tmp_path, tiny):
         assert summary.succeeded == 4
         states.append(store_state(url))
     assert_close(states[0], states[1])
+
+
+def test_in_process_attribution_leaves_a_core_to_the_loader_and_restores_threads(tiny):
+    """1-process ingest attributes on one core fewer than the process may use (the loader thread
+    runs beside it; with every core taken, parallel ops stall: docs/benchmarks/pipeline.md) and
+    gives the caller's torch thread count back afterwards."""
+    import torch
+
+    from circuit_atlas.ingest.jobs import AttributionJob
+    from circuit_atlas.ingest.scaleout import InProcess, in_process_threads, usable_cpus
+
+    lm, tc, _, _ = tiny
+    assert in_process_threads() == max(1, usable_cpus() - 1) and usable_cpus() == len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        settings = AttributionSettings(SETTINGS["node_threshold"], SETTINGS["edge_threshold"], None, SETTINGS["batch_size"])
+        ids = lm.tokenize("The cat sat on the")
+        job = AttributionJob(0, 1, None, "The cat sat on the", ids, request_key(lm.model_id, tc.scan, ids, settings))
+        seen = []
+        for result in InProcess(lm, tc, settings).map([job]):
+            seen.append(torch.get_num_threads())
+            assert result.graph is not None
+        assert seen == [in_process_threads()]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
