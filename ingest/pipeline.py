@@ -314,8 +314,10 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
         if progress:  # a line per load: what a killed run had finished is visible in its log
             tqdm.write(f"loaded {len(report.written)} graphs into the store ({loaded['n']} this run)", file=sys.stderr)
 
-    # one rebuild of the derived layer when every batch is in, not one per batch (a full
-    # rebuild after each of n batches grows with the square of the corpus)
+    # the derived layer: updated incrementally in each batch's transaction while the batches stay
+    # within the store's budget (embedded: as many graphs as it held, at least one batch), else
+    # one rebuild when every batch is in, never one per batch (n full rebuilds grow with the
+    # square of the corpus)
     with store.deferred_derived():
         loader = _Loader(store, on_loaded)
         attributor = None
