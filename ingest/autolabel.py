@@ -11,9 +11,10 @@ A label reads ``INPUTS → OUTPUTS``, e.g. ``Texas, Dallas → Austin``:
   consistent instead, the inputs read ``after of, in``; otherwise ``, …`` says there is more.
 - OUTPUTS: the tokens whose logits the feature's direct effect raises most, kept only when they
   stand out of the vocabulary: at least ``z_min`` standard deviations of the feature's
-  de-meaned logit vector above its mean, where ``z_min = sqrt(2 ln V) + 1`` for a vocabulary of
-  V tokens (``sqrt(2 ln V)`` is about the largest of V draws of pure noise, so a random
-  direction rarely passes). Without such tokens the logits are *flat* and no arrow is written.
+  de-meaned logit vector above its mean, where ``z_min = sqrt(2 ln V) + 2`` for a vocabulary of
+  V tokens (``sqrt(2 ln V)`` is about the largest of V draws of pure noise; the margin of 2 is
+  for real unembeddings' heavier tails: 0.3% of random directions pass SmolLM2's, see
+  docs/concepts/labels.md). Without such tokens the logits are *flat* and no arrow is written.
 
 The label is marked ``(weak) `` when the evidence cannot carry it: fewer than ``min_contexts``
 contexts, or diffuse inputs with flat logits. A feature with no context at all gets no label
@@ -44,7 +45,7 @@ class LabelRule:
     max_outputs: int = 3
     min_contexts: int = 5
     min_coverage: float = 0.5
-    z_margin: float = 1.0  # z_min = sqrt(2 ln V) + z_margin
+    z_margin: float = 2.0  # z_min = sqrt(2 ln V) + z_margin
     max_chars: int = 20  # per token shown
 
 
@@ -94,7 +95,7 @@ def _ranked(pairs: Iterable[tuple[str, float]]) -> list[tuple[str, int, float]]:
     return sorted(((f, count[f], top[f]) for f in count), key=lambda x: (-x[1], -x[2], x[0]))
 
 
-def z_min(vocab_size: int, margin: float = 1.0) -> float:
+def z_min(vocab_size: int, margin: float = LabelRule.z_margin) -> float:
     """How many standard deviations a promoted logit must stand above the mean to count."""
     return math.sqrt(2.0 * math.log(max(int(vocab_size), 2))) + margin
 

@@ -94,8 +94,12 @@ def test_flat_logits_give_no_arrow_and_no_contexts_no_label():
 
 
 def test_z_min_grows_with_the_vocabulary():
-    assert z_min(100) < z_min(VOCAB) and z_min(VOCAB) == pytest.approx(math.sqrt(2 * math.log(VOCAB)) + 1)
-    assert LabelRule().max_inputs == 3
+    assert z_min(100) < z_min(VOCAB) and z_min(VOCAB) == pytest.approx(math.sqrt(2 * math.log(VOCAB)) + LabelRule().z_margin)
+    # a looser margin lets a weaker output through
+    ctx = [_ctx(" cat", 1.0)] * 6
+    weaker = _effects((" dog", z_min(VOCAB) - 0.5))
+    assert auto_label(ctx, weaker).text == "cat"
+    assert auto_label(ctx, weaker, LabelRule(z_margin=LabelRule().z_margin - 1)).text == "cat" + ARROW + "dog"
 
 
 # -- on a tiny real model ---------------------------------------------------------------------
