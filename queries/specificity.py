@@ -52,39 +52,48 @@ def token_graphs(frame: pd.DataFrame | None) -> dict[tuple[str, str], int]:
     return {("" if s is None else str(s), str(t)): int(n) for s, t, n in zip(frame["scan"], frame["token"], frame["graphs"])}
 
 
-def _df(value: Any) -> int:
-    """A feature's graph count (Feature.prompts is NULL on a one-off feature: 1)."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        return 1
-    return max(n, 1)
-
-
 def score_rows(df: pd.DataFrame, features: Iterable[tuple[str, str]], tokens: Iterable[str], graphs: Mapping[str, int],
                token_df: Mapping[tuple[str, str], int]) -> pd.DataFrame:
     """Add ``specificity``, ``max_share`` and ``common_member`` to ``df``.
 
-    ``features``: (key column, graph-count column) pairs naming each row's features; ``tokens``:
-    columns holding output tokens that count as parts. Empty keys/tokens are skipped. The scan of
-    a row is its first feature's; N is that scan's graph count."""
-    features, tokens = list(features), list(tokens)
-    spec, share, member = [], [], []
-    for r in df.to_dict("records"):
-        keys = [(str(r[k]), _df(r[c])) for k, c in features if isinstance(r.get(k), str) and r[k]]
-        scan = scan_of(keys[0][0]) if keys else ""
-        n = graphs.get(scan) or sum(graphs.values()) or 1
-        parts = [(k, d) for k, d in keys]
-        parts += [(repr(str(r[t])), token_df.get((scan, str(r[t])), 1)) for t in tokens if isinstance(r.get(t), str) and r[t]]
-        worst, most = max(parts, key=lambda p: p[1]) if parts else ("", 1)
-        s = min(1.0, most / n)
-        share.append(s)
-        member.append(worst)
-        spec.append(float(r["prompts"]) * max(0.0, -math.log(s)) if s > 0 else 0.0)
+    ``features``: (key column, graph-count column) pairs naming each row's features (a NULL
+    count, a one-off feature, counts 1); ``tokens``: columns holding output tokens that count as
+    parts (shown quoted in ``common_member``). Empty keys/tokens are no part. A row's scan is its
+    first feature's; N is that scan's graph count (all graphs when the scan is unknown)."""
     out = df.copy()
-    out["specificity"] = np.asarray(spec, dtype="float64")
-    out["max_share"] = np.asarray(share, dtype="float64")
-    out["common_member"] = pd.Series(member, index=out.index, dtype=object)
+    if out.empty:
+        return out.assign(specificity=pd.Series(dtype="float64"), max_share=pd.Series(dtype="float64"),
+                          common_member=pd.Series(dtype=object))
+    features, tokens = list(features), list(tokens)
+    first = out[features[0][0]].astype(str) if features else pd.Series("", index=out.index)
+    scans = first.map(scan_of)
+    total = sum(graphs.values()) or 1
+    n = scans.map(lambda s: graphs.get(s) or total).astype("float64")
+    counts, names = [], []
+    for key, col in features:
+        present = out[key].astype(object).map(lambda k: isinstance(k, str) and k != "")
+        c = pd.to_numeric(out[col], errors="coerce").fillna(1).clip(lower=1)
+        counts.append(c.where(present, 0.0))
+        names.append(out[key].astype(object).where(present, ""))
+    for col in tokens:
+        tok = out[col].astype(object)
+        present = tok.map(lambda v: isinstance(v, str) and v != "")
+        c = pd.Series([token_df.get((s, str(v)), 1) for s, v in zip(scans, tok)], index=out.index, dtype="float64")
+        counts.append(c.where(present, 0.0))
+        names.append(tok.map(lambda v: repr(str(v))).where(present, ""))
+    if not counts:
+        return out.assign(specificity=0.0, max_share=0.0, common_member="")
+    c = np.column_stack([x.to_numpy(dtype="float64") for x in counts])
+    which = c.argmax(axis=1)  # the most common part (the first listed on a tie)
+    most = c[np.arange(len(c)), which]
+    share = np.minimum(most / n.to_numpy(), 1.0)
+    label = np.column_stack([x.to_numpy(dtype=object) for x in names])[np.arange(len(c)), which]
+    prompts = pd.to_numeric(out["prompts"]).to_numpy(dtype="float64")
+    with np.errstate(divide="ignore"):
+        idf = np.where(share > 0, -np.log(np.where(share > 0, share, 1.0)), 0.0)
+    out["specificity"] = prompts * np.maximum(idf, 0.0)
+    out["max_share"] = share
+    out["common_member"] = pd.Series(label, index=out.index, dtype=object)
     return out
 
 
