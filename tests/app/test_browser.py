@@ -94,6 +94,31 @@ def _no_exception(page, name: str) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: an exception box is shown"
 
 
+def _visit_every_page(page, url: str, prompts: int, prefix: str = "") -> dict[str, dict[str, float]]:
+    """Open every page (a fresh server's first visit, then a reload with the query cache warm),
+    check its key text and that no exception shows, screenshot it; the render times in seconds."""
+    times: dict[str, dict[str, float]] = {}
+    for path, heading, text in PAGES:
+        for run in ("first", "cached"):
+            started = time.monotonic()
+            page.goto(f"{url}/{path}") if run == "first" else page.reload()
+            page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
+            page.get_by_text(text).first.wait_for(timeout=60_000)
+            _settle(page)
+            times.setdefault(path or "overview", {})[f"{run}_s"] = round(time.monotonic() - started - 0.6, 2)  # less _settle's pauses
+        _no_exception(page, path)
+        if path == "":
+            assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == str(prompts)
+        if path == "prompt_graph":
+            assert page.locator(".js-plotly-plot").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / f"{prefix}{path or 'overview'}.png"), full_page=True)
+    return times
+
+
+def _browser(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+
+
 @pytest.mark.browser
 def test_every_page_in_chromium(served_app):
     if CHROMIUM is None:
@@ -101,24 +126,10 @@ def test_every_page_in_chromium(served_app):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = _browser(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            times: dict[str, dict[str, float]] = {}
-            for path, heading, text in PAGES:
-                for run in ("first", "cached"):  # a fresh server's first visit, then a reload (query cache warm)
-                    started = time.monotonic()
-                    page.goto(f"{served_app}/{path}") if run == "first" else page.reload()
-                    page.get_by_role("heading", name=heading).first.wait_for(timeout=30_000)
-                    page.get_by_text(text).first.wait_for(timeout=30_000)
-                    _settle(page)
-                    times.setdefault(path or "overview", {})[f"{run}_s"] = round(time.monotonic() - started - 0.6, 2)  # less _settle's pauses
-                _no_exception(page, path)
-                if path == "":
-                    assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "15"
-                if path == "prompt_graph":
-                    assert page.locator(".js-plotly-plot").count() >= 1
-                page.screenshot(path=str(ARTIFACTS / f"{path or 'overview'}.png"), full_page=True)
+            times = _visit_every_page(page, served_app, 15)
             print(json.dumps({"browser_render_s": times}))  # reported in the README, never asserted
 
             # Click a node of the prompt graph: its inputs and outputs show; pin it, save a supernode.
@@ -168,7 +179,7 @@ def test_console_refuses_a_hidden_file_read_in_chromium(served_app):
         pytest.skip("no chromium on this machine (apt-get install chromium); browser test skipped")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = _browser(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{served_app}/cypher_console")
@@ -210,7 +221,7 @@ def test_prompt_graph_of_50k_edges_in_chromium(tmp_path):
     with open_store(f"embedded:{tmp_path / 'db'}") as store:
         store.write_graphs(dirs)
     with _serve(tmp_path / "db") as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        browser = _browser(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/")  # the server's imports, paid before the measured visits
@@ -228,5 +239,32 @@ def test_prompt_graph_of_50k_edges_in_chromium(tmp_path):
             shown = page.get_by_text("edges shown").first.inner_text()
             print(json.dumps({"browser_prompt_graph_50k_edges_s": times, "shown": shown.split(".")[0]}))
             assert "of 50008 edges" in shown.replace(",", "")
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.demo
+@pytest.mark.timeout(1800)  # the quick demo it runs first takes minutes on 2 cores
+def test_every_page_on_the_demo_store_in_chromium(quick_demo, tmp_path):
+    """Every page over the store the (quick) demo made with the real demo model, not a planted
+    one: real token texts, labels and feature contexts. Prints one JSON line with each page's
+    first and cached render time (reported in the docs, never asserted)."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium); browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from circuit_atlas.store import open_store
+
+    db = tmp_path / "db"  # a private copy: nothing the browser does reaches the demo's store
+    shutil.copytree(quick_demo["root"] / "store", db)
+    with open_store(f"embedded:{db}", read_only=True) as store:
+        prompts = store.stats()["Prompt"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _serve(db) as url, sync_api.sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            times = _visit_every_page(page, url, prompts, prefix="demo-")
+            print(json.dumps({"browser_render_demo_store_s": times, "prompts": prompts}))
         finally:
             browser.close()
