@@ -9,10 +9,12 @@
 //   added since are missed. With min_weight 0 a pair's prompt count is its LINKS count, so only
 //   the pairs that can make the top `limit` are expanded (LINKS prompts >= the limit-th largest,
 //   found first): exact, and fast on dense real graphs and large corpora alike. Ranked by
-//   specificity (rank=specificity, the default: prompts x ln(N / graphs of the edge's most common
-//   feature), see docs/concepts/specificity.md) every pair in >= min_prompts prompts is expanded
-//   and scored, so hub edges (a feature active in every graph) sink to the bottom; rank=prompts
-//   ranks by the raw count as before, with the fast cut-off.
+//   specificity (rank=specificity, the default: prompts x ln(N / graphs of the edge's more common
+//   feature), see docs/concepts/specificity.md) the same holds: with min_weight 0 each LINKS
+//   pair's score is known before expanding it (its prompts, and its features' graph counts), so
+//   only the pairs scoring at least the limit-th best are expanded (the Cypher orders by the same
+//   score in log10, which orders alike); hub edges (a feature active in every graph) score 0 and
+//   sink to the bottom. rank=prompts ranks by the raw count.
 // params:
 //   min_prompts: {type: int, default: 2, min: 2, help: "least number of prompts an edge must appear in"}
 //   min_weight: {type: float, default: 0.0, help: "least |weight| of an edge instance to count"}
@@ -40,14 +42,30 @@
 // examples:
 //   - circuit-atlas query recurring_edges --param min_prompts=5 --param min_weight=0.1
 //   - circuit-atlas query recurring_edges --param rank=prompts
-// @part let_cutoff
+// @part let_cutoff when rank in prompts
 MATCH ()-[l0:LINKS]->()
 WHERE l0.prompts >= $min_prompts AND ($scan = '' OR l0.source_key STARTS WITH ($scan + ':'))
-RETURN CASE WHEN $rank = 'prompts' THEN l0.prompts ELSE $min_prompts END AS cutoff ORDER BY cutoff DESC LIMIT $limit
-// @part let_pairs
+RETURN l0.prompts AS cutoff, -1.0 AS score_cut ORDER BY cutoff DESC LIMIT $limit
+// @part let_score_cut when rank not in prompts
+MATCH (p:Prompt)
+WITH p.scan AS scan, count(*) AS n
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts AND fa.scan = scan AND ($scan = '' OR l.source_key STARTS WITH ($scan + ':'))
+RETURN l.prompts * log10(n * 1.0 / CASE WHEN fa.prompts > fb.prompts THEN fa.prompts ELSE fb.prompts END) AS score_cut, $min_prompts AS cutoff ORDER BY score_cut DESC LIMIT $limit
+// @part let_pairs when rank in prompts
 MATCH ()-[l:LINKS]->()
 WHERE l.prompts >= $min_prompts AND ($min_weight > 0 OR l.prompts >= $cutoff)
   AND ($scan = '' OR l.source_key STARTS WITH ($scan + ':'))
+WITH collect(DISTINCT l.source_key) AS sources, collect(DISTINCT l.target_key) AS targets
+RETURN CASE WHEN size(sources) = 0 THEN [''] ELSE sources END AS sources,
+       CASE WHEN size(targets) = 0 THEN [''] ELSE targets END AS targets
+// @part let_scored_pairs when rank not in prompts
+MATCH (p:Prompt)
+WITH p.scan AS scan, count(*) AS n
+MATCH (fa:Feature)-[l:LINKS]->(fb:Feature)
+WHERE l.prompts >= $min_prompts AND fa.scan = scan AND ($scan = '' OR l.source_key STARTS WITH ($scan + ':'))
+WITH l, l.prompts * log10(n * 1.0 / CASE WHEN fa.prompts > fb.prompts THEN fa.prompts ELSE fb.prompts END) AS score
+WHERE $min_weight > 0 OR score >= $score_cut
 WITH collect(DISTINCT l.source_key) AS sources, collect(DISTINCT l.target_key) AS targets
 RETURN CASE WHEN size(sources) = 0 THEN [''] ELSE sources END AS sources,
        CASE WHEN size(targets) = 0 THEN [''] ELSE targets END AS targets
