@@ -189,7 +189,10 @@ def token_to_logit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
 
 
 def feature_profile(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
-    cols = ["section", "key", "label", "prompt_id", "pos", "token", "activation", "influence", "prompts", "weight"]
+    cols = ["section", "key", "label", "prompt_id", "pos", "token", "activation", "influence", "prompts", "weight", "specificity"]
+    spec.check_rank("feature_profile", params["rank"])
+    graphs, token_df = spec.graphs_per_scan(frames.get("graphs")), spec.token_graphs(frames.get("tokens"))
+    order = spec.order(params["rank"])
     occ = frames["main"].copy()
     rows = []
     if occ.empty:
@@ -224,16 +227,18 @@ def feature_profile(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
         if len(df):
             df = _num(df, ["prompts"], "int")
             df = _num(df, ["weight"])
-            df = _str(df, ["key", "label"])
-            df = df.sort_values(["prompts", "key"], ascending=[False, True]).head(params["limit"]).assign(section=part)
-            rows.append(df)
+            df = _counts(_str(df, ["key", "label"]), ["partner_prompts"])
+            df = spec.score_rows(df, [("key", "partner_prompts")], [], graphs, token_df)
+            df = df.sort_values(order + ["key"], ascending=[False, False, True]).head(params["limit"]).assign(section=part)
+            rows.append(df.drop(columns=["partner_prompts", "max_share", "common_member"]))
     logits = frames["logits"].copy()
     if len(logits):
         logits = _num(logits, ["prompts"], "int")
         logits = logits[logits["prompts"] >= params["min_prompts"]]
         logits = _num(logits, ["weight"])
         logits = _str(logits, ["token"])
-        rows.append(logits.sort_values(["prompts", "token"], ascending=[False, True]).head(params["limit"]).assign(section="logit"))
+        logits = _score_tokens(logits, spec.scan_of(str(params["key"])), graphs, token_df)
+        rows.append(logits.sort_values(order + ["token"], ascending=[False, False, True]).head(params["limit"]).assign(section="logit"))
     out = pd.concat(rows, ignore_index=True)
     for c in cols:
         if c not in out:
@@ -242,6 +247,13 @@ def feature_profile(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:
     out["pos"] = out["pos"].astype("Int64")
     out["prompts"] = out["prompts"].astype("Int64")
     return out[cols]
+
+
+def _score_tokens(logits: pd.DataFrame, scan: str, graphs: dict[str, int], token_df: dict[tuple[str, str], int]) -> pd.DataFrame:
+    """A feature's logit rows scored like any row: prompts x ln(N / graphs with the token among their logits)."""
+    n = graphs.get(scan) or sum(graphs.values()) or 1
+    share = np.minimum(np.array([token_df.get((scan, t), 1) for t in logits["token"]], dtype="float64") / n, 1.0)
+    return logits.assign(specificity=logits["prompts"].to_numpy(dtype="float64") * -np.log(np.where(share > 0, share, 1.0)))
 
 
 def prompts_with_circuit(frames: Frames, params: dict[str, Any]) -> pd.DataFrame:

@@ -190,3 +190,19 @@ def test_hubs_cannot_crowd_the_candidates_out(hub_store, name, keys, extra):
         assert set(crowded[keys].iloc[0]) & HUBS and crowded["specificity"].iloc[0] == 0
     with pytest.raises(QueryError, match="'max_share' must"):
         run_query(hub_store, name, {"max_share": 0})
+
+
+def test_feature_profile_lists_specific_partners_first(hub_store):
+    """CAP_B's upstream partners recur in 10 prompts each; the BOS hub and PRE come last."""
+    df = run_query(hub_store, "feature_profile", {"key": hub_key(CAP_B)})
+    up = df[df.section == "upstream"]
+    assert set(up["prompts"]) == {N_HUB_TASK}
+    assert up["key"].tolist()[-2:] == [hub_key(PRE), hub_key(HUB2)]  # PRE in 20 of 24 graphs, HUB2 in all
+    assert up.set_index("key").loc[hub_key(HUB2), "specificity"] == 0
+    assert up["specificity"].is_monotonic_decreasing
+    raw = run_query(hub_store, "feature_profile", {"key": hub_key(CAP_B), "rank": "prompts"})
+    assert set(raw[raw.section == "upstream"]["key"]) == set(up["key"])
+    logits = run_query(hub_store, "feature_profile", {"key": hub_key(HUB2)})
+    logits = logits[logits.section == "logit"]
+    assert logits["token"].iloc[-1] == " the" and logits["specificity"].iloc[-1] == 0  # among every graph's logits
+    assert df[df.section == "summary"]["specificity"].isna().all()
