@@ -20,7 +20,7 @@ most common part and its share are returned beside the score. See docs/concepts/
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
