@@ -5,7 +5,8 @@ A label reads ``INPUTS → OUTPUTS``, e.g. ``Texas, Dallas → Austin``:
 - INPUTS: the tokens the feature is most active on, one per top-activating context, grouped by
   their visible form (a word's leading space dropped, so ``" Texas"`` and ``"Texas"`` are one;
   whitespace-only tokens spelled with marks: ␣ space, ↵ line break, ⇥ tab), most frequent
-  first, then strongest, then alphabetical (so the label is deterministic). At most
+  first, then strongest, then alphabetical (so the label is deterministic); a token holding a
+  separator (``,`` ``→`` ``"`` ``…``) is quoted (``","``, ``'"'``). At most
   ``max_inputs`` are shown. When the shown tokens cover less than ``min_coverage`` of the
   contexts, the feature fires on many different tokens: if the token *before* the active one is
   consistent instead, the inputs read ``after of, in``; otherwise ``, …`` says there is more.
@@ -77,6 +78,8 @@ def _show(form: str, max_chars: int) -> str:
     if len(form) > max_chars:
         form = form[: max_chars - 1] + MORE
     if any(ch in form for ch in _NEEDS_QUOTES) or form != form.strip():
+        if '"' in form and "'" not in form:
+            return f"'{form}'"  # '"' reads better than "\""
         return json.dumps(form, ensure_ascii=False)
     return form
 

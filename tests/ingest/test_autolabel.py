@@ -64,6 +64,8 @@ def test_whitespace_tokens_are_visible():
     lab = auto_label(ctx, _effects((",", STRONG)))
     assert lab.text == '␣, ↵, ⇥' + ARROW + '","'  # a comma is quoted: it would read as a separator
     assert token_form("  ") == "␣␣" and token_form(" word") == "word" and token_form("a\nb") == "a↵b"
+    quoted = auto_label([_ctx('"', 2.0)] * 4 + [_ctx(',"', 1.0)] * 2, {})
+    assert quoted.text == """'"', ',"'"""  # a double quote inside single ones, never a backslash
 
 
 def test_few_contexts_are_marked_weak():
