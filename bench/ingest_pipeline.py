@@ -65,7 +65,14 @@ def main() -> None:
     settings = AttributionSettings(batch_size=64)
     result: dict = {"model": label, "prompts": a.prompts, "load_batch": a.load_batch}
 
-    # baseline: attribute all, then load all
+    # baseline: attribute all, then load all (torch on the threads the 1-process pipeline uses,
+    # so that the two differ only in how loads and attribution are arranged)
+    import torch
+
+    from circuit_atlas.ingest.scaleout import in_process_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(in_process_threads())
     t = time.perf_counter()
     dirs = []
     for i, line in enumerate(src.read_text().splitlines()):
@@ -80,6 +87,7 @@ def main() -> None:
         s.write_graphs(dirs)
         t_load = time.perf_counter() - t2
     base = time.perf_counter() - t
+    torch.set_num_threads(threads)
     result.update(baseline_s=base, baseline_attribute_s=t_attr, baseline_load_s=t_load,
                   baseline_prompts_per_s=a.prompts / base)
     print(f"baseline: {base:.1f}s (attribute {t_attr:.1f}s + load {t_load:.1f}s)", flush=True)
