@@ -361,6 +361,25 @@ class TranscoderTrainer(nn.Module):
             level = torch.full_like(q, 1.0 if self.cfg.activation == "topk" else 0.0)
         self.b_enc.copy_(level - q)
 
+    @torch.no_grad()
+    def init_skip(self, xs: Tensor, ys: Tensor, ridge: float = 0.05) -> None:
+        """Start W_skip at the ridge least-squares linear map from inputs to targets (normalised).
+
+        The linear part of an MLP is most of what a skip connection can carry; solving for it from
+        the first batches costs one d x d solve per layer and spares the optimizer from learning it
+        from zero, so the features spend the short CPU run on the non-linear rest. The ridge term
+        (a fraction of the mean input variance) keeps the solve stable on a few thousand tokens.
+        """
+        if self.W_skip is None:
+            return
+        xn, yn = self.norm.norm_x(xs).double(), self.norm.norm_y(ys).double()
+        keep = self.norm.inliers(ys).double()[..., None]
+        for l in range(self.n_layers):
+            x, y = xn[l] * keep[l], yn[l] * keep[l]
+            gram = x.T @ x
+            gram += torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) * ridge * gram.diagonal().mean()
+            self.W_skip[l].copy_(torch.linalg.solve(gram, x.T @ y).T.float())
+
     # -- export ------------------------------------------------------------------------------
     @torch.no_grad()
     def folded(self) -> dict[str, list[Tensor]]:
@@ -625,6 +644,7 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
         xs, ys = zip(*(acts(i) for i in range(min(cfg.norm_batches, cfg.total_batches))))
         trainer.norm.estimate(torch.cat(xs, 1), torch.cat(ys, 1), cfg.outlier_factor)
         trainer.init_encoder_bias(torch.cat(xs, 1))
+        trainer.init_skip(torch.cat(xs, 1), torch.cat(ys, 1))
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         (out / METRICS).write_text("")
 
@@ -736,20 +756,37 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return out
 
 
+def _finished_fingerprint(out: Path) -> dict[str, Any] | None:
+    """The settings a finished run in `out` was trained with (its train_config.json), or None."""
+    try:
+        saved = json.loads((out / "train_config.json").read_text())
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in names}).fingerprint()
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def ensure_demo_transcoders(quick: bool = False, *, progress: bool = True) -> Path:
     """The demo model's transcoders, trained once (recipe `demo`, or `demo-quick`) and then reused.
 
     Cached under $CIRCUIT_ATLAS_HOME/transcoders/<recipe>; a finished run has config.yaml, an
-    interrupted one is resumed from its checkpoint.
+    interrupted one is resumed from its checkpoint. A set trained with other settings than the
+    recipe's now (an older recipe) is said and trained again, so the demo always uses the recipe's set.
     """
     recipe = "demo-quick" if quick else "demo"
     out = home() / "transcoders" / recipe
-    if (out / "config.yaml").exists():
-        return out
     settings = load_recipe(recipe)
     settings["out"] = str(out)
     settings["progress"] = progress
     cfg = TrainConfig(**settings)
+    if (out / "config.yaml").exists():
+        if _finished_fingerprint(out) == cfg.fingerprint():
+            return out
+        import shutil
+        import sys
+
+        print(f"{out}: trained with an older '{recipe}' recipe; training it again", file=sys.stderr)
+        shutil.rmtree(out)
     if (out / CHECKPOINT).exists():
         saved = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu").get("config")
         if saved != cfg.fingerprint():  # an interrupted run of an older recipe: start again

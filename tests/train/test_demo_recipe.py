@@ -17,7 +17,9 @@ def test_quick_demo_recipe_trains_once_and_is_reused(tmp_path: Path, monkeypatch
     out = ensure_demo_transcoders(quick=True, progress=False)
     assert out == tmp_path / "transcoders" / "demo-quick" and (out / "config.yaml").exists()
     m = read_metrics(out)
-    assert m[-1]["nmse"] < m[0]["nmse"]
+    # the first batches fit the skip's least-squares start (they score low at once); compare later ones
+    first, last = [r["nmse"] for r in m[4:8]], [r["nmse"] for r in m[-4:]]
+    assert sum(last) < sum(first)
     stamp = (out / "config.yaml").stat().st_mtime_ns
     assert ensure_demo_transcoders(quick=True, progress=False) == out  # cached: nothing trained or written
     assert (out / "config.yaml").stat().st_mtime_ns == stamp and read_metrics(out) == m
