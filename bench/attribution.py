@@ -12,7 +12,16 @@ settings in separate subprocesses, so peak memory (RSS) of each is measured on i
 
 Prints a table and ends with one JSON line holding every figure, including
 ``time_ratio_vs_circuit_tracer`` and ``memory_ratio_vs_circuit_tracer`` per size (ours / theirs;
-below 1 is better). Usage: ``python bench/attribution.py [--sizes tiny,mid,demo] [--repeat 2]``.
+below 1 is better), and ``attribution_memory_ratio_vs_circuit_tracer``: the ratio of
+``attribution_extra_rss_mib``, the peak RSS during the attributions minus the RSS just before
+them. Before that baseline is taken, each side reads its weights once (``page_in``): ours are
+memory-mapped from their safetensors files and would otherwise be paged in by the first
+forward pass and counted as the attribution's memory (``weights_paged_in_mib`` says how much
+that was). Usage: ``python bench/attribution.py [--sizes tiny,mid,demo] [--repeat 2]``.
+
+``--device cuda --dtype bfloat16`` (or float32) runs both sides on a GPU; each side then also
+reports ``cuda_peak_mib``/``cuda_extra_mib`` (torch's peak allocation). CUDA is untested: no
+GPU was available where this was written.
 
 Prompt-length axis: ``--lengths 64,512,2048,4096`` runs the ``long`` preset (a small random
 model, so a 4,096-token graph completes on a laptop CPU) at each length, both sides with the
@@ -68,13 +77,56 @@ def _reset_peak() -> None:
         pass
 
 
-def _memory_report(base_kib: int) -> dict:
+def _memory_report(base_kib: int, device: str = "cpu", cuda_base: int = 0) -> dict:
     peak = _rss_kib("VmHWM")
-    return {
+    out = {
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "attribution_peak_rss_mib": peak / 1024,
         "attribution_extra_rss_mib": max(0, peak - base_kib) / 1024,
     }
+    if device.startswith("cuda"):  # on a GPU the device's memory is the one that runs out
+        import torch
+
+        cuda_peak = torch.cuda.max_memory_allocated()
+        out["cuda_peak_mib"] = cuda_peak / 2**20
+        out["cuda_extra_mib"] = max(0, cuda_peak - cuda_base) / 2**20
+    return out
+
+
+def _cuda_start(device: str) -> int:
+    """On CUDA: reset the device's peak counter; the bytes allocated now (the baseline)."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.memory_allocated())
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def page_in(*modules) -> float:
+    """Read every parameter and buffer of ``modules`` once, so weights that are memory-mapped
+    from their files (our models and transcoders are, through safetensors) are resident before
+    the baseline RSS is taken, as a copied model's are from the start (circuit-tracer's
+    TransformerLens weights). Otherwise the first forward pass's page faults on the weights
+    (561 MiB on the demo model) would count as memory the attribution adds. Returns the MiB
+    this added (the figure is reported as ``weights_paged_in_mib``)."""
+    import torch
+
+    before = _rss_kib("VmRSS")
+    with torch.no_grad():
+        for module in modules:
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.numel():
+                    t.reshape(-1)[:: max(1, 4096 // t.element_size())].sum()  # one read per 4 KiB page
+    return max(0, _rss_kib("VmRSS") - before) / 1024
 
 
 # ----------------------------------------------------------------------------- workers
@@ -86,22 +138,27 @@ def worker_ours(args: argparse.Namespace) -> dict:
     from circuit_atlas.engine.models import load_model
     from circuit_atlas.engine.transcoders import load_transcoders
 
-    lm = load_model(args.model_dir, dtype="float32", device="cpu")
-    tc = load_transcoders(args.tc_dir, device="cpu", dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    lm = load_model(args.model_dir, dtype=args.dtype, device=args.device)
+    tc = load_transcoders(args.tc_dir, device=args.device, dtype=dtype)
     ids = json.loads(args.ids)
+    paged = page_in(lm.model, tc)
     times = []
     base = _rss_kib("VmRSS")
+    cuda_base = _cuda_start(args.device)
     _reset_peak()
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         budget = {"max_memory": args.max_memory} if args.max_memory else {}
         graph = attribute(lm, tc, ids, batch_size=args.batch, max_feature_nodes=args.max_feat, **budget)
+        _sync(args.device)
         times.append(time.perf_counter() - t0)
     nodes = graph.nodes
     return {
         "time_s": min(times),
         "times_s": times,
-        **_memory_report(base),
+        **_memory_report(base, args.device, cuda_base),
+        "weights_paged_in_mib": paged,
         "n_features_visited": int((nodes["type"] == "feature").sum()) if graph.meta["settings"]["pruned"] is False else None,
         "nodes_after_pruning": len(nodes),
         "edges_after_pruning": len(graph.edges),
@@ -109,7 +166,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     }
 
 
-def _tl_config(model_dir: Path, n_ctx: int = 2048):
+def _tl_config(model_dir: Path, n_ctx: int = 2048, device: str = "cpu", dtype: str = "float32"):
     """HookedTransformerConfig for a saved Llama-style model (TransformerLens cannot resolve a
     local directory to an official model name, so the config is built from config.json)."""
     import torch
@@ -140,8 +197,8 @@ def _tl_config(model_dir: Path, n_ctx: int = 2048):
         original_architecture="LlamaForCausalLM",
         tokenizer_prepends_bos=True,
         default_prepend_bos=True,
-        device="cpu",
-        dtype=torch.float32,
+        device=device,
+        dtype=getattr(torch, dtype),
     )
 
 
@@ -172,9 +229,9 @@ def worker_ct(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, tc_dir = Path(args.model_dir), Path(args.tc_dir)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=getattr(torch, args.dtype))
     tok = _ct_tokenizer(model_dir, AutoTokenizer)
-    cfg = _tl_config(model_dir, len(json.loads(args.ids)))
+    cfg = _tl_config(model_dir, len(json.loads(args.ids)), args.device, args.dtype)
     model = TransformerLensReplacementModel(cfg)
     model.load_and_process_state_dict(
         convert_llama_weights(hf, cfg),
@@ -185,30 +242,34 @@ def worker_ct(args: argparse.Namespace) -> dict:
         refactor_factored_attn_matrices=False,
     )
     ids = json.loads(args.ids)
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=args.device)
     with torch.no_grad():
-        diff = float((model(x) - hf(x).logits).abs().max())
+        diff = float((model(x).float().cpu() - hf(x.cpu()).logits.float()).abs().max())
     del hf
     paths = {i: str(tc_dir / f"layer_{i}.safetensors") for i in range(cfg.n_layers)}
     tcs = load_transcoder_set(
         paths, scan="bench", feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
-        device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False, lazy_decoder=False,
+        device=torch.device(args.device), dtype=getattr(torch, args.dtype), lazy_encoder=False, lazy_decoder=False,
     )
     model._configure_replacement_model(tcs)
     model.tokenizer = tok  # set_tokenizer would re-load it by hub name (offline: fails)
+    paged = page_in(model)  # (its weights are copies, resident already: the same treatment as ours)
     times = []
     base = _rss_kib("VmRSS")
+    cuda_base = _cuda_start(args.device)
     _reset_peak()
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         graph = attribute(x[0], model, batch_size=args.batch, max_feature_nodes=args.max_feat)
         result = prune_graph(graph, 0.8, 0.98)
         replacement, completeness = compute_graph_scores(graph)
+        _sync(args.device)
         times.append(time.perf_counter() - t0)
     return {
         "time_s": min(times),
         "times_s": times,
-        **_memory_report(base),
+        **_memory_report(base, args.device, cuda_base),
+        "weights_paged_in_mib": paged,
         "tl_vs_hf_max_logit_diff": diff,
         "nodes_after_pruning": int(result.node_mask.sum()),
         "edges_after_pruning": int(result.edge_mask.sum()),
@@ -273,7 +334,7 @@ def run_worker(python: str, which: str, model_dir: Path, tc_dir: Path, ids: list
     cmd = [
         python, __file__, "--worker", which, "--model-dir", str(model_dir), "--tc-dir", str(tc_dir),
         "--ids", json.dumps(ids), "--batch", str(spec["batch"]), "--repeat", str(args.repeat),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
     ]
     if spec["max_feat"]:
         cmd += ["--max-feat", str(spec["max_feat"])]
@@ -388,6 +449,8 @@ def main() -> None:
     parser.add_argument("--lengths", help="prompt lengths for the 'long' preset, e.g. 64,512,2048,4096")
     parser.add_argument("--memory-cap-gb", type=float, default=None, help="kill a side's process past this RSS")
     parser.add_argument("--ours-max-memory", default=None, help="our --max-memory budget (e.g. 1G) in the length runs")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for both sides (CUDA is untested)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides' model dtype")
     parser.add_argument("--max-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "ct"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -407,7 +470,8 @@ def main() -> None:
             ct_python = str(ensure_venv())
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"circuit-tracer could not be installed: {exc}", file=sys.stderr)
-    figures: dict = {"circuit_tracer_version": CT_VERSION, "prompt": PROMPT, "threads": args.threads, "sizes": {}}
+    figures: dict = {"circuit_tracer_version": CT_VERSION, "prompt": PROMPT, "threads": args.threads,
+                     "device": args.device, "dtype": args.dtype, "sizes": {}}
     if args.lengths:
         with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
             long = run_lengths(args, ct_python, Path(tmp))
@@ -438,6 +502,8 @@ def main() -> None:
                 entry["attribution_memory_ratio_vs_circuit_tracer"] = ours["attribution_extra_rss_mib"] / max(
                     theirs["attribution_extra_rss_mib"], 1e-9
                 )
+                if "cuda_extra_mib" in ours and "cuda_extra_mib" in theirs:
+                    entry["cuda_memory_ratio_vs_circuit_tracer"] = ours["cuda_extra_mib"] / max(theirs["cuda_extra_mib"], 1e-9)
             else:
                 entry["time_ratio_vs_circuit_tracer"] = None
                 entry["memory_ratio_vs_circuit_tracer"] = None
@@ -447,7 +513,10 @@ def main() -> None:
                 f"{size:5s} T={len(ids):3d}  ours {o.get('time_s', float('nan')):8.2f}s {o.get('peak_rss_mib', float('nan')):8.0f}MiB"
                 f"   circuit-tracer {t.get('time_s', float('nan')):8.2f}s {t.get('peak_rss_mib', float('nan')):8.0f}MiB"
                 f"   time x{entry['time_ratio_vs_circuit_tracer'] or float('nan'):.3f}"
-                f"   memory x{entry['memory_ratio_vs_circuit_tracer'] or float('nan'):.3f}",
+                f"   memory x{entry['memory_ratio_vs_circuit_tracer'] or float('nan'):.3f}"
+                f"   attribution's own memory {o.get('attribution_extra_rss_mib', float('nan')):.0f}"
+                f" / {t.get('attribution_extra_rss_mib', float('nan')):.0f} MiB"
+                f" x{entry.get('attribution_memory_ratio_vs_circuit_tracer') or float('nan'):.3f}",
                 flush=True,
             )
     print(json.dumps(figures))

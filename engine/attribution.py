@@ -186,13 +186,41 @@ def _logit_targets(
             raise AttributionError("logit_targets is empty")
         resolved = [_token_id(lm, t, vocab) for t in targets]
         ids = torch.tensor(list(dict.fromkeys(resolved)), dtype=torch.long, device=logits32.device)
-    grads = torch.full((ids.shape[0], vocab), -1.0 / vocab, device=logits32.device)
-    grads[torch.arange(ids.shape[0]), ids] += 1.0
+    grads = _demeaned_one_hots(ids, vocab)
     cap = _softcap(lm)
     if cap:
         slope = 1.0 - (logits32 / cap) ** 2  # d softcap(z)/dz at the frozen logits
         grads = grads / slope.clamp(min=1e-12)
     return LogitTargets(ids, probs[ids], grads)
+
+
+def _demeaned_one_hots(ids: Tensor, vocab: int) -> Tensor:
+    """(K, V): row k is one-hot at ``ids[k]`` minus 1/V everywhere: the gradient of
+    "logit minus mean logit" with respect to the logits."""
+    grads = torch.full((ids.shape[0], vocab), -1.0 / vocab, device=ids.device)
+    grads[torch.arange(ids.shape[0], device=ids.device), ids] += 1.0
+    return grads
+
+
+def _unembedding_side(lm: Any, targets: LogitTargets) -> Tensor | None:
+    """The token logit targets as d_model vectors at the unembedding's input: the de-meaned
+    one-hot times the unembedding matrix (float32), i.e. the gradient the backward pass through
+    the head would bring there. Injected at the last position of the head's input, a logit
+    target then costs one d_model vector per target, where injecting at the logits costs a
+    (T, vocabulary) gradient per target and a T x vocabulary x d_model product in the head's
+    backward (circuit-tracer injects its logit targets there too). The target is the same: the
+    pre-soft-cap logit, which the head's linear output is. None (inject at the logits) when
+    the head is not a plain linear map."""
+    head = lm.model.get_output_embeddings()
+    n = int(targets.grads.shape[0])
+    if not isinstance(head, torch.nn.Linear) or n == 0:
+        return None
+    ids = targets.token_ids[:n]
+    out = torch.empty(n, head.weight.shape[1], device=head.weight.device)
+    for i in range(0, n, 64):  # a few (64, V) one-hots at a time
+        j = min(n, i + 64)
+        out[i:j] = _demeaned_one_hots(ids[i:j], int(head.weight.shape[0])).to(out.device) @ head.weight.float()
+    return out
 
 
 def _token_id(lm: Any, t: str | int, vocab: int, what: str = "logit target") -> int:
@@ -363,8 +391,8 @@ def compute_graph(
     tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
     ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
     kept: list[Tensor] = []
-    with _pre_logits(lm, kept) if custom_targets else contextlib.nullcontext():
-        run = replacement_run(lm, tc, ids, batch_size=1)
+    with _pre_logits(lm, kept):
+        run = replacement_run(lm, tc, ids, batch_size=1, last_logits_only=True)
     last = run.logits[0, -1].detach()
     if custom_targets:
         if logit_targets:
@@ -385,7 +413,8 @@ def compute_graph(
         progress=progress,
         update_interval=update_interval,
         on_batch=on_batch,
-        pre_logits=kept[-1][:, -1] if custom_targets else None,
+        pre_logits=kept[-1][:, -1],
+        logit_vectors=_unembedding_side(lm, targets),
         max_memory=max_memory,
         spill_dir=spill_dir,
         targets_per_pass=_targets_per_pass(lm, len(token_ids), max_memory, batch_size),
@@ -423,6 +452,7 @@ def graph_from_run(
     update_interval: int = 4,
     on_batch: Callable[[int], None] | None = None,
     pre_logits: Tensor | None = None,
+    logit_vectors: Tensor | None = None,
     max_memory: int | str | None = None,
     spill_dir: str | None = None,
     targets_per_pass: int | None = None,
@@ -432,6 +462,9 @@ def graph_from_run(
     targets per backward pass. Split from compute_graph so the edge bookkeeping can be checked
     on hand-built frozen networks. Custom targets (``targets.vectors``) need ``pre_logits``:
     the unembedding's input at the last position, (B, d), in the run's autograd graph.
+    ``logit_vectors`` (K_logit, d) with ``pre_logits``: the token logit targets carried
+    through the unembedding (``_unembedding_side``), injected there like custom targets
+    instead of as (vocabulary-wide) gradients at ``run.logits``; the rows are the same.
 
     ``max_memory`` (bytes, or a size such as ``"512M"``): a budget for the edge rows kept while
     the passes run; past it, older blocks of rows are written to a temporary folder (under
@@ -459,7 +492,7 @@ def graph_from_run(
     targets = targets.to(device)
     n_logit = int(targets.token_ids.shape[0])
     n_real = int(targets.grads.shape[0])
-    if targets.n_custom and pre_logits is None:
+    if (targets.n_custom or logit_vectors is not None) and pre_logits is None:
         raise AttributionError("custom targets need the unembedding's input (pre_logits) of the run")
     budget = n_feat if max_feature_nodes is None else max(0, min(int(max_feature_nodes), n_feat))
 
@@ -541,7 +574,10 @@ def graph_from_run(
     logit_node0 = n_src  # logit k is node n_src + k in the all-features space
     for start in range(0, n_real, batch_size):
         stop = min(start + batch_size, n_real)
-        backward([], [], None, targets.grads[start:stop])
+        if logit_vectors is not None:  # at the unembedding's input (one position), not the logits
+            backward([], [], None, None, logit_vectors[start:stop].to(device))
+        else:
+            backward([], [], None, targets.grads[start:stop])
         row_nodes[start:stop] = torch.arange(start, stop) + logit_node0
     for start in range(n_real, n_logit, batch_size):  # custom targets, read after the final norm
         stop = min(start + batch_size, n_logit)

@@ -44,7 +44,7 @@ class ReplacementRun:
     embeddings: Tensor  # (B, T, d) leaf, requires grad: the embedding nodes' vectors
     mlp_in: list[Tensor]  # per layer (B, T, d) at the features' input hook, in the autograd graph
     mlp_out: list[Tensor]  # per layer (B, T, d) at the features' output hook, in the autograd graph
-    logits: Tensor  # (B, T, V)
+    logits: Tensor  # (B, T, V); (B, 1, V) with last_logits_only
     activations: list[Tensor]  # per layer (T, d_tc), detached; row 0 (BOS) is zero
     errors: list[Tensor]  # per layer (T, d), detached; row 0 (BOS) is zero
     record: Freeze | None = None  # patterns and scales, when asked for
@@ -65,9 +65,14 @@ def _input_embeddings(lm, ids: Tensor) -> tuple[Tensor, Tensor | None]:
     return emb + pos, pos
 
 
-def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: bool = False) -> ReplacementRun:
+def replacement_run(
+    lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: bool = False, last_logits_only: bool = False
+) -> ReplacementRun:
     """The replacement model's forward pass for one prompt (1-D ``input_ids``). With
-    ``record``, the patterns and scales are kept in ``run.record`` for ``replaying``."""
+    ``record``, the patterns and scales are kept in ``run.record`` for ``replaying``. With
+    ``last_logits_only``, ``run.logits`` is (B, 1, V): the unembedding runs on the last position
+    only (``logits_to_keep=1``), which is all attribution reads; a (T, V) logits tensor is
+    T x vocabulary floats (4 GB for 4,096 tokens of a 256k vocabulary)."""
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=lm.device).reshape(-1)
     n_layers = lm.n_layers
     tc.check_fits(n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
@@ -109,7 +114,8 @@ def replacement_run(lm, tc, input_ids: Tensor, batch_size: int = 1, *, record: b
         return new
 
     with mlp_hooks(model, adapter, pre, post, **hook_points(tc)), (recording() if record else frozen()) as state, torch.enable_grad():
-        logits = model(inputs_embeds=fed, use_cache=False).logits
+        keep = {"logits_to_keep": 1} if last_logits_only else {}
+        logits = model(inputs_embeds=fed, use_cache=False, **keep).logits
     return ReplacementRun(
         input_ids=ids,
         embeddings=embeddings,
