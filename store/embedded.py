@@ -584,8 +584,7 @@ class EmbeddedStore(Store):
                 "a.influence AS influence", {"k": rest})
             n_set = derived_delta.newly_recurring(derived_delta.prompt_sets(new, old), old)
             ids = derived_delta.old_instances_of(old, n_set).column("id").to_pylist()
-            if ids:
-                ends = ["src", "dst"]
+            if ids:  # "from"/"to" are keywords: the queries say src/dst
                 old.edges_out = self._arrow(
                     "UNWIND $ids AS x MATCH (a:Active {id: x})-[e:EDGE]->(b:Active)-[:OF]->(fb:Feature) RETURN a.id AS src, "
                     "b.id AS dst, a.feature_key AS sk, fb.key AS tk, fb.prompts AS tp, a.prompt_id AS p, e.weight AS weight",
@@ -596,7 +595,7 @@ class EmbeddedStore(Store):
                     {"ids": ids}).rename_columns(["from", "to", "sk", "tk", "sp", "p", "weight"])
                 old.edges_logit = self._arrow(
                     "UNWIND $ids AS x MATCH (a:Active {id: x})-[e:EDGE]->(t:Logit) RETURN a.id AS src, t.id AS dst, "
-                    "e.weight AS weight", {"ids": ids}).rename_columns([*ends, "weight"]).rename_columns(["from", "to", "weight"])
+                    "e.weight AS weight", {"ids": ids}).rename_columns(["from", "to", "weight"])
             pairs = derived_delta.batch_pairs(active, aa)
             both = pa.array(sorted(old.recurring), pa.string())
             pairs = pairs.filter(pc.and_(pc.is_in(pairs.column("s"), value_set=both), pc.is_in(pairs.column("t"), value_set=both)))
