@@ -106,6 +106,33 @@ def test_every_edge_is_the_frozen_direct_effect(arch: str, kind: str, skip: bool
     assert checked == len(chosen) >= min(24, n_feat) + raw.logits.token_ids.shape[0]
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_logit_rows_at_the_unembedding_input_equal_rows_at_the_logits(arch: str) -> None:
+    """compute_graph injects logit targets as d_model vectors at the head's input (one
+    position); the rows equal those of the vocabulary-wide gradient injected at the logits
+    (through Gemma 2's soft-cap too), and the run's last-position logits equal the full run's."""
+    from circuit_atlas.engine.attribution import _logit_targets, _pre_logits, _unembedding_side, graph_from_run
+
+    lm, tc = setup(arch, "plt", True)
+    ids = lm.tokenize(PROMPT)
+    kept: list = []
+    with _pre_logits(lm, kept):
+        run = replacement_run(lm, tc, torch.tensor(ids), batch_size=1)
+    short = replacement_run(lm, tc, torch.tensor(ids), batch_size=1, last_logits_only=True)
+    # (the same products summed by a (1, d) x (d, V) matmul instead of (T, d) x (d, V): rounding apart)
+    assert short.logits.shape[1] == 1
+    assert torch.allclose(short.logits[0, -1], run.logits[0, -1], rtol=1e-6, atol=1e-6)
+    targets = _logit_targets(lm, run.logits[0, -1].detach(), None, 10, 0.95)
+    vectors = _unembedding_side(lm, targets)
+    assert vectors is not None and vectors.shape == (targets.grads.shape[0], lm.d_model)
+    at_logits = graph_from_run(run, tc, targets, ids, batch_size=4)
+    at_head = graph_from_run(run, tc, targets, ids, batch_size=4, pre_logits=kept[-1][:, -1], logit_vectors=vectors)
+    assert torch.equal(at_logits.row_nodes, at_head.row_nodes)
+    a, b = at_logits.rows, at_head.rows
+    assert bool(a.abs().max() > 0)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+
+
 def test_batched_equals_unbatched() -> None:
     lm, tc = setup("llama", "clt", True)
     ids = lm.tokenize(PROMPT)
