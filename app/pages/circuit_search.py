@@ -4,8 +4,8 @@ the prompt graph and feature pages, and a small graph of the top results."""
 
 from __future__ import annotations
 
+import html
 import json
-
 from typing import Any
 
 import pandas as pd
@@ -80,14 +80,17 @@ def _edges_of(name: str, df: pd.DataFrame) -> list[tuple[str, str, float]]:
 
 
 def _labels(df: pd.DataFrame) -> dict[str, str]:
+    """Each result feature's label as the figure shows it: escaped (a token may hold '<'), and in
+    italics with "(auto)" where it is an automatic label, as on the prompt graph."""
     labels: dict[str, str] = {}
     for col in df.columns:
         if col.endswith("_key"):
             lab = col[: -len("_key")] + "_label"
             if lab in df.columns:
-                for k, v in zip(df[col], df[lab]):
+                sources = df[f"{lab}_source"] if f"{lab}_source" in df.columns else [None] * len(df)
+                for k, v, src in zip(df[col], df[lab], sources):
                     if isinstance(k, str) and isinstance(v, str) and v:
-                        labels[k] = v
+                        labels[k] = f"<i>{html.escape(v)} (auto)</i>" if src == "auto" else html.escape(v)
     return labels
 
 

@@ -535,3 +535,24 @@ def test_feature_page_shows_the_automatic_label_and_a_users_label_wins(writable_
     ok(at.button[0].click().run())
     assert any(f"Label of {key} cleared: the automatic label shows" in s.value for s in at.success)
     assert f"label: {label} — automatic, from this feature's evidence" in [c.value for c in at.caption]
+
+
+def test_compare_groups_can_compare_activations(store_url):
+    """Compare: activation ranks features by their activations (0 where inactive) with an effect
+    size, a p-value and the shared-prefix share, not by survival of pruning."""
+    at = ok(page("compare_groups").run())
+    ok(at.radio(key="cg_measure").set_value("activation").run())
+    side_a = at.dataframe[0].value
+    assert {"specific_effect", "p_value", "shared_prefix"} <= set(side_a.columns), list(side_a.columns)
+    assert len(side_a) and (side_a["specific_effect"] > 0).all()
+    assert {P.key(n) for n in ("A", "B", "C")} <= set(keys_in(side_a["source_key"]))
+
+
+def test_circuit_search_marks_automatic_labels_in_its_figure(writable_store_url, planted):
+    label, contexts, effects = _evidence()
+    key = _auto_labelled(writable_store_url, "A", label, contexts, effects)
+    at = ok(page("circuit_search").run())
+    at.number_input(key="cs_recurring_edges_min_prompts").set_value(3)
+    ok(at.button[0].click().run())
+    texts = [x for t in _chart(at)["data"] if t.get("text") for x in t["text"]]
+    assert f"<i>{label} (auto)</i>" in texts, texts
