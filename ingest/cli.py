@@ -177,7 +177,7 @@ def export_command(
 
 
 def features_command(
-    corpus: str = typer.Argument("default", help="Text corpus: .txt/.jsonl/.csv/.parquet, hf:NAME[:CONFIG][@SPLIT], or 'default' (offline documentation text)."),
+    corpus: str = typer.Argument("default", help="Text corpus: .txt/.jsonl/.csv/.parquet, hf:NAME[:CONFIG][@SPLIT], 'default' (the pinned Brown corpus plus the demo prompts: the same on every machine) or 'docs' (the installed packages' documentation; differs by machine)."),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     transcoders: str = typer.Option(..., "--transcoders", "-t", help=TC_HELP),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
@@ -192,11 +192,16 @@ def features_command(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
 ) -> None:
-    """Top-activating contexts, activation frequency and direct logit effects of every feature, into the store."""
+    """Top-activating contexts, activation frequency, direct logit effects and an automatic label of every feature, into the store.
+
+    Automatic labels are read from that evidence (top-activating tokens -> promoted logits) and
+    marked as automatic; a user's or an imported label is never replaced."""
     from circuit_atlas.ingest.features import compute_feature_contexts
     from circuit_atlas.store import open_store
 
-    if corpus not in ("default", "docs") and not corpus.startswith("hf:"):  # said before the model loads
+    from circuit_atlas.engine.corpus import DEFAULT_SOURCES, DOCS_SOURCES
+
+    if corpus not in DEFAULT_SOURCES + DOCS_SOURCES and not corpus.startswith("hf:"):  # said before the model loads
         from circuit_atlas.engine.corpus import iter_records
 
         next(iter(iter_records(corpus, field)), None)

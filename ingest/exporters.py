@@ -40,7 +40,10 @@ _ACTIVE = (
     "MATCH (n:Active) WHERE n.prompt_id = $id RETURN n.node_id AS node_id, n.layer AS layer, n.pos AS pos, "
     "n.`index` AS feature, n.activation AS activation, n.influence AS influence, n.feature_key AS feature_key"
 )
-_LABELS = "MATCH (f:Feature) WHERE f.key IN $keys RETURN f.key AS key, f.label AS label"
+# Only a person's or an imported label becomes a clerp: an automatic one exported would come back
+# as an imported label, which a recompute of the evidence could no longer replace.
+_LABELS = ("MATCH (f:Feature) WHERE f.key IN $keys AND (f.label_source IS NULL OR f.label_source <> 'auto') "
+           "RETURN f.key AS key, f.label AS label")
 _EMBEDDING = (
     "MATCH (n:Embedding) WHERE n.prompt_id = $id RETURN n.node_id AS node_id, n.pos AS pos, n.token_id AS token_id"
 )

@@ -339,7 +339,7 @@ def import_path(
             for _, lab, _ in graphs.values():
                 labels.update(lab)
             if labels:
-                store.set_feature_labels(labels)
+                store.set_feature_labels(labels, source="import")
             summary.labels = len(labels)
         else:
             summary.labels = len({k for gid in report.written for k in graphs[gid][1]})

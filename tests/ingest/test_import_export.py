@@ -161,6 +161,25 @@ def test_overwrite_labels(tmp_path, store_url):
         assert label() == "kept"  # default: only empty labels are filled
         import_path(FIXTURE, s, progress=False, overwrite_labels=True)
         assert label() == "France"
+        source = s.read("MATCH (f:Feature {key: 'gemma-2-2b:3:1234'}) RETURN f.label_source AS s").s[0]
+        assert source == "import"  # a clerp is an imported label, not the user's
+
+
+def test_neuronpedia_export_carries_user_labels_as_clerps_but_not_automatic_ones(tmp_path, source_store):
+    """An automatic label exported as a clerp would come back as an imported label, which a
+    recompute of the evidence could no longer replace: only people's and imported labels go out."""
+    url, pid = source_store
+    with open_store(url) as s:
+        feats = s.read("MATCH (n:Active) WHERE n.prompt_id = $id RETURN n.feature_key AS k ORDER BY n.node_id", {"id": pid})
+        user_key, auto_key = feats.k[0], next(k for k in feats.k if k != feats.k[0])
+        layer, index = int(auto_key.split(":")[-2]), int(auto_key.split(":")[-1])
+        s.write_feature_info(pd.DataFrame([{"key": auto_key, "scan": SCAN, "layer": layer, "index": index,
+                                            "frequency": 0.1, "max_activation": 1.0, "contexts": "[]",
+                                            "logit_effects": "{}", "auto_label": "Texas → Austin"}]))
+        assert s.read("MATCH (f:Feature {key: $k}) RETURN f.label_source AS s", {"k": auto_key}).s[0] == "auto"
+        path = export_prompt(s, pid, "neuronpedia", tmp_path / "out.json")
+    clerps = {n.get("clerp") for n in json.loads(path.read_text())["nodes"]}
+    assert "a user label" in clerps and "Texas → Austin" not in clerps
 
 
 def _ct_dict(n_layers: int = 2, n_pos: int = 4, seed: int = 0) -> dict:
