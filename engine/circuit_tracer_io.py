@@ -7,7 +7,7 @@ sources, nodes ordered [selected features, errors (layer-major, n_layers * n_pos
 (n_pos), logits]), ``logit_targets`` (records with ``vocab_idx`` and ``token_str``; older files:
 a tensor of token ids, or ``logit_tokens``), ``logit_probabilities``, ``cfg`` (the model config:
 ``n_layers``, ``model_name``, ``tokenizer_name`` ...), ``scan_name`` (older: ``scan``),
-``vocab_size``. See README.md, "Formats".
+``vocab_size``. See docs/reference/formats.md.
 
 Loading is safe: ``torch.load(weights_only=True)``, with circuit-tracer's own classes (config,
 LogitTarget) mapped to inert stand-ins that only record their fields, so no code from the file

@@ -1,4 +1,4 @@
-"""`circuit-atlas intervene` and `circuit-atlas validate-circuit` (see README.md, "Interventions and circuit validation")."""
+"""`circuit-atlas intervene` and `circuit-atlas validate-circuit` (docs/guides/interventions.md)."""
 
 from __future__ import annotations
 

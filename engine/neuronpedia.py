@@ -2,7 +2,7 @@
 
 This is the file circuit-tracer's ``create_graph_files`` writes and neuronpedia.org serves:
 ``metadata``, ``qParams`` (viewer state, incl. ``supernodes``), ``nodes`` and ``links``. See
-README.md ("Formats") for the field-by-field mapping. The reader takes every form found in the
+docs/reference/formats.md for the field-by-field mapping. The reader takes every form found in the
 wild (plain or gzip-compressed):
 
 - a transcoder feature's ``feature`` field holds a Cantor pairing of (layer, index) in

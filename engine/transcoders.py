@@ -6,7 +6,7 @@ per layer and, for a layer-l feature, one decoder per layer l' >= l; the MLP out
 reconstructed from every feature at layers <= l'.
 
 The on-disk layout is circuit-tracer's so that public transcoders load here and ours load
-there (see README.md, "Transcoders"):
+there (docs/guides/transcoders.md):
 
 - PLT: ``layer_{i}.safetensors`` with ``W_enc`` (d_tc, d_model), ``W_dec`` (d_tc, d_model),
   ``b_enc`` (d_tc), ``b_dec`` (d_model), optional ``activation_function.threshold`` (d_tc) and

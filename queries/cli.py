@@ -210,7 +210,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result to this file instead of the terminal."),
         store_url: Optional[str] = typer.Option(None, "--store", help="Store URL (embedded:PATH | bolt://... | neo4j://...); default CIRCUIT_ATLAS_STORE or the embedded default."),
     ) -> None:
-        """Run one ad-hoc Cypher read; anything but one pure read is refused (exit 2), see README."""
+        """Run one ad-hoc Cypher read; anything but one pure read is refused (exit 2); docs/guides/queries.md says what passes."""
         statement = refuse_writes(statement)
         params = parse_params(param, typed=True)
         if fmt not in FORMATS:

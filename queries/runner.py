@@ -7,8 +7,8 @@ starts a replacement text for that backend only, used instead of the shared one 
 ``// @part NAME`` starts another statement of the same query (each runs read-only; the ``post``
 function combines their frames). Parts named ``let_*`` run first and their last row's columns
 become parameters of the other parts. ``// @part NAME when PARAM in V1,V2`` runs that part only
-when the parameter has one of those values (an empty frame otherwise). See README.md,
-"Queries", for the format.
+when the parameter has one of those values (an empty frame otherwise). See
+docs/guides/queries.md for the format.
 
 Queries run through ``Store.read`` (read-only transactions that refuse writes), and user values
 reach Cypher only as parameters. Some statistics (medians, log-odds, weighted Jaccard) are

@@ -117,7 +117,7 @@ def export_csv_cmd(
     directory: Path = typer.Argument(..., help="Output directory for neo4j-admin import CSV files."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
-    """Write `neo4j-admin database import full` CSV files (see README.md, "Store", for the command)."""
+    """Write `neo4j-admin database import full` CSV files (docs/guides/neo4j.md has the command)."""
     from circuit_atlas.store.export_csv import export_csv
 
     with _open(store, read_only=True) as s:

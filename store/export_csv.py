@@ -46,7 +46,7 @@ RELS = {
 
 
 def export_csv(store: Store, directory: str | Path) -> list[Path]:
-    """Write the CSV files; returns their paths (see README.md, "Store", for the import command)."""
+    """Write the CSV files; returns their paths (docs/guides/neo4j.md has the import command)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []

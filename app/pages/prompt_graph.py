@@ -120,7 +120,7 @@ def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -
 
 
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98  # the paper's (and circuit-tracer's) pruning defaults
-MAX_NODES = 500  # features/errors drawn at most: the browser's drawing time grows with them (README)
+MAX_NODES = 500  # features/errors drawn at most: the browser's drawing time grows with them (docs/benchmarks/app.md)
 FEATURE_INFO = ("MATCH (f:Feature) WHERE f.key = $key RETURN f.label AS label, f.contexts AS contexts, "
                 "f.logit_effects AS logit_effects, f.frequency AS frequency")
 
