@@ -37,14 +37,15 @@ def _csv(df: pd.DataFrame) -> bytes:
 
 
 def _examples(backend: str, prompt_id: str) -> dict[str, tuple[str, dict]]:
-    """Example name -> (Cypher, parameters): starters, then each library query's first part
-    with its default parameters."""
+    """Example name -> (Cypher, parameters): starters, then each library query's main part (its
+    first part that is not a let_ helper and runs with the defaults) with its default parameters."""
     out = {name: (text, {"prompt_id": prompt_id} if "$prompt_id" in text else {}) for name, text in STARTERS.items()}
     for q in list_queries():
         params = {p.name: (p.default if not p.required else "") for p in q.params.values()}
         if "prompt_id" in params:
             params["prompt_id"] = prompt_id
-        out[f"library: {q.name}"] = (q.cypher_for(backend), params)
+        main = next((p for p in q.parts if not p.startswith("let_") and q.runs(p, params)), next(iter(q.parts)))
+        out[f"library: {q.name}"] = (q.cypher_for(backend, main), params)
     return out
 
 
