@@ -5,7 +5,6 @@ embedded store, derived layer, feature contexts, supernodes, the recurring-circu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,13 +15,9 @@ from circuit_atlas.store import open_store
 pytestmark = pytest.mark.demo
 
 
-def test_quick_demo_end_to_end(tmp_path) -> None:
-    env = dict(os.environ, CIRCUIT_ATLAS_HOME=str(tmp_path / "home"))
-    proc = subprocess.run([sys.executable, "-m", "circuit_atlas", "demo", "--quick", "--no-serve"], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    root = tmp_path / "home" / "demo-quick"
-    summary = json.loads((root / "summary.json").read_text())
+@pytest.mark.timeout(1800)  # the quick demo (a session fixture, tests/conftest.py) runs twice: minutes on 2 cores
+def test_quick_demo_end_to_end(quick_demo) -> None:
+    env, root, summary = quick_demo["env"], quick_demo["root"], quick_demo["summary"]
     corpus_rows = len((root / "corpus.jsonl").read_text().splitlines())
     assert summary["ingest"]["succeeded"] + summary["ingest"]["failed"] == corpus_rows
     assert summary["ingest"]["succeeded"] >= corpus_rows - 2
@@ -46,7 +41,7 @@ def test_quick_demo_end_to_end(tmp_path) -> None:
     assert 0 < val["mean_p_clean"] <= 1 and -1 <= val["mean_delta"] <= 1 and -1 <= val["mean_control_delta"] <= 1
     assert val["mean_effect_vs_control"] == pytest.approx(val["mean_delta"] - val["mean_control_delta"], abs=2e-4)
     assert val["other_groups_prompts"] > 0 and -1 <= val["other_groups_mean_delta"] <= 1
-    assert "matched control sets" in proc.stdout and "group p-value" in proc.stdout  # printed, not only saved
+    assert "matched control sets" in quick_demo["stdout"] and "group p-value" in quick_demo["stdout"]  # printed, not only saved
     with open_store(f"embedded:{root / 'store'}") as store:
         assert store.stats()["Prompt"] == summary["ingest"]["succeeded"]
     # a second run reuses everything: nothing attributed again, same store
