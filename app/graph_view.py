@@ -203,7 +203,7 @@ def layout(nodes: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[float, int]]]:
 
 
 def _hover(r: dict) -> str:
-    parts = [f"<b>{html.escape(node_label(r))}</b> ({r['kind']}, {r['node_id']})"]
+    parts = [f"<b>{_plotly_text(node_label(r))}</b> ({r['kind']}, {r['node_id']})"]
     if is_auto(r):
         parts.append("label: automatic, from the feature's top contexts and logit effects")
     if isinstance(r.get("feature_key"), str) and r.get("feature_key"):
@@ -217,6 +217,12 @@ def _hover(r: dict) -> str:
     if _num(r.get("merged")) is not None:
         parts.append(f"{int(r['merged'])} error nodes merged")
     return "<br>".join(parts)
+
+
+def _plotly_text(text: str) -> str:
+    """Text for Plotly's pseudo-HTML: '<', '>' and '&' escaped so a token like '<b>' shows as
+    itself; quotes left alone (Plotly shows '&quot;' literally)."""
+    return html.escape(str(text), quote=False)
 
 
 def _short(text: str, n: int = 18) -> str:
@@ -261,7 +267,7 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
         x0, x1, y0, y1 = m["x"].min() - 0.45, m["x"].max() + 0.45, m["y"].min() - 0.35, m["y"].max() + 0.35
         fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, line=dict(color=KIND_STYLE["supernode"][1], dash="dash", width=2),
                       fillcolor="rgba(255,127,14,0.08)", layer="below")
-        fig.add_annotation(x=x0, y=y1, text=html.escape(_short(name, 30)), showarrow=False, xanchor="left", yanchor="bottom",
+        fig.add_annotation(x=x0, y=y1, text=_plotly_text(_short(name, 30)), showarrow=False, xanchor="left", yanchor="bottom",
                            font=dict(size=10, color=KIND_STYLE["supernode"][1]))
     hi = set(highlight)
     labels = node_labels(pos_nodes, mark_auto=False)
@@ -285,7 +291,7 @@ def figure(nodes: pd.DataFrame, edges: pd.DataFrame, tokens: Iterable[str] = (),
         size = (9 + 14 * (infl / infl.max() if infl.max() > 0 else infl * 0)).to_numpy(float)
         fig.add_trace(go.Scatter(
             x=sub["x"], y=sub["y"], mode="markers+text", name=kind, customdata=sub["node_id"],
-            text=[(f"<i>{html.escape(_short(labels[i]))}</i>" if i in auto else _short(labels[i]))
+            text=[(f"<i>{_plotly_text(_short(labels[i]))}</i>" if i in auto else _plotly_text(_short(labels[i])))
                   if records[i]["node_id"] in texted else "" for i in idx],
             textposition="bottom center" if kind == "embedding" else "top center", textfont=dict(size=9),
             hovertext=[_hover(records[i]) for i in idx], hoverinfo="text",

@@ -90,7 +90,7 @@ def _labels(df: pd.DataFrame) -> dict[str, str]:
                 sources = df[f"{lab}_source"] if f"{lab}_source" in df.columns else [None] * len(df)
                 for k, v, src in zip(df[col], df[lab], sources):
                     if isinstance(k, str) and isinstance(v, str) and v:
-                        labels[k] = f"<i>{html.escape(v)} (auto)</i>" if src == "auto" else html.escape(v)
+                        labels[k] = f"<i>{html.escape(v, quote=False)} (auto)</i>" if src == "auto" else html.escape(v, quote=False)
     return labels
 
 

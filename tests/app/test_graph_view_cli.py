@@ -120,3 +120,15 @@ def test_app_command_hands_the_model_and_transcoders_to_the_pages(monkeypatch):
     assert models.MODEL_ENV not in app_environment("embedded:/x")  # nothing configured stays unset
     half = CliRunner().invoke(app, ["app", "--model", "demo", "--port", "1"])
     assert half.exit_code == 2 and "--model and --transcoders together" in half.output
+
+
+def test_node_text_shows_quotes_and_tags_as_themselves():
+    """Plotly reads node text as pseudo-HTML: '<b>' must not turn bold and '"' must not show as
+    '&quot;' (it did for automatic labels holding a quote token)."""
+    nodes, edges = _graph()
+    nodes.loc[nodes["node_id"] == "0_5_1", ["label", "label_source"]] = ['"<b>" → x', "auto"]
+    nodes.loc[nodes["node_id"] == "0_6_1", "label"] = 'say "<b>"'
+    fig = graph_view.figure(nodes, edges, ["<bos>", " capital"], n_layers=2)
+    texts = {n: t for tr in fig.data if tr.customdata is not None for n, t in zip(tr.customdata, tr.text)}
+    assert texts["0_5_1"] == '<i>"&lt;b&gt;" → x</i>' and texts["0_6_1"] == 'say "&lt;b&gt;"'
+    assert not any("&quot;" in t for t in texts.values())
