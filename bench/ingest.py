@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from circuit_atlas.engine.graph_files import GraphFile
+from circuit_atlas.engine.formats.graph_files import GraphFile
 from circuit_atlas.store import open_store
 from circuit_atlas.store.synthetic import write_synthetic_corpus
 

@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
 
-    from circuit_atlas.engine.models import load_model, tiny_model
-    from circuit_atlas.engine.transcoders import load_transcoders, random_transcoders
+    from circuit_atlas.engine.models.loading import load_model, tiny_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders, random_transcoders
     from circuit_atlas.ingest.jobs import AttributionJob, AttributionSettings, expected_graph_id, run_job
     from circuit_atlas.ingest.pipeline import ingest_corpus
     from circuit_atlas.store import open_store

@@ -90,9 +90,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from circuit_atlas.engine import attribution, pruning
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution import attribute as attribution, pruning
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     spec = bench.SIZES[args.size]
     with tempfile.TemporaryDirectory(prefix="ca-prof-") as tmp:
@@ -110,7 +110,7 @@ def main() -> None:
         warm = time.perf_counter() - t0
 
         phases = Phases()
-        import circuit_atlas.engine.replacement as rep
+        import circuit_atlas.engine.attribution.replacement as rep
 
         _wrap(rep, "replacement_run", phases, "forward (replacement run)", "targets")
         _wrap(attribution._SourceReader, "__init__", phases, "source reader", "passes")

@@ -37,9 +37,9 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     args = ap.parse_args()
 
-    from circuit_atlas.engine.corpus import default_corpus
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.train import TrainConfig, TranscoderTrainer, _bos_prefix, token_stream, token_windows
+    from circuit_atlas.engine.training.corpus import default_corpus
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.training.train import TrainConfig, TranscoderTrainer, _bos_prefix, token_stream, token_windows
 
     load_before = os.getloadavg()[0]
     figures: dict[str, float | int | str] = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count() or 0}

@@ -72,8 +72,8 @@ def stage(n: int, total: int, title: str, times: dict | None = None, key: str | 
 
 def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store_url: Optional[str] = None) -> dict:
     """Run every stage; returns a summary (timings, counts, the recurring circuit found)."""
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.train import ensure_demo_transcoders
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.training.train import ensure_demo_transcoders
     from circuit_atlas.ingest.features import compute_feature_contexts
     from circuit_atlas.ingest.pipeline import ingest_corpus
     from circuit_atlas.queries.runner import run_query
@@ -84,8 +84,8 @@ def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store
     root = home() / ("demo-quick" if quick else "demo")
     store_url = store_url or (f"embedded:{root / 'store'}" if quick else None)
     root.mkdir(parents=True, exist_ok=True)
-    from circuit_atlas.engine.corpus import corpus_label
-    from circuit_atlas.engine.train import load_recipe
+    from circuit_atlas.engine.training.corpus import corpus_label
+    from circuit_atlas.engine.training.train import load_recipe
 
     recipe = "demo-quick" if quick else "demo"
     settings = load_recipe(recipe)
@@ -98,7 +98,7 @@ def run_demo(*, quick: bool = False, serve: bool = True, port: int = 8501, store
         lm = load_model("demo")
     with stage(2, total, "demo transcoders", times, "transcoders"):
         tc_dir = ensure_demo_transcoders(quick=quick)
-        from circuit_atlas.engine.transcoders import load_transcoders
+        from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
         tc = load_transcoders(tc_dir)
         console.print(f"transcoders: {tc_dir} ({tc.kind}, {tc.d_transcoder} features/layer, skip {tc.has_skip}, "
@@ -199,7 +199,7 @@ def _graph_scores(store) -> dict:
 
 def _circuit_features(edge_keys: list[str], scan: str) -> list[str]:
     """The transcoder features at either end of the given edges ("a->b" or "a -> b"), first seen first."""
-    from circuit_atlas.engine.interventions import InterventionError, parse_feature_key
+    from circuit_atlas.engine.interventions.ablation import InterventionError, parse_feature_key
 
     out: list[str] = []
     for key in edge_keys:
@@ -224,7 +224,7 @@ def _validate(lm, tc, corpus: Path, edge_keys: list[str], quick: bool) -> dict:
     other groups' prompts says whether the circuit is specific to capitals."""
     import numpy as np
 
-    from circuit_atlas.engine.interventions import validate_circuit
+    from circuit_atlas.engine.interventions.ablation import validate_circuit
 
     features = _circuit_features(edge_keys, str(tc.scan))
     if not features:

@@ -15,7 +15,7 @@ TC_HELP = "Transcoders: a directory in circuit-tracer format, GemmaScope .npz, o
 
 
 def _load(model: str, transcoders: str, dtype: str, device: str):
-    from circuit_atlas.engine.models import load_model_and_transcoders
+    from circuit_atlas.engine.models.loading import load_model_and_transcoders
 
     return load_model_and_transcoders(model, transcoders, dtype=dtype, device=device)
 
@@ -30,7 +30,7 @@ def _auto(device: str) -> str:
 
 def _check_memory(value: Optional[str]) -> None:
     """A bad --max-memory is said before the model loads."""
-    from circuit_atlas.engine.pruning import parse_memory
+    from circuit_atlas.engine.attribution.pruning import parse_memory
 
     try:
         parse_memory(value)
@@ -110,7 +110,7 @@ def import_command(
     as_json: bool = typer.Option(False, "--json", help="Also print the summary as one JSON line."),
 ) -> None:
     """Import graphs made elsewhere, with their labels and supernodes. Bad files are listed and skipped (exit 2 after the good ones are stored)."""
-    from circuit_atlas.engine.graph_files import WEIGHT_DIGITS
+    from circuit_atlas.engine.formats.graph_files import WEIGHT_DIGITS
     from circuit_atlas.ingest.importers import GraphImportError, import_path
     from circuit_atlas.paths import home
     from circuit_atlas.store import open_store
@@ -199,10 +199,10 @@ def features_command(
     from circuit_atlas.ingest.features import compute_feature_contexts
     from circuit_atlas.store import open_store
 
-    from circuit_atlas.engine.corpus import DEFAULT_SOURCES, DOCS_SOURCES
+    from circuit_atlas.engine.training.corpus import DEFAULT_SOURCES, DOCS_SOURCES
 
     if corpus not in DEFAULT_SOURCES + DOCS_SOURCES and not corpus.startswith("hf:"):  # said before the model loads
-        from circuit_atlas.engine.corpus import iter_records
+        from circuit_atlas.engine.training.corpus import iter_records
 
         next(iter(iter_records(corpus, field)), None)
     lm, tc = _load(model, transcoders, dtype, device)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
 
 FORMATS = ("graph", "neuronpedia")
@@ -205,7 +205,7 @@ def export_prompt(store: Any, prompt_id: str, fmt: str, out: str | os.PathLike) 
         if out.is_dir() and any(out.iterdir()) and not gf.is_graph_dir(out):
             out = out / prompt_id  # an existing folder of graphs: put this one inside
         return graph.save(out)
-    from circuit_atlas.engine.neuronpedia import write_neuronpedia
+    from circuit_atlas.engine.formats.neuronpedia import write_neuronpedia
 
     _logit_clerps(graph)
     return write_neuronpedia(graph, out)

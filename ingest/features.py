@@ -129,8 +129,8 @@ def logit_effects(lm: Any, tc: Any, layer: int, features: torch.Tensor, n_tokens
 def _windows(lm: Any, corpus: str | os.PathLike | None, field_name: str, max_tokens: int, seq_len: int,
              progress: bool) -> tuple[np.ndarray, int]:
     """(n, seq_len) token windows of the corpus, cut like the trainer's; and the prefix length."""
-    from circuit_atlas.engine.corpus import load_texts
-    from circuit_atlas.engine.train import _bos_prefix, token_stream, token_windows
+    from circuit_atlas.engine.training.corpus import load_texts
+    from circuit_atlas.engine.training.train import _bos_prefix, token_stream, token_windows
 
     if seq_len > int(getattr(lm, "max_context", seq_len)):
         raise FeatureContextError(f"--seq-len {seq_len} is longer than the model's context ({lm.max_context})")

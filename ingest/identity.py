@@ -1,7 +1,7 @@
 """Is an incoming graph one the store already holds, up to float noise?
 
 A graph's id hashes its structure with its weights rounded to ``WEIGHT_DIGITS`` significant
-digits (engine/graph_files.py), so the same prompt attributed again with float noise (another
+digits (engine/formats/graph_files.py), so the same prompt attributed again with float noise (another
 thread count, passes split under --max-memory) usually gets the same id and is skipped. A value
 that sits on a rounding boundary can still round the other way; so a graph whose id is new but
 whose structure (node ids, edge pairs) matches a stored graph of the same prompt (or one read
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 
 _SAME_PROMPT = ("MATCH (p:Prompt) WHERE p.text = $text AND p.model = $model AND p.scan = $scan "
                 "RETURN p.id AS id, p.token_ids AS token_ids")

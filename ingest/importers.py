@@ -1,7 +1,7 @@
 """Graphs made elsewhere into the store: our graph directories, circuit-tracer ``.pt`` graphs and
 Neuronpedia graph JSON (one file, or a directory of them with or without graph-metadata.json).
 
-Conversion is the engine's (``engine.neuronpedia``, ``engine.circuit_tracer_io``); this module
+Conversion is the engine's (``engine.formats.neuronpedia``, ``engine.formats.circuit_tracer``); this module
 finds the graphs under a path, converts what is not ours into graph directories, bulk-loads
 them (``store.write_graphs``: whole or nothing per prompt, present ids skipped) and keeps what
 the formats carry besides the graph:
@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.ingest import identity
 from circuit_atlas.errors import CircuitAtlasError
 
@@ -82,7 +82,7 @@ class ImportSummary:
 
 def discover(path: str | os.PathLike) -> list[Source]:
     """Every importable graph under ``path`` (not recursive beyond one directory level)."""
-    from circuit_atlas.engine.neuronpedia import INDEX_NAME, neuronpedia_files
+    from circuit_atlas.engine.formats.neuronpedia import INDEX_NAME, neuronpedia_files
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -174,12 +174,12 @@ def read_source(src: Source, **pt_options: Any) -> gf.GraphTables:
     if src.kind == "graph":  # our own directory: taken as it is
         return gf.GraphTables.of(gf.GraphFile.load(src.path), str(src.path))
     if src.kind == "neuronpedia":
-        from circuit_atlas.engine.neuronpedia import read_neuronpedia_tables
+        from circuit_atlas.engine.formats.neuronpedia import read_neuronpedia_tables
 
         graph = read_neuronpedia_tables(src.path)
         graph.source = str(src.path)
     else:
-        from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
+        from circuit_atlas.engine.formats.circuit_tracer import read_circuit_tracer_pt
 
         graph = gf.GraphTables.of(read_circuit_tracer_pt(src.path, **pt_options), str(src.path))
     _logit_tokens_from_clerps(graph)  # Neuronpedia and circuit-tracer files: token text from the clerps

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
 
 
@@ -28,7 +28,7 @@ class AttributionSettings:
     max_memory: str | None = None  # the edge-row budget (``attribute(max_memory=...)``): not identity
 
     def identity(self) -> dict[str, Any]:
-        """The settings as ``engine.attribution.attribute`` records them for ``request_key``
+        """The settings as ``engine.attribution.attribute.attribute`` records them for ``request_key``
         (pruned, default logit targets)."""
         return {
             "node_threshold": float(self.node_threshold),
@@ -92,7 +92,7 @@ def finish_graph(lm: Any, graph: gf.GraphFile, expected: str | None) -> gf.Graph
 def run_job(lm: Any, tc: Any, job: AttributionJob, settings: AttributionSettings) -> JobResult:
     """Attribute one prompt and finish its graph; a failure becomes ``JobResult.error`` so one
     bad prompt never stops a corpus (the driver decides, e.g. under --fail-fast)."""
-    from circuit_atlas.engine.attribution import attribute
+    from circuit_atlas.engine.attribution.attribute import attribute
 
     t0 = time.perf_counter()
     try:

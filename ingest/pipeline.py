@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.ingest.jobs import AttributionJob, AttributionSettings, JobResult, request_key
 from circuit_atlas.ingest.prompts import FailureLog, PromptRow, RowFailure, iter_prompt_rows, validate_tokens

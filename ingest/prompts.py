@@ -3,7 +3,7 @@
 A corpus is a ``.txt`` file (one prompt per line; blank lines are skipped) or a ``.jsonl`` /
 ``.csv`` / ``.parquet`` file with a ``prompt`` column (another name with ``field``) and the
 optional columns ``id``, ``tags``, ``expected`` and ``group``. Reading the formats is
-``engine.corpus.iter_records``'s job; this module turns records into :class:`PromptRow` and
+``engine.training.corpus.iter_records``'s job; this module turns records into :class:`PromptRow` and
 checks what ingest needs: the prompt is text, decodable, not empty, and (with a model) not
 longer than the model's context. A bad row becomes a :class:`RowFailure` (row number, id,
 reason, raw value) that goes to the failures file; ``fail_fast`` raises at the first instead.
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from circuit_atlas.engine.corpus import CorpusError, CorpusRowError, iter_records
+from circuit_atlas.engine.training.corpus import CorpusError, CorpusRowError, iter_records
 from circuit_atlas.errors import CircuitAtlasError
 
 OPTIONAL_COLUMNS = ("id", "tags", "expected", "group")

@@ -57,8 +57,8 @@ class ModelSpec:
             return lm, tc
         if not (self.model and self.transcoders):
             raise ScaleOutError("a worker needs a model and transcoders (specs or loaded objects)")
-        from circuit_atlas.engine.models import load_model
-        from circuit_atlas.engine.transcoders import load_transcoders
+        from circuit_atlas.engine.models.loading import load_model
+        from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
         lm = load_model(self.model, dtype=self.dtype, device=device)
         tc = load_transcoders(self.transcoders, device=device, dtype=lm.dtype)

@@ -99,7 +99,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def write_graphs(self, graph_dirs: Iterable[str | os.PathLike], progress: bool = False) -> WriteReport:
-        """Bulk-load graph directories (engine.graph_files format). Each graph is written whole or
+        """Bulk-load graph directories (engine.formats.graph_files format). Each graph is written whole or
         not at all; graphs whose id is already stored are skipped, so re-running is harmless."""
 
     @abc.abstractmethod

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from circuit_atlas.store import dialect
 from circuit_atlas.store.base import (LABEL_AUTO, LABEL_IMPORT, LABEL_USER, LINKS_MIN_PROMPTS, SCHEMA_VERSION, UPGRADABLE,
                                      ReadOnlyViolation, Store, StoreError, WriteReport, version_error)
-from circuit_atlas.engine.graph_files import GraphFileError
+from circuit_atlas.engine.formats.graph_files import GraphFileError
 from circuit_atlas.store import recovery
 from circuit_atlas.store.embedded import (AUTO_MAY_SHOW, FEATURE_WEIGHT, LABELS_OF_OLD_STORE, feature_weight, one_line,
                                          read_graph_dir, read_graph_meta)

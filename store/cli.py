@@ -39,12 +39,12 @@ def doctor(
         else:
             typer.echo("derived layer: fresh")
     if model:
-        from circuit_atlas.engine.models import load_model
+        from circuit_atlas.engine.models.loading import load_model
 
         m = load_model(model)
         typer.echo(f"model: {model} loaded ({type(m).__name__})")
     if transcoders:
-        from circuit_atlas.engine.transcoders import load_transcoders
+        from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
         t = load_transcoders(transcoders)
         typer.echo(f"transcoders: {transcoders} loaded ({type(t).__name__})")

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
+from circuit_atlas.engine.formats.graph_files import EDGE_SCHEMA, NODE_SCHEMA, NODE_TYPES, GraphFileError
 from circuit_atlas.store import derived_delta, dialect, recovery
 from circuit_atlas.store.base import (LABEL_AUTO, LABEL_IMPORT, LABEL_USER, LINKS_MIN_PROMPTS, SCHEMA_VERSION,
                                      UPGRADABLE, ReadOnlyViolation, Store, StoreBusy, StoreError, WriteReport, version_error)
@@ -118,7 +118,7 @@ class EmbeddedStore(Store):
     """LadybugDB store in a directory; one writer process, any number of read-only readers."""
 
     backend = "embedded"
-    accepts_tables = True  # write_graphs also takes in-memory graphs (engine.graph_files.GraphTables)
+    accepts_tables = True  # write_graphs also takes in-memory graphs (engine.formats.graph_files.GraphTables)
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False, batch_prompts: int = 64,
                  batch_edges: int = 3_000_000) -> None:
@@ -844,7 +844,7 @@ def _in(directory: str | os.PathLike, exc: GraphFileError) -> GraphFileError:
 def read_graph_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """meta.json of a graph directory (enough to know whether the graph is already stored), its
     fields checked for the types a load needs; errors name the directory."""
-    from circuit_atlas.engine.graph_files import read_meta
+    from circuit_atlas.engine.formats.graph_files import read_meta
 
     try:
         return check_graph_meta(read_meta(directory))
@@ -924,7 +924,7 @@ def read_graph_dir(directory: str | os.PathLike, meta: dict[str, Any] | None = N
 
 
 def loaded_graph(graph: Any) -> LoadedGraph:
-    """An in-memory graph (engine.graph_files.GraphTables: meta and Arrow tables) checked as
+    """An in-memory graph (engine.formats.graph_files.GraphTables: meta and Arrow tables) checked as
     `read_graph_dir` checks a directory, with no files in between; errors name its source."""
     where = str(getattr(graph, "source", "") or "<in-memory graph>")
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from circuit_atlas.engine.graph_files import (
+from circuit_atlas.engine.formats.graph_files import (
     GraphFile,
     embedding_node_id,
     error_node_id,

@@ -22,7 +22,7 @@ UNAVAILABLE = "Intervene needs the model and transcoders on this machine."
 def _engine() -> tuple[Any, Any] | str:
     """(Intervention, intervene), or why the engine cannot intervene here."""
     try:
-        from circuit_atlas.engine.interventions import Intervention, intervene
+        from circuit_atlas.engine.interventions.ablation import Intervention, intervene
     except ImportError as exc:
         return f"the intervention engine is not available ({exc})"
     return Intervention, intervene

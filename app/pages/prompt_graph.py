@@ -73,7 +73,7 @@ def _selected_from_event(event) -> list[str]:
 
 def _head_loadings(prompt: pd.Series, edges: pd.DataFrame, inspect: list[str]) -> None:
     """The node card's per-head split of one edge touching the inspected nodes."""
-    from circuit_atlas.engine import head_loadings as hl
+    from circuit_atlas.engine.attribution import head_loadings as hl
     from circuit_atlas.errors import CircuitAtlasError
 
     with st.expander("Head loadings: which attention heads carried an edge"):

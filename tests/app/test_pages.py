@@ -95,7 +95,7 @@ def test_prompt_graph_opens_pruned_with_labelled_nodes_and_a_card(writable_store
                                             "contexts": json.dumps([{"activation": 2.0, "left": "the capital_of ", "token": "Rome",
                                                                      "right": " is"}])}]))
     gid = planted.gid("cap0")
-    g = __import__("circuit_atlas.engine.graph_files", fromlist=["GraphFile"]).GraphFile.load(planted.root / "cap0")
+    g = __import__("circuit_atlas.engine.formats.graph_files", fromlist=["GraphFile"]).GraphFile.load(planted.root / "cap0")
     at = page("prompt_graph")
     at.query_params["prompt"] = gid
     ok(at.run())
@@ -325,9 +325,9 @@ def test_intervene_without_engine_or_model_says_what_it_needs(store_url, monkeyp
 
 
 def test_intervene_runs_on_a_tiny_model(store_url, planted):
-    pytest.importorskip("circuit_atlas.engine.interventions", reason="engine.interventions not in the tree yet")
-    models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-    from circuit_atlas.engine.transcoders import random_transcoders
+    pytest.importorskip("circuit_atlas.engine.interventions.ablation", reason="engine.interventions.ablation not in the tree yet")
+    models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+    from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
     at = page("intervene")
     at.session_state["intervene_lm"] = models.tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)
@@ -374,8 +374,8 @@ def test_prompt_graph_first_render_of_a_50k_edge_graph_is_pruned_and_timed(tmp_p
 
 def _tiny(at: AppTest) -> None:
     """A tiny random model and transcoders of the planted scan, handed over as the Intervene page's are."""
-    models = pytest.importorskip("circuit_atlas.engine.models")
-    from circuit_atlas.engine.transcoders import random_transcoders
+    models = pytest.importorskip("circuit_atlas.engine.models.loading")
+    from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
     at.session_state["intervene_lm"] = models.tiny_model("llama", n_layers=P.N_LAYERS, d_model=32, vocab_size=97, seed=0)
     at.session_state["intervene_tc"] = random_transcoders(P.N_LAYERS, 32, 64, seed=0, scan=P.SCAN)
@@ -384,8 +384,8 @@ def _tiny(at: AppTest) -> None:
 def _expected_validation(at: AppTest, keys: list[str], group: str, controls: int) -> pd.DataFrame:
     """The CLI's table for the same request, from the library (what `validate-circuit` prints)."""
     from circuit_atlas.app import data
-    from circuit_atlas.engine.intervene_cli import validation_table
-    from circuit_atlas.engine.interventions import prompts_from_store, validate_circuit
+    from circuit_atlas.engine.cli.intervene import validation_table
+    from circuit_atlas.engine.interventions.ablation import prompts_from_store, validate_circuit
 
     prompts = prompts_from_store(data.get_store(), group)  # the app's own reader, already open in this process
     res = validate_circuit(at.session_state["intervene_lm"], at.session_state["intervene_tc"], prompts, keys,

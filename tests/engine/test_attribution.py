@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.attribution import AttributionError, attribute, compute_graph
-from circuit_atlas.engine.graph_files import GraphFile
-models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-replacement = pytest.importorskip("circuit_atlas.engine.replacement", reason="engine.replacement not in the tree yet")
-transcoders = pytest.importorskip("circuit_atlas.engine.transcoders", reason="engine.transcoders not in the tree yet")
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.attribution.attribute import AttributionError, attribute, compute_graph
+from circuit_atlas.engine.formats.graph_files import GraphFile
+models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+replacement = pytest.importorskip("circuit_atlas.engine.attribution.replacement", reason="engine.attribution.replacement not in the tree yet")
+transcoders = pytest.importorskip("circuit_atlas.engine.transcoders.transcoder_set", reason="engine.transcoders.transcoder_set not in the tree yet")
 PromptError, tiny_model = models.PromptError, models.tiny_model
 replacement_run = replacement.replacement_run
 TranscoderMismatchError, random_transcoders = transcoders.TranscoderMismatchError, transcoders.random_transcoders
@@ -111,7 +111,7 @@ def test_logit_rows_at_the_unembedding_input_equal_rows_at_the_logits(arch: str)
     """compute_graph injects logit targets as d_model vectors at the head's input (one
     position); the rows equal those of the vocabulary-wide gradient injected at the logits
     (through Gemma 2's soft-cap too), and the run's last-position logits equal the full run's."""
-    from circuit_atlas.engine.attribution import _logit_targets, _pre_logits, _unembedding_side, graph_from_run
+    from circuit_atlas.engine.attribution.attribute import _logit_targets, _pre_logits, _unembedding_side, graph_from_run
 
     lm, tc = setup(arch, "plt", True)
     ids = lm.tokenize(PROMPT)

@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
-from circuit_atlas.engine.graph_files import GraphFile, is_graph_dir
-tiny_model = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet").tiny_model
-_tc = pytest.importorskip("circuit_atlas.engine.transcoders", reason="engine.transcoders not in the tree yet")
+from circuit_atlas.engine.formats.graph_files import GraphFile, is_graph_dir
+tiny_model = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet").tiny_model
+_tc = pytest.importorskip("circuit_atlas.engine.transcoders.transcoder_set", reason="engine.transcoders.transcoder_set not in the tree yet")
 TranscoderMismatchError, random_transcoders = _tc.TranscoderMismatchError, _tc.random_transcoders
 from circuit_atlas.errors import CircuitAtlasError
 

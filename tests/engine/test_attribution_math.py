@@ -1,4 +1,4 @@
-"""The edge bookkeeping of engine.attribution on a small hand-built frozen network.
+"""The edge bookkeeping of engine.attribution.attribute on a small hand-built frozen network.
 
 The network has the structure of a local replacement model (embeddings; per layer a linear
 position-mixing "attention" with fixed weights, an MLP input, transcoder features read from it,
@@ -16,8 +16,8 @@ import types
 import pytest
 import torch
 
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.attribution import LogitTargets, graph_from_run
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.attribution.attribute import LogitTargets, graph_from_run
 
 L, D, V, T, F = 3, 16, 23, 6, 24
 IDS = [1, 2, 3, 4, 5, 6]
@@ -176,7 +176,7 @@ def test_greedy_subset_rows_equal_full_rows_and_pick_influential_features() -> N
 
 
 def test_node_table_names_every_node_once_in_matrix_order() -> None:
-    from circuit_atlas.engine.attribution import node_table
+    from circuit_atlas.engine.attribution.attribute import node_table
 
     model = ToyModel("plt")
     run = model.run(4)

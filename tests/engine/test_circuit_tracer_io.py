@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from circuit_atlas.engine import graph_files as gf
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.circuit_tracer_io import CircuitTracerFormatError, read_circuit_tracer_pt
+from circuit_atlas.engine.formats import graph_files as gf
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.formats.circuit_tracer import CircuitTracerFormatError, read_circuit_tracer_pt
 
 # Stand-ins for circuit-tracer's own pickled classes, in a throwaway module that is gone again
 # before the file is loaded (as on a machine without circuit-tracer).

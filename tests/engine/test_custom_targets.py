@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
-from circuit_atlas.engine.attribution import (
+from circuit_atlas.engine.attribution.attribute import (
     AttributionError,
     CustomTarget,
     TargetDiff,
@@ -18,10 +18,10 @@ from circuit_atlas.engine.attribution import (
     compute_graph,
     custom_target_id,
 )
-from circuit_atlas.engine.graph_files import GraphFile, is_graph_dir
-from circuit_atlas.engine.models import tiny_model
-from circuit_atlas.engine.replacement import frozen_forward, frozen_state
-from circuit_atlas.engine.transcoders import random_transcoders
+from circuit_atlas.engine.formats.graph_files import GraphFile, is_graph_dir
+from circuit_atlas.engine.models.loading import tiny_model
+from circuit_atlas.engine.attribution.replacement import frozen_forward, frozen_state
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 from circuit_atlas.errors import CircuitAtlasError
 
 PROMPT = "The cat sat on the mat"

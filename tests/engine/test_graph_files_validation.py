@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 
 TOKENS = ["<bos>", " The", " cat"]
 TOKEN_IDS = [1, 450, 3290]
@@ -237,7 +237,7 @@ def test_graph_id_is_the_same_under_float_noise_and_differs_beyond_rounding():
     import numpy as np
     import pyarrow as pa
 
-    from circuit_atlas.engine.graph_files import EDGE_SCHEMA, NODE_SCHEMA, graph_id, round_significant, weights_close
+    from circuit_atlas.engine.formats.graph_files import EDGE_SCHEMA, NODE_SCHEMA, graph_id, round_significant, weights_close
 
     rng = np.random.default_rng(3)
     n = 60

@@ -10,12 +10,12 @@ import torch
 from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
-from circuit_atlas.engine import head_loadings as hl
-from circuit_atlas.engine.attribution import TargetDiff, attribute
-from circuit_atlas.engine.graph_files import GraphFile
-from circuit_atlas.engine.models import tiny_model
-from circuit_atlas.engine.replacement import frozen_forward
-from circuit_atlas.engine.transcoders import random_transcoders
+from circuit_atlas.engine.attribution import head_loadings as hl
+from circuit_atlas.engine.attribution.attribute import TargetDiff, attribute
+from circuit_atlas.engine.formats.graph_files import GraphFile
+from circuit_atlas.engine.models.loading import tiny_model
+from circuit_atlas.engine.attribution.replacement import frozen_forward
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
 PROMPT = "A cat sat"
 CASES = [("llama", "plt", False), ("gemma2", "clt", True), ("gpt2", "plt", True)]

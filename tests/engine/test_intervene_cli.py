@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 
 from circuit_atlas.cli import app
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.engine.interventions import (
+from circuit_atlas.engine.interventions.ablation import (
     Intervention,
     InterventionError,
     intervene,
     prompts_from_store,
     validate_circuit,
 )
-from circuit_atlas.engine.models import tiny_model
-from circuit_atlas.engine.transcoders import load_transcoders, random_transcoders
+from circuit_atlas.engine.models.loading import tiny_model
+from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders, random_transcoders
 from circuit_atlas.ingest.pipeline import ingest_corpus
 from circuit_atlas.store import open_store
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_atlas.engine.attribution import compute_graph
-from circuit_atlas.engine.interventions import (
+from circuit_atlas.engine.attribution.attribute import compute_graph
+from circuit_atlas.engine.interventions.ablation import (
     Intervention,
     InterventionError,
     clean_run,
@@ -18,9 +18,9 @@ from circuit_atlas.engine.interventions import (
     parse_intervention,
     validate_circuit,
 )
-from circuit_atlas.engine.models import TINY_ARCHS, PromptError, tiny_model
-from circuit_atlas.engine.replacement import frozen_forward, frozen_state
-from circuit_atlas.engine.transcoders import random_transcoders
+from circuit_atlas.engine.models.loading import TINY_ARCHS, PromptError, tiny_model
+from circuit_atlas.engine.attribution.replacement import frozen_forward, frozen_state
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 from circuit_atlas.errors import CircuitAtlasError
 
 PROMPT = "The cat sat on"
@@ -321,7 +321,7 @@ def test_validate_circuit_on_prompts(llama) -> None:
 @pytest.mark.parametrize("arch,kind,hin,hout", [("gemma2", "plt", "ln2.hook_normalized", "hook_mlp_out"),
                                                 ("llama", "clt", "hook_resid_mid", "mlp.hook_out")])
 def test_interventions_read_and_write_at_the_transcoders_hook_points(arch, kind, hin, hout) -> None:
-    from circuit_atlas.engine.replacement import replacement_run
+    from circuit_atlas.engine.attribution.replacement import replacement_run
 
     lm = tiny_model(arch, n_layers=2, d_model=32, vocab_size=97, seed=0)
     g = torch.Generator().manual_seed(2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_atlas.engine.models import (ModelLoadError, PromptError, UnsupportedModelError, load_model,
+from circuit_atlas.engine.models.loading import (ModelLoadError, PromptError, UnsupportedModelError, load_model,
                                          tiny_model)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from circuit_atlas.engine import graph_files as gf
-from circuit_atlas.engine import neuronpedia as npd
+from circuit_atlas.engine.formats import graph_files as gf
+from circuit_atlas.engine.formats import neuronpedia as npd
 
 FIXTURE = Path(__file__).parent / "fixtures" / "neuronpedia_handwritten.json"
 

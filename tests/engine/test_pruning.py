@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.pruning import EMBEDDING, ERROR, FEATURE, LOGIT
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.attribution.pruning import EMBEDDING, ERROR, FEATURE, LOGIT
 
 # Nodes: 0 e0, 1 e1 (embeddings), 2 f0, 3 f1, 4 f2 (features), 5 r (error), 6 L0, 7 L1 (logits).
 KINDS = torch.tensor([EMBEDDING, EMBEDDING, FEATURE, FEATURE, FEATURE, ERROR, LOGIT, LOGIT])

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.adapters import UnsupportedModelError, adapter_for
-from circuit_atlas.engine.attribution import compute_graph
-from circuit_atlas.engine.models import TINY_ARCHS, tiny_model
-from circuit_atlas.engine.replacement import frozen_forward, frozen_state, replacement_run
-from circuit_atlas.engine.transcoders import random_transcoders
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.models.adapters import UnsupportedModelError, adapter_for
+from circuit_atlas.engine.attribution.attribute import compute_graph
+from circuit_atlas.engine.models.loading import TINY_ARCHS, tiny_model
+from circuit_atlas.engine.attribution.replacement import frozen_forward, frozen_state, replacement_run
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
 PROMPT = "The cat sat on the mat"
 
@@ -207,7 +207,7 @@ def test_hook_mlp_in_is_hook_resid_mid() -> None:
 
 
 def test_unknown_hook_point_is_named_with_the_supported_ones() -> None:
-    from circuit_atlas.engine.adapters import HookPointError, mlp_hooks
+    from circuit_atlas.engine.models.adapters import HookPointError, mlp_hooks
 
     lm = tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)
     with pytest.raises(HookPointError, match=r"unsupported feature_input_hook 'hook_resid_pre'; supported: mlp\.hook_in, ln2\.hook_normalized"):

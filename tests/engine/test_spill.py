@@ -9,12 +9,12 @@ import gc
 import pytest
 import torch
 
-from circuit_atlas.engine import pruning
-from circuit_atlas.engine.attribution import AttributionError, _logit_targets, attribute, compute_graph, graph_from_run
+from circuit_atlas.engine.attribution import pruning
+from circuit_atlas.engine.attribution.attribute import AttributionError, _logit_targets, attribute, compute_graph, graph_from_run
 
-models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-transcoders = pytest.importorskip("circuit_atlas.engine.transcoders", reason="engine.transcoders not in the tree yet")
-replacement_run = pytest.importorskip("circuit_atlas.engine.replacement").replacement_run
+models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+transcoders = pytest.importorskip("circuit_atlas.engine.transcoders.transcoder_set", reason="engine.transcoders.transcoder_set not in the tree yet")
+replacement_run = pytest.importorskip("circuit_atlas.engine.attribution.replacement").replacement_run
 
 PROMPT = "The cat sat on the mat because it was tired of the dog"
 
@@ -116,7 +116,7 @@ def test_a_bad_budget_is_refused(tiny, bad) -> None:
 
 
 def test_passes_split_under_a_budget_give_the_same_rows(tiny) -> None:
-    from circuit_atlas.engine.attribution import _targets_per_pass
+    from circuit_atlas.engine.attribution.attribute import _targets_per_pass
 
     lm, tc = tiny
     ids = lm.tokenize(PROMPT)

@@ -8,8 +8,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from circuit_atlas.engine import transcoders as T
-from circuit_atlas.engine.gemmascope import load_gemmascope
+from circuit_atlas.engine.transcoders import transcoder_set as T
+from circuit_atlas.engine.transcoders.gemmascope import load_gemmascope
 
 CASES = [(k, a, s) for k in ("plt", "clt") for a in ("relu", "jumprelu", "topk") for s in (False, True)]
 
@@ -255,8 +255,8 @@ def test_hook_points_from_config_and_unknown_ones_refused(tmp_path):
 
 
 def test_training_reads_and_writes_at_the_configured_hook_points(tmp_path):
-    from circuit_atlas.engine.models import tiny_model
-    from circuit_atlas.engine.train import TrainConfig, TrainError, _Activations, _Batches, _bos_prefix, token_stream, token_windows, train_transcoders
+    from circuit_atlas.engine.models.loading import tiny_model
+    from circuit_atlas.engine.training.train import TrainConfig, TrainError, _Activations, _Batches, _bos_prefix, token_stream, token_windows, train_transcoders
 
     lm = tiny_model("gemma2", n_layers=2, d_model=32, vocab_size=97, seed=0)
     texts = ["the cat sat on the mat while the dog ran to the park"] * 20

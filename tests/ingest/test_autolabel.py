@@ -18,8 +18,8 @@ from circuit_atlas.store import open_store
 from circuit_atlas.store.base import SCHEMA_VERSION
 from circuit_atlas.store.synthetic import synthetic_graph
 
-models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-from circuit_atlas.engine.transcoders import random_transcoders  # noqa: E402
+models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders  # noqa: E402
 
 TEXT = "\n".join(f"the {w} number {i} sat on the mat and looked at the {w}" for i, w in
                  enumerate(["cat", "dog", "bird", "fish", "fox"] * 8))

@@ -12,9 +12,9 @@ from ingest_helpers import run_cli
 from circuit_atlas.ingest.features import FeatureContextError, compute_feature_contexts
 from circuit_atlas.store import open_store
 
-models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-from circuit_atlas.engine.train import _bos_prefix  # noqa: E402
-from circuit_atlas.engine.transcoders import random_transcoders  # noqa: E402
+models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+from circuit_atlas.engine.training.train import _bos_prefix  # noqa: E402
+from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders  # noqa: E402
 
 TEXT = "\n".join(f"the {w} number {i} sat on the mat and looked at the {w}" for i, w in
                  enumerate(["cat", "dog", "bird", "fish", "fox"] * 8))
@@ -43,8 +43,8 @@ def test_feature_contexts_are_stored_and_right(tmp_path, tiny):
         feats = _features(s)
     assert rep.tokens > 0 and rep.stored == len(feats) == rep.features - rep.dead > 0
     # independent recomputation: every window through the model, encoded, BOS left out
-    from circuit_atlas.engine.corpus import load_texts
-    from circuit_atlas.engine.train import token_stream, token_windows
+    from circuit_atlas.engine.training.corpus import load_texts
+    from circuit_atlas.engine.training.train import token_stream, token_windows
 
     prefix = _bos_prefix(lm)
     stream = token_stream(lm, load_texts(corpus), progress=False)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from ingest_helpers import run_cli, snapshot
 
-from circuit_atlas.engine import graph_files as gf
-from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
-from circuit_atlas.engine.neuronpedia import read_neuronpedia, write_neuronpedia
+from circuit_atlas.engine.formats import graph_files as gf
+from circuit_atlas.engine.formats.circuit_tracer import read_circuit_tracer_pt
+from circuit_atlas.engine.formats.neuronpedia import read_neuronpedia, write_neuronpedia
 from circuit_atlas.ingest.exporters import ExportError, export_prompt, read_stored_graph
 from circuit_atlas.ingest.importers import GraphImportError, discover, import_path
 from circuit_atlas.store import open_store

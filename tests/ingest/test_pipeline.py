@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from ingest_helpers import assert_close, store_state
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.ingest.jobs import AttributionSettings, request_key
 from circuit_atlas.ingest.pipeline import ingest_corpus
 from circuit_atlas.ingest.prompts import PromptRowError, read_failures
 from circuit_atlas.store import open_store
 
-models = pytest.importorskip("circuit_atlas.engine.models", reason="engine.models not in the tree yet")
-pytest.importorskip("circuit_atlas.engine.replacement", reason="engine.replacement not in the tree yet")
-from circuit_atlas.engine.transcoders import load_transcoders, random_transcoders  # noqa: E402
+models = pytest.importorskip("circuit_atlas.engine.models.loading", reason="engine.models.loading not in the tree yet")
+pytest.importorskip("circuit_atlas.engine.attribution.replacement", reason="engine.attribution.replacement not in the tree yet")
+from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders, random_transcoders  # noqa: E402
 
 SUBJECTS = ["cat", "dog", "bird", "fish", "horse", "mouse", "lion", "bear", "wolf", "fox"]
 SETTINGS = dict(node_threshold=0.8, edge_threshold=0.98, batch_size=32)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from circuit_atlas.engine.corpus import CorpusError
+from circuit_atlas.engine.training.corpus import CorpusError
 from circuit_atlas.ingest.prompts import (
     FailureLog,
     PromptRow,

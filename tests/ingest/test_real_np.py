@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ingest_helpers import run_cli, store_state
 
-from circuit_atlas.engine import neuronpedia as npd
+from circuit_atlas.engine.formats import neuronpedia as npd
 from circuit_atlas.ingest.exporters import export_prompt
 from circuit_atlas.ingest.importers import import_path
 from circuit_atlas.queries.runner import run_query
@@ -274,7 +274,7 @@ def ct_files():
 
 
 def test_circuit_tracer_files_import_with_every_edge_on_its_true_endpoints(ct_files, store_url):
-    from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
+    from circuit_atlas.engine.formats.circuit_tracer import read_circuit_tracer_pt
 
     doc = json.loads(Path(ct_files["json"]).read_text())
     counts = Counter(n["node_id"] for n in doc["nodes"])
@@ -335,7 +335,7 @@ def _copy_with(src: Path, dst: Path, change) -> Path:
 def _on_boundary(w: float, side: float) -> float:
     """A value next to the rounding boundary nearest ``w`` at WEIGHT_DIGITS significant digits,
     ``side`` (+1/-1) of it by about 1e-7 of the value: float noise that rounds two ways."""
-    from circuit_atlas.engine.graph_files import WEIGHT_DIGITS
+    from circuit_atlas.engine.formats.graph_files import WEIGHT_DIGITS
 
     unit = 10.0 ** (math.floor(math.log10(abs(w))) - (WEIGHT_DIGITS - 1))
     boundary = (math.floor(w / unit) + 0.5) * unit

@@ -77,7 +77,7 @@ def all_cases() -> list[Case]:
 def save_model(arch: str, directory: Path) -> list[int]:
     """A tiny model of ``arch`` with random norm weights, saved (weights + tokenizer); returns
     the prompt's token ids (the model is kept for ``save_transcoders``)."""
-    from circuit_atlas.engine.models import tiny_model
+    from circuit_atlas.engine.models.loading import tiny_model
 
     lm = tiny_model(arch, n_layers=N_LAYERS, d_model=D_MODEL, vocab_size=VOCAB, seed=0)
     g = torch.Generator().manual_seed(7)
@@ -98,7 +98,7 @@ def save_transcoders(case: Case, directory: Path) -> None:
     inputs at the case's hook point so about a fifth of the features fire at every layer: the
     raw residual (hook_resid_mid) is far larger than a normalised one. ``save_model`` of the
     case's architecture must have run in this process."""
-    from circuit_atlas.engine.transcoders import random_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
     lm, ids = _SAVED[case.arch]
     seed = zlib.crc32(case.name.encode()) % 1000  # differs per case, the same every run

@@ -50,9 +50,9 @@ for case in json.loads(open(sys.argv[2]).read()):
 
 
 def _ours(root: Path, case: Case, ids: list[int], prune: bool):
-    from circuit_atlas.engine.attribution import CustomTarget, TargetDiff, attribute
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution.attribute import CustomTarget, TargetDiff, attribute
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     lm = load_model(str(root / "models" / case.arch), dtype="float32", device="cpu")
     tc = load_transcoders(root / "tc" / case.name)
@@ -94,7 +94,7 @@ def _edges(graph, rename: dict[str, str]) -> pd.Series:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_custom_targets_match_circuit_tracer(case, ct_custom) -> None:
-    from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
+    from circuit_atlas.engine.formats.circuit_tracer import read_circuit_tracer_pt
 
     root, ids, reports, ours_all = ct_custom
     report = reports.get(case.name, {"error": "no report"})

@@ -65,9 +65,9 @@ def ct_results(ct_python, tmp_path_factory, request):
 
 
 def _ours(root: Path, case, ids: list[int], prune: bool):
-    from circuit_atlas.engine.attribution import attribute
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution.attribute import attribute
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     lm = load_model(str(root / "models" / case.arch), dtype="float32", device="cpu")
     tc = load_transcoders(root / "tc" / case.name)
@@ -102,7 +102,7 @@ def _at_edge_cutoff(scores: torch.Tensor, t: int, s: int, threshold: float = 0.9
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_same_graph_as_circuit_tracer(case, ct_results):
-    from circuit_atlas.engine.circuit_tracer_io import read_circuit_tracer_pt
+    from circuit_atlas.engine.formats.circuit_tracer import read_circuit_tracer_pt
 
     root, reports, ids = ct_results
     report = reports.get(case.name, {"error": "no report"})

@@ -1,6 +1,6 @@
 """A synthetic corpus of attribution graphs with PLANTED recurring circuits, and its answers.
 
-Every graph is a real graph directory (engine.graph_files.GraphFile). The corpus holds:
+Every graph is a real graph directory (engine.formats.graph_files.GraphFile). The corpus holds:
 
 - group ``capitals`` (7 prompts: cap0..cap5 and cap0dup, tag ``geo``): the chain
   embedding(" capital") -> A -> B -> C -> logit(" Paris") with the feed-forward edge A -> C, and a
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from circuit_atlas.engine.graph_files import (
+from circuit_atlas.engine.formats.graph_files import (
     GraphFile,
     embedding_node_id,
     error_node_id,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from planted import CAPITAL_EDGES, LOGIT_EDGES, A, B, C, D, E, H, S1, S2, key
 
-from circuit_atlas.engine.graph_files import GraphFile
+from circuit_atlas.engine.formats.graph_files import GraphFile
 from circuit_atlas.queries.runner import QueryError, run_query
 
 MIN = 3  # noise recurs in at most 2 prompts (the near-duplicate pair)

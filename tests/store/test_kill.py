@@ -48,8 +48,8 @@ def _supernode_records(meta: dict, nodes) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A tiny real model and random transcoders on disk, and a corpus, for `ingest` and `features`."""
-    from circuit_atlas.engine import models
-    from circuit_atlas.engine.transcoders import random_transcoders
+    from circuit_atlas.engine.models import loading as models
+    from circuit_atlas.engine.transcoders.transcoder_set import random_transcoders
 
     root = tmp_path_factory.mktemp("kill-tiny")
     lm = models.tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)

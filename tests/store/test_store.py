@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from circuit_atlas.engine.graph_files import GraphFile
+from circuit_atlas.engine.formats.graph_files import GraphFile
 from circuit_atlas.store import ReadOnlyViolation, SCHEMA_VERSION, StoreError, open_store
 from circuit_atlas.store.embedded import feature_weight, read_graph_dir
 from circuit_atlas.store.synthetic import synthetic_graph

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from circuit_atlas.engine.corpus import (
+from circuit_atlas.engine.training.corpus import (
     CorpusError,
     CorpusRowError,
     CorpusStats,

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_demo_recipe_trains_once_and_is_reused(tmp_path: Path, monkeypatch) -> None:
-    from circuit_atlas.engine.evaluate import evaluate_transcoders
-    from circuit_atlas.engine.train import ensure_demo_transcoders, read_metrics
+    from circuit_atlas.engine.training.evaluate import evaluate_transcoders
+    from circuit_atlas.engine.training.train import ensure_demo_transcoders, read_metrics
 
     monkeypatch.setenv("CIRCUIT_ATLAS_HOME", str(tmp_path))
     out = ensure_demo_transcoders(quick=True, progress=False)

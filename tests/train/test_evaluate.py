@@ -7,14 +7,14 @@ import random
 import pytest
 import torch
 
-from circuit_atlas.engine.train import TrainConfig, _bos_prefix, token_stream, token_windows, train_transcoders
+from circuit_atlas.engine.training.train import TrainConfig, _bos_prefix, token_stream, token_windows, train_transcoders
 
 WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees near water".split()
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, make_tiny_lm):
-    import circuit_atlas.engine.transcoders as tcs
+    import circuit_atlas.engine.transcoders.transcoder_set as tcs
 
     lm = make_tiny_lm(n_layers=2, d_model=32, vocab_size=97, seed=1)
     rng = random.Random(1)
@@ -28,7 +28,7 @@ def setup(tmp_path_factory, make_tiny_lm):
 
 
 def test_figures_match_a_direct_computation(setup) -> None:
-    from circuit_atlas.engine.evaluate import evaluate_loaded, render_table
+    from circuit_atlas.engine.training.evaluate import evaluate_loaded, render_table
 
     lm, _, tc, wins = setup
     res = evaluate_loaded(lm, tc, wins, batch_size=8, progress=False)
@@ -51,7 +51,7 @@ def test_figures_match_a_direct_computation(setup) -> None:
 
 
 def test_trained_set_beats_a_random_one(setup) -> None:
-    from circuit_atlas.engine.evaluate import evaluate_loaded
+    from circuit_atlas.engine.training.evaluate import evaluate_loaded
 
     lm, tcs, tc, wins = setup
     rnd = tcs.random_transcoders(lm.n_layers, lm.d_model, 48, kind="plt", activation="topk", k=6, seed=3)
@@ -63,7 +63,7 @@ def test_trained_set_beats_a_random_one(setup) -> None:
 
 
 def test_mismatched_set_is_refused(setup) -> None:
-    from circuit_atlas.engine.evaluate import evaluate_loaded
+    from circuit_atlas.engine.training.evaluate import evaluate_loaded
 
     lm, tcs, _, wins = setup
     wrong = tcs.random_transcoders(lm.n_layers + 1, lm.d_model, 8, seed=0)
@@ -74,7 +74,7 @@ def test_mismatched_set_is_refused(setup) -> None:
 def test_evaluation_reads_and_writes_at_the_sets_hook_points(setup) -> None:
     """A set trained at another point (config.yaml's feature_input_hook) is evaluated there: the
     figures equal a direct computation at that point, and the replacement logits change with it."""
-    from circuit_atlas.engine.evaluate import evaluate_loaded
+    from circuit_atlas.engine.training.evaluate import evaluate_loaded
 
     lm, tcs, _, wins = setup
     at_mlp = tcs.random_transcoders(lm.n_layers, lm.d_model, 48, kind="plt", seed=5)
@@ -94,7 +94,7 @@ def test_evaluation_reads_and_writes_at_the_sets_hook_points(setup) -> None:
 
 
 def test_demo_prompt_sample_spans_the_groups() -> None:
-    from circuit_atlas.engine.evaluate import demo_prompt_sample
+    from circuit_atlas.engine.training.evaluate import demo_prompt_sample
 
     eight = demo_prompt_sample(8)
     assert len({r["group"] for r in eight}) == 8  # one of each group first
@@ -103,8 +103,8 @@ def test_demo_prompt_sample_spans_the_groups() -> None:
 
 
 def test_graph_scores_are_the_attribution_scores(setup) -> None:
-    from circuit_atlas.engine.attribution import attribute
-    from circuit_atlas.engine.evaluate import graph_scores
+    from circuit_atlas.engine.attribution.attribute import attribute
+    from circuit_atlas.engine.training.evaluate import graph_scores
 
     lm, _, tc, _ = setup
     prompts = ["the cat sat on a mat", "the dog ran to the park"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit_atlas.engine import pinned_corpus as pc
+from circuit_atlas.engine.training import pinned_corpus as pc
 from circuit_atlas.errors import CircuitAtlasError
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from circuit_atlas.engine.train import TrainConfig, train_transcoders
+from circuit_atlas.engine.training.train import TrainConfig, train_transcoders
 
 SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[2]))
-from circuit_atlas.engine.models import tiny_model
-from circuit_atlas.engine.train import TrainConfig, train_transcoders
+from circuit_atlas.engine.models.loading import tiny_model
+from circuit_atlas.engine.training.train import TrainConfig, train_transcoders
 lm = tiny_model("llama", n_layers=2, d_model=32, vocab_size=97, seed=0)
 train_transcoders(TrainConfig(**json.loads(sys.argv[1])), lm=lm)
 """

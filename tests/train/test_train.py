@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuit_atlas.engine.corpus import CorpusError
-from circuit_atlas.engine.train import (
+from circuit_atlas.engine.training.corpus import CorpusError
+from circuit_atlas.engine.training.train import (
     JumpReLU,
     TrainConfig,
     TrainError,
@@ -75,7 +75,7 @@ def test_higher_lambda_gives_lower_l0(lm, texts, tmp_path: Path) -> None:
 
 
 def test_topk_keeps_exactly_the_k_largest(lm, texts, tmp_path: Path) -> None:
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     cfg = _cfg(tmp_path / "t", activation="topk", k=5, tokens=1500)
     out = train_transcoders(cfg, lm=lm, texts=texts)
@@ -96,7 +96,7 @@ def test_topk_keeps_exactly_the_k_largest(lm, texts, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind,skip", [("plt", True), ("clt", False)])
 def test_save_load_reproduces_reconstructions(lm, texts, tmp_path: Path, kind: str, skip: bool) -> None:
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     cfg = _cfg(tmp_path / kind, kind=kind, skip=skip, tokens=1500)
     out = train_transcoders(cfg, lm=lm, texts=texts)
@@ -118,7 +118,7 @@ def test_save_load_reproduces_reconstructions(lm, texts, tmp_path: Path, kind: s
 
 
 def test_resume_is_bit_for_bit(lm, texts, tmp_path: Path, monkeypatch) -> None:
-    import circuit_atlas.engine.train as train_mod
+    import circuit_atlas.engine.training.train as train_mod
 
     full = train_transcoders(_cfg(tmp_path / "full", tokens=1000, checkpoint_every=4, steps_per_batch=2), lm=lm, texts=texts)
     ref = read_metrics(full)
@@ -151,7 +151,7 @@ def test_resume_is_bit_for_bit(lm, texts, tmp_path: Path, monkeypatch) -> None:
 
 
 def test_clt_feature_decodes_to_later_layers_only(lm, texts, tmp_path: Path) -> None:
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     cfg = _cfg(tmp_path / "clt", kind="clt", tokens=1000)
     tc = load_transcoders(train_transcoders(cfg, lm=lm, texts=texts))
@@ -217,7 +217,7 @@ def test_clt_sparsity_uses_the_norm_of_all_decoders_concatenated(tmp_path: Path)
 
 
 def test_model_written_text_is_mixed_in(lm, texts, tmp_path: Path) -> None:
-    from circuit_atlas.engine.corpus import sample_model_text
+    from circuit_atlas.engine.training.corpus import sample_model_text
 
     sampled = sample_model_text(lm, 60, seed=0, max_new_tokens=20)
     assert sampled and all(isinstance(t, str) and t for t in sampled)

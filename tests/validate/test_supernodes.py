@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from circuit_atlas.engine.graph_files import GraphFile, embedding_node_id, feature_node_id, graph_id, logit_node_id
+from circuit_atlas.engine.formats.graph_files import GraphFile, embedding_node_id, feature_node_id, graph_id, logit_node_id
 from circuit_atlas.queries.supernodes import SupernodeError, SupernodeSettings, propose_supernodes, supernode_graph, write_auto_supernodes
 
 SCAN = "planted"

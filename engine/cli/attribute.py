@@ -73,7 +73,7 @@ def custom_targets_from_options(
     """The CustomTarget / TargetDiff list that --target-diff and --target-direction ask for."""
     import hashlib
 
-    from circuit_atlas.engine.attribution import CustomTarget, TargetDiff
+    from circuit_atlas.engine.attribution.attribute import CustomTarget, TargetDiff
 
     if direction is None and (label is not None or weight is not None):
         raise typer.BadParameter("--target-label and --target-weight go with --target-direction")
@@ -132,10 +132,10 @@ def attribute_command(
     With --target the graph's outputs are the named tokens; with --target-diff / --target-direction
     they are those custom targets (logit nodes labelled by the target), after any --target tokens;
     otherwise the most likely next tokens."""
-    from circuit_atlas.engine.attribution import attribute
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.pruning import parse_memory
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution.attribute import attribute
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.attribution.pruning import parse_memory
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     if (prompt is None) == (prompts is None):
         raise typer.BadParameter("give exactly one of --prompt or --prompts")

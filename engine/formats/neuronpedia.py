@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from circuit_atlas.engine import graph_files as gf
+from circuit_atlas.engine.formats import graph_files as gf
 from circuit_atlas.errors import CircuitAtlasError
 
 INDEX_NAME = "graph-metadata.json"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuit_atlas.engine.transcoders import (
+from circuit_atlas.engine.transcoders.transcoder_set import (
     TranscoderFileError,
     TranscoderMismatchError,
     TranscoderSet,

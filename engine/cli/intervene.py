@@ -32,7 +32,7 @@ def parse_layers(text: Optional[str]) -> tuple[int, int] | None:
 
 
 def _load(model: Optional[str], transcoders: Optional[str], device: str, dtype: str):
-    from circuit_atlas.engine.models import load_model_and_transcoders
+    from circuit_atlas.engine.models.loading import load_model_and_transcoders
 
     if not model or not transcoders:
         raise typer.BadParameter("give --model and --transcoders (or set $CIRCUIT_ATLAS_MODEL and $CIRCUIT_ATLAS_TRANSCODERS)")
@@ -76,7 +76,7 @@ def intervene_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (or cuda:N)."),
 ) -> None:
     """Set transcoder features to values (clamp, scale, zero) and compare the top next tokens before and after."""
-    from circuit_atlas.engine.interventions import intervene, parse_intervention
+    from circuit_atlas.engine.interventions.ablation import intervene, parse_intervention
 
     if not prompt.strip():  # inputs that need no model are checked before it loads
         raise typer.BadParameter("--prompt is empty: give the text to intervene on")
@@ -173,7 +173,7 @@ def validate_circuit_command(
 ) -> None:
     """Ablate or sign-flip a circuit's features in every prompt of a group and compare the change in the
     expected token's probability with random features of matched activation."""
-    from circuit_atlas.engine.interventions import prompts_from_store, validate_circuit
+    from circuit_atlas.engine.interventions.ablation import prompts_from_store, validate_circuit
     from circuit_atlas.store import open_store
 
     keys = [k.strip() for k in features.split(",") if k.strip()]

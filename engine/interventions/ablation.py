@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuit_atlas.engine.adapters import Freeze, recording, replaying
+from circuit_atlas.engine.models.adapters import Freeze, recording, replaying
 from circuit_atlas.errors import CircuitAtlasError
 
 __all__ = [
@@ -208,7 +208,7 @@ def _hooked_pass(lm, tc, ids: Tensor, pre, post) -> Tensor:
     """One forward pass of the real model with a hook at each layer's feature input point
     (``pre(i, x)``) and one at its output point (``post(i, out) -> new out or None``), the
     transcoders' hook points; returns the logits (T, V)."""
-    from circuit_atlas.engine.adapters import mlp_hooks
+    from circuit_atlas.engine.models.adapters import mlp_hooks
 
     def post_one(i: int, output: Tensor) -> Tensor | None:
         new = post(i, output[0])
@@ -411,7 +411,7 @@ def _kl(before: Tensor, after: Tensor) -> float:
 
 
 def _check_prompt(lm, prompt: str | Sequence[int]) -> list[int]:
-    from circuit_atlas.engine.attribution import _check_prompt as check
+    from circuit_atlas.engine.attribution.attribute import _check_prompt as check
 
     if isinstance(prompt, Tensor):
         prompt = [int(t) for t in prompt.reshape(-1).tolist()]

@@ -122,7 +122,7 @@ class Prepared:
 def prepare(lm: Any, tc: Any, token_ids: list[int], custom_vectors: dict[int, Tensor] | None = None) -> Prepared:
     """One clean pass recording the frozen patterns, scales, activations and errors, and one
     replacement run whose heads' inputs are kept in its autograd graph."""
-    from circuit_atlas.engine.replacement import frozen_state, replacement_run
+    from circuit_atlas.engine.attribution.replacement import frozen_state, replacement_run
 
     tc.check_fits(lm.n_layers, lm.d_model, source=str(getattr(tc, "scan", "")))
     ids = torch.tensor(token_ids, dtype=torch.long, device=lm.device)
@@ -272,7 +272,7 @@ def _target_reader(prep: Prepared, target: Node) -> tuple[Any, Tensor]:
 
 
 def _pass(prep: Prepared, read: Any, sources: dict[str, Any], hooks: list[Any]) -> float:
-    from circuit_atlas.engine.replacement import frozen_forward
+    from circuit_atlas.engine.attribution.replacement import frozen_forward
 
     pre: list[Tensor] = []
     head = prep.lm.model.get_output_embeddings()

@@ -39,7 +39,7 @@ class EvalResult:
 def mlp_modules(lm) -> list[torch.nn.Module]:
     """The modules whose forward output is the MLP output the transcoders reconstruct.
 
-    Asks the architecture adapter (engine/adapters.py) first; falls back to the usual HF layouts.
+    Asks the architecture adapter (engine/models/adapters.py) first; falls back to the usual HF layouts.
     """
     adapter = getattr(lm, "adapter", None)
     for name in ("mlp_modules", "mlp_module"):
@@ -102,8 +102,8 @@ class _Accum:
 def _replacement_logits(lm, tc, ids: Tensor) -> Tensor:
     """Logits with every MLP output replaced by the transcoder reconstruction (BOS kept real),
     read and written at the set's own hook points (config.yaml), as attribution does."""
-    from circuit_atlas.engine.adapters import mlp_hooks
-    from circuit_atlas.engine.replacement import hook_points
+    from circuit_atlas.engine.models.adapters import mlp_hooks
+    from circuit_atlas.engine.attribution.replacement import hook_points
 
     inputs: dict[int, Tensor] = {}
     acts: list[Tensor] = []
@@ -170,10 +170,10 @@ def evaluate_transcoders(
     """Load model, transcoders and text, then `evaluate_loaded` on about `tokens` scored tokens."""
     import numpy as np
 
-    from circuit_atlas.engine.corpus import load_texts
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.train import _bos_prefix, token_stream, token_windows
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.training.corpus import load_texts
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.training.train import _bos_prefix, token_stream, token_windows
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     lm = load_model(model, dtype=dtype, device=device)
     tc = load_transcoders(transcoders, device=device)
@@ -232,7 +232,7 @@ def graph_scores(lm, tc, prompts: list[str], *, max_feature_nodes: int | None = 
     share of the logits' influence that reaches tokens rather than error nodes, and the share of
     each node's input that comes from non-error nodes), computed with the demo's settings
     (`max_feature_nodes` 1024), so they predict what the demo's graphs will score."""
-    from circuit_atlas.engine.attribution import attribute
+    from circuit_atlas.engine.attribution.attribute import attribute
 
     it: Any = prompts
     if progress:

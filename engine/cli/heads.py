@@ -31,10 +31,10 @@ def heads_command(
     through each head of the layer's attention, and what bypasses it; the parts sum to the edge.
 
     Runs in float32 (the split is checked against the edge to float32 rounding)."""
-    from circuit_atlas.engine import head_loadings as hl
-    from circuit_atlas.engine.graph_files import GraphFile
-    from circuit_atlas.engine.models import load_model
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.attribution import head_loadings as hl
+    from circuit_atlas.engine.formats.graph_files import GraphFile
+    from circuit_atlas.engine.models.loading import load_model
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     import torch
 

@@ -129,7 +129,7 @@ class TrainConfig:
             raise TrainError("--lr must be positive, --lambda non-negative, --checkpoint-every at least 1")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise TrainError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
-        from circuit_atlas.engine.adapters import HookPointError, check_hook_points
+        from circuit_atlas.engine.models.adapters import HookPointError, check_hook_points
 
         try:
             check_hook_points(self.feature_input_hook, self.feature_output_hook)
@@ -408,8 +408,8 @@ class TranscoderTrainer(nn.Module):
         return res
 
     def to_transcoder_set(self, *, scan: str, model_name: str | None, hooks: tuple[str, str] | None = None):
-        """A `TranscoderSet` (engine/transcoders.py) holding the folded weights."""
-        from circuit_atlas.engine.transcoders import TranscoderSet
+        """A `TranscoderSet` (engine/transcoders/transcoder_set.py) holding the folded weights."""
+        from circuit_atlas.engine.transcoders.transcoder_set import TranscoderSet
 
         cfg = self.cfg
         extra = {"feature_input_hook": hooks[0], "feature_output_hook": hooks[1]} if hooks else {}
@@ -599,16 +599,16 @@ def train_transcoders(cfg: TrainConfig, lm=None, texts: list[str] | None = None,
         raise TrainError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it or choose another --out")
 
     if texts is None:
-        from circuit_atlas.engine.corpus import load_texts
+        from circuit_atlas.engine.training.corpus import load_texts
 
         texts = load_texts(cfg.corpus, field=cfg.field, tokens=cfg.tokens * 2, seed=cfg.seed, max_chars=cfg.tokens * 12)
     if lm is None:
-        from circuit_atlas.engine.models import load_model
+        from circuit_atlas.engine.models.loading import load_model
 
         lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
 
     if cfg.model_text > 0:
-        from circuit_atlas.engine.corpus import sample_model_text
+        from circuit_atlas.engine.training.corpus import sample_model_text
 
         texts = list(texts) + sample_model_text(lm, int(cfg.tokens * cfg.model_text), seed=cfg.seed)
         random.Random(cfg.seed).shuffle(texts)
@@ -728,16 +728,16 @@ def read_metrics(out: str | Path) -> list[dict]:
 
 
 def _recipe_dir() -> Path:
-    return Path(str(resources.files("circuit_atlas.engine") / "recipes"))
+    return Path(str(resources.files("circuit_atlas.engine.training") / "recipes"))
 
 
 def list_recipes() -> list[str]:
-    """Names of the YAML recipes shipped in engine/recipes/."""
+    """Names of the YAML recipes shipped in engine/training/recipes/."""
     return sorted(p.stem for p in _recipe_dir().glob("*.yaml"))
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """A recipe's settings (TrainConfig field names); a name from engine/recipes/ or a YAML path."""
+    """A recipe's settings (TrainConfig field names); a name from engine/training/recipes/ or a YAML path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = _recipe_dir() / f"{name_or_path}.yaml"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuit_atlas.engine.adapters import ADAPTERS, Adapter, UnsupportedModelError, adapter_for, mlp_hooks, prepare_model
+from circuit_atlas.engine.models.adapters import ADAPTERS, Adapter, UnsupportedModelError, adapter_for, mlp_hooks, prepare_model
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.paths import home
 
@@ -247,7 +247,7 @@ def load_model(ref: str = DEMO_MODEL, *, device: str | torch.device | None = Non
 
 def load_model_and_transcoders(model: str, transcoders: str, *, dtype: str = "float32", device: str = "cpu"):
     """(LoadedModel, TranscoderSet) that fit each other, as every command that runs both needs."""
-    from circuit_atlas.engine.transcoders import load_transcoders
+    from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
     dt = _dtype(dtype)
     if dt not in (torch.float32, torch.bfloat16):

@@ -1,6 +1,6 @@
 """Attribution graphs: direct linear effects between the nodes of a local replacement model.
 
-For one prompt the replacement model (``engine.replacement``) has frozen attention patterns,
+For one prompt the replacement model (``engine.attribution.replacement``) has frozen attention patterns,
 frozen normalisation denominators and MLPs replaced by transcoder features plus error terms,
 so the residual stream is linear in the embeddings, the feature activations and the errors.
 The edge ``A[t, s]`` is then exact: the change of target ``t``'s pre-activation (or de-meaned
@@ -33,13 +33,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuit_atlas.engine import pruning
+from circuit_atlas.engine.attribution import pruning
 from circuit_atlas.errors import CircuitAtlasError
 
 if TYPE_CHECKING:  # pandas and pyarrow (graph_files) are imported where the tables are built
     import pandas as pd
 
-    from circuit_atlas.engine import graph_files as gf
+    from circuit_atlas.engine.formats import graph_files as gf
 
 
 def _release_freed_memory() -> None:
@@ -147,7 +147,7 @@ class RawGraph:
 
 
 def _check_prompt(lm: Any, prompt: str | list[int]) -> tuple[str, list[int]]:
-    from circuit_atlas.engine.models import PromptError
+    from circuit_atlas.engine.models.loading import PromptError
 
     if isinstance(prompt, str):
         ids = list(lm.tokenize(prompt))
@@ -384,7 +384,7 @@ def compute_graph(
     ``max_feature_nodes`` most influential found greedily), unpruned. With ``custom_targets``
     the output nodes are those (after the ``logit_targets`` tokens, if any are given too):
     no salient logits are added, as in circuit-tracer."""
-    from circuit_atlas.engine.replacement import replacement_run
+    from circuit_atlas.engine.attribution.replacement import replacement_run
 
     if batch_size < 1:
         raise AttributionError(f"batch_size must be >= 1, got {batch_size}")
@@ -661,7 +661,7 @@ def node_table(raw: RawGraph, influence: Tensor | None) -> pd.DataFrame:
     """nodes.parquet rows in node order (features, errors, embeddings, logits)."""
     import pandas as pd
 
-    from circuit_atlas.engine import graph_files as gf
+    from circuit_atlas.engine.formats import graph_files as gf
 
     L, T = raw.n_layers, raw.n_pos
     n_sel = int(raw.feat_layer.shape[0])
@@ -761,7 +761,7 @@ def attribute(
     _release_freed_memory()  # before pandas is imported and the tables are built
     import pandas as pd
 
-    from circuit_atlas.engine import graph_files as gf
+    from circuit_atlas.engine.formats import graph_files as gf
 
     nodes = node_table(raw, infl)
     r, s = raw.edges.row_index()[edge_mask].long(), raw.edges.col[edge_mask].long()

@@ -41,7 +41,7 @@ def _train(
     """Train transcoders (PLT or CLT) on a model's MLP activations, saved in circuit-tracer format."""
     from rich.console import Console
 
-    from circuit_atlas.engine.train import TrainConfig, load_recipe, train_transcoders
+    from circuit_atlas.engine.training.train import TrainConfig, load_recipe, train_transcoders
 
     settings = load_recipe(recipe) if recipe else {}
     given = {
@@ -63,7 +63,7 @@ def _train_demo(
     quick: bool = typer.Option(False, "--quick", help="The quick recipe (1-2 min, rough reconstructions) for smoke runs."),
 ) -> None:
     """Train the demo model's transcoders once (recipe 'demo') and print where they are cached."""
-    from circuit_atlas.engine.train import ensure_demo_transcoders
+    from circuit_atlas.engine.training.train import ensure_demo_transcoders
 
     typer.echo(str(ensure_demo_transcoders(quick=quick)))
 
@@ -86,16 +86,16 @@ def _evaluate(
     with --graph-prompts, the attribution graphs' replacement and completeness scores."""
     from rich.console import Console
 
-    from circuit_atlas.engine.evaluate import evaluate_transcoders, render_table
+    from circuit_atlas.engine.training.evaluate import evaluate_transcoders, render_table
 
     if graph_prompts < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--graph-prompts")
     res = evaluate_transcoders(model=model, transcoders=transcoders, corpus=corpus, field=field, tokens=tokens,
                                seq_len=seq_len, batch_size=batch_size, dtype=dtype, device=device, seed=seed)
     if graph_prompts:
-        from circuit_atlas.engine.evaluate import demo_prompt_sample, graph_scores
-        from circuit_atlas.engine.models import load_model
-        from circuit_atlas.engine.transcoders import load_transcoders
+        from circuit_atlas.engine.training.evaluate import demo_prompt_sample, graph_scores
+        from circuit_atlas.engine.models.loading import load_model
+        from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 
         lm, tc = load_model(model, dtype=dtype, device=device), load_transcoders(transcoders, device=device)
         res.graphs = graph_scores(lm, tc, [r["prompt"] for r in demo_prompt_sample(graph_prompts)])

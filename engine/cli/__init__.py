@@ -7,10 +7,10 @@ import importlib
 import typer
 
 _MODULES = (
-    "circuit_atlas.engine.attribute_cli",  # attribute
-    "circuit_atlas.engine.train_cli",  # train, evaluate-transcoders
-    "circuit_atlas.engine.intervene_cli",  # intervene, validate-circuit
-    "circuit_atlas.engine.heads_cli",  # heads
+    "circuit_atlas.engine.cli.attribute",  # attribute
+    "circuit_atlas.engine.cli.train",  # train, evaluate-transcoders
+    "circuit_atlas.engine.cli.intervene",  # intervene, validate-circuit
+    "circuit_atlas.engine.cli.heads",  # heads
 )
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from circuit_atlas.engine.adapters import DEFAULT_HOOKS, HookPointError, check_hook_points
+from circuit_atlas.engine.models.adapters import DEFAULT_HOOKS, HookPointError, check_hook_points
 from circuit_atlas.errors import CircuitAtlasError
 
 KINDS = ("plt", "clt")
@@ -323,7 +323,7 @@ def load_transcoders(
     path = Path(source)
     if path.is_file():
         if path.suffix == ".npz":
-            from circuit_atlas.engine.gemmascope import load_gemmascope
+            from circuit_atlas.engine.transcoders.gemmascope import load_gemmascope
 
             return load_gemmascope(path, device=device, dtype=dtype)
         if path.name == CONFIG_NAME:
@@ -430,7 +430,7 @@ def _load_dir(directory: Path, *, device, dtype) -> TranscoderSet:
     if listed and model_kind != "cross_layer_transcoder":
         files = [_resolve_listed(directory, p) for p in listed]
         if all(f.suffix == ".npz" for f in files):
-            from circuit_atlas.engine.gemmascope import load_gemmascope_files
+            from circuit_atlas.engine.transcoders.gemmascope import load_gemmascope_files
 
             return load_gemmascope_files(files, cfg=cfg, device=device, dtype=dtype)
         plt_files = files
@@ -442,7 +442,7 @@ def _load_dir(directory: Path, *, device, dtype) -> TranscoderSet:
         tc = _load_plt(plt_files, cfg)
     else:
         if any(directory.rglob("*.npz")):
-            from circuit_atlas.engine.gemmascope import load_gemmascope
+            from circuit_atlas.engine.transcoders.gemmascope import load_gemmascope
 
             return load_gemmascope(directory, device=device, dtype=dtype)
         raise TranscoderFileError(

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuit_atlas.engine import graph_files as gf
-from circuit_atlas.engine import pruning
+from circuit_atlas.engine.formats import graph_files as gf
+from circuit_atlas.engine.attribution import pruning
 from circuit_atlas.errors import CircuitAtlasError
 
 
@@ -112,7 +112,7 @@ def _custom_target_ids(ids: list[int], strs: list[str | None], vocab_size: Any, 
     renamed (a real token past the tokenizer's vocabulary must keep its id)."""
     if vocab_size is None:
         return ids
-    from circuit_atlas.engine.attribution import custom_target_id
+    from circuit_atlas.engine.attribution.attribute import custom_target_id
 
     out = []
     for i, label in zip(ids, strs):

