@@ -36,6 +36,11 @@ def embedded_store(planted, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bolt_store(planted, tmp_path_factory):
+    yield from _bolt_loaded(planted)
+
+
+def _bolt_loaded(corpus):
+    """A store on a fresh ArcadeDB test server over Bolt with ``corpus`` loaded, closed after."""
     from circuit_atlas.store import arcadedb_server, open_store
 
     with arcadedb_server.arcadedb_server() as server:
@@ -44,7 +49,7 @@ def bolt_store(planted, tmp_path_factory):
         mp.setenv("NEO4J_PASSWORD", server.password)
         mp.setenv("NEO4J_DATABASE", server.default_database)
         store = open_store(server.url)
-        _load(store, planted)
+        _load(store, corpus)
         yield store
         store.close()
         mp.undo()
@@ -72,18 +77,7 @@ def hub_embedded_store(hub_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hub_bolt_store(hub_corpus):
-    from circuit_atlas.store import arcadedb_server, open_store
-
-    with arcadedb_server.arcadedb_server() as server:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("NEO4J_USER", server.user)
-        mp.setenv("NEO4J_PASSWORD", server.password)
-        mp.setenv("NEO4J_DATABASE", server.default_database)
-        store = open_store(server.url)
-        _load(store, hub_corpus)
-        yield store
-        store.close()
-        mp.undo()
+    yield from _bolt_loaded(hub_corpus)
 
 
 @pytest.fixture(params=["embedded", pytest.param("bolt", marks=pytest.mark.bolt)])
