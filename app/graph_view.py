@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Iterable
+from typing import Collection, Iterable
 
 import numpy as np
 import pandas as pd
@@ -372,10 +372,17 @@ def key_layer(key: str) -> int:
         return 0
 
 
-def result_figure(edges: list[tuple[str, str, float]], labels: dict[str, str] | None = None, height: int = 420) -> go.Figure:
+def _result_text(name: str, labels: dict[str, str], auto: Collection[str]) -> str:
+    text = _plotly_text(labels.get(name) or name.split(":", 1)[-1])
+    return f"<i>{text} (auto)</i>" if name in auto and labels.get(name) else text
+
+
+def result_figure(edges: list[tuple[str, str, float]], labels: dict[str, str] | None = None, height: int = 420,
+                  auto: Collection[str] = ()) -> go.Figure:
     """A small graph of a search result: feature keys, input tokens (``in:TEXT``, bottom) and
     output tokens (``out:TEXT``, top) as nodes, features placed by layer, edges weighted by how
-    many prompts carry them (signed by the mean weight)."""
+    many prompts carry them (signed by the mean weight). Labels of the keys in ``auto`` are
+    automatic ones: in italics with "(auto)", as on the prompt graph."""
     labels = labels or {}
     names: list[str] = []
     for s, t, _ in edges:
@@ -400,8 +407,8 @@ def result_figure(edges: list[tuple[str, str, float]], labels: dict[str, str] | 
                                  line=dict(width=1 + 5 * abs(w) / wmax, color=POSITIVE if w >= 0 else NEGATIVE), opacity=0.5))
     fig.add_trace(go.Scatter(
         x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text", showlegend=False,
-        text=[labels.get(n) or n.split(":", 1)[-1] for n in names], textposition="top center",
-        hovertext=[f"{n}<br>{labels.get(n, '')}" for n in names], hoverinfo="text",
+        text=[_result_text(n, labels, auto) for n in names], textposition="top center",
+        hovertext=[f"{_plotly_text(n)}<br>{_plotly_text(labels.get(n, ''))}" for n in names], hoverinfo="text",
         marker=dict(size=14, color=["#9467bd" if n.startswith(("in:", "out:")) else "#2ca02c" for n in names]),
     ))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",

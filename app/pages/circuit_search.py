@@ -4,7 +4,6 @@ the prompt graph and feature pages, and a small graph of the top results."""
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
@@ -79,10 +78,10 @@ def _edges_of(name: str, df: pd.DataFrame) -> list[tuple[str, str, float]]:
     return [(s, t, w) for (s, t), w in out.items()]
 
 
-def _labels(df: pd.DataFrame) -> dict[str, str]:
-    """Each result feature's label as the figure shows it: escaped (a token may hold '<'), and in
-    italics with "(auto)" where it is an automatic label, as on the prompt graph."""
+def _labels(df: pd.DataFrame) -> tuple[dict[str, str], set[str]]:
+    """Each result feature's label, and the keys whose label is an automatic one."""
     labels: dict[str, str] = {}
+    auto: set[str] = set()
     for col in df.columns:
         if col.endswith("_key"):
             lab = col[: -len("_key")] + "_label"
@@ -90,8 +89,10 @@ def _labels(df: pd.DataFrame) -> dict[str, str]:
                 sources = df[f"{lab}_source"] if f"{lab}_source" in df.columns else [None] * len(df)
                 for k, v, src in zip(df[col], df[lab], sources):
                     if isinstance(k, str) and isinstance(v, str) and v:
-                        labels[k] = f"<i>{html.escape(v, quote=False)} (auto)</i>" if src == "auto" else html.escape(v, quote=False)
-    return labels
+                        labels[k] = v
+                        if src == "auto":
+                            auto.add(k)
+    return labels, auto
 
 
 def _row_sets(name: str, df: pd.DataFrame) -> dict[str, list[str]]:
@@ -183,7 +184,8 @@ def main() -> None:
     if edges:
         st.subheader("Top results as a graph")
         st.caption("Features by layer; input tokens at the bottom, output tokens on top; width = prompts.")
-        st.plotly_chart(graph_view.result_figure(edges, _labels(df)), key=f"cs_graph_{name}")
+        labels, auto = _labels(df)
+        st.plotly_chart(graph_view.result_figure(edges, labels, auto=auto), key=f"cs_graph_{name}")
     elif name == "supernode_candidates":
         st.subheader("Candidates")
         for cand, grp in df.groupby("candidate"):

@@ -132,3 +132,9 @@ def test_node_text_shows_quotes_and_tags_as_themselves():
     texts = {n: t for tr in fig.data if tr.customdata is not None for n, t in zip(tr.customdata, tr.text)}
     assert texts["0_5_1"] == '<i>"&lt;b&gt;" → x</i>' and texts["0_6_1"] == 'say "&lt;b&gt;"'
     assert not any("&quot;" in t for t in texts.values())
+
+
+def test_result_figure_escapes_tokens_and_marks_automatic_labels():
+    fig = graph_view.result_figure([("in:<b>", "s:0:5", 1.0), ("s:0:5", 'out:"x"', 0.5)], {"s:0:5": "a<b"}, auto={"s:0:5"})
+    text = list(fig.data[-1].text)
+    assert text == ["&lt;b&gt;", "<i>a&lt;b (auto)</i>", '"x"']
