@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from circuit_atlas.engine.models.pattern_blocks import PatternRows, RecomputedPatternApply, block_rows, interval_mask
 from circuit_atlas.errors import CircuitAtlasError
 
 ATTN_IMPLEMENTATION = "circuit_atlas"
@@ -251,6 +252,10 @@ def _attention(
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
         value = value.repeat_interleave(n_rep, dim=1)
+    if state is not None and state.mode == "detach":
+        long = _recomputed_attention(query, key, value, attention_mask, scaling, softcap)
+        if long is not None:
+            return long, None
     if state is not None and state.mode == "replay":
         pattern = state.saved[id(module)].to(value.dtype)
         pattern = pattern.expand(value.shape[0], *pattern.shape[1:])
@@ -274,6 +279,24 @@ def _attention(
     else:
         out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
     return out, pattern
+
+
+def _recomputed_attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                          scaling: float | None, softcap: float | None) -> Tensor | None:
+    """Frozen attention whose pattern is never held whole (``pattern_blocks``), when a whole
+    pattern would be larger than one block; None (the usual path) otherwise. ``value`` has its
+    grouped heads repeated already; ``key`` has not."""
+    bsz, heads, q_len, _ = query.shape
+    kv_len = key.shape[-2]
+    rows = block_rows(bsz, heads, q_len, kv_len)
+    if rows >= q_len:
+        return None
+    lo, hi, mask = interval_mask(attention_mask, q_len, kv_len)
+    pattern_rows = PatternRows(
+        query=query.detach(), key=key.detach(), scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+        softcap=softcap, lo=lo, hi=hi, mask=mask, dtype=value.dtype, block=rows,
+    )
+    return RecomputedPatternApply.apply(value, pattern_rows).transpose(1, 2).contiguous()
 
 
 class _PatternTransposeApply(torch.autograd.Function):
