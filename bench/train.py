@@ -3,7 +3,7 @@
 Measures tokens/s of (1) activation collection (one forward pass recording every layer's MLP
 input/output) with the model in float32 and in bfloat16, printed with the bf16/fp32 ratio, and
 (2) a training step of the demo recipe's transcoders (PLT, 512 features/layer, TopK 16, all 30
-layers) on those activations. The machine may be shared: the load average before and after is
+layers) on those activations, with fp32 and with bf16 matmuls (`matmul_dtype`), printed with their ratio. The machine may be shared: the load average before and after is
 printed with the figures so they can be read honestly. Ends with one JSON line of all figures.
 
     python bench/train.py [--batches 3] [--batch-size 8] [--seq-len 64] [--features 512]
@@ -62,28 +62,36 @@ def main() -> None:
     ratio = figures["collect_tokens_per_s_bf16"] / figures["collect_tokens_per_s_fp32"]
     print(f"bf16 / fp32 collection speed: {ratio:.2f}x")
 
-    cfg = TrainConfig(features=args.features, activation="topk", k=args.k, tokens=10**9)
-    trainer = TranscoderTrainer(n_layers, d_model, cfg)
     xs, ys = acts
-    trainer.norm.estimate(xs, ys)
-    opt = torch.optim.Adam(trainer.parameters(), lr=1e-3)
+    train_rates: dict[str, float] = {}
+    for mm in ("float32", "bfloat16"):  # the transcoders' matmul dtype (TrainConfig.matmul_dtype)
+        cfg = TrainConfig(features=args.features, activation="topk", k=args.k, tokens=10**9, matmul_dtype=mm)
+        trainer = TranscoderTrainer(n_layers, d_model, cfg)
+        trainer.norm.estimate(xs, ys)
+        opt = torch.optim.Adam(trainer.parameters(), lr=1e-3)
+        batch = trainer.prepare(xs, ys)  # once per batch, as the training loop does
 
-    def step() -> None:
-        res = trainer.losses(xs, ys, 0)
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        opt.step()
+        def step() -> None:
+            res = trainer.losses(xs, ys, 0, batch)
+            opt.zero_grad(set_to_none=True)
+            res["loss"].backward()
+            opt.step()
 
-    train_rate = _rate(step, args.batches, xs.shape[1])
-    print(f"training step (PLT {args.features}/layer x {n_layers} layers, TopK {args.k}, fp32): {train_rate:8.1f} tokens/s")
+        train_rates[mm] = _rate(step, args.batches, xs.shape[1])
+        print(f"training step (PLT {args.features}/layer x {n_layers} layers, TopK {args.k}, {mm} matmuls): "
+              f"{train_rates[mm]:8.1f} tokens/s")
+    train_rate = train_rates["bfloat16"]
+    print(f"bf16 / fp32 training-step speed: {train_rate / train_rates['float32']:.2f}x")
     collect = figures["collect_tokens_per_s_bf16"]
     pipeline = 1 / (1 / collect + 1 / train_rate)
-    print(f"pipeline (bf16 collection + training step): {pipeline:8.1f} tokens/s")
+    print(f"pipeline (bf16 collection + one bf16-matmul training step): {pipeline:8.1f} tokens/s")
     load_after = os.getloadavg()[0]
     print(f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} cores")
     figures.update(
         collect_tokens_per_s=collect,
         train_tokens_per_s=round(train_rate, 1),
+        train_tokens_per_s_fp32_matmul=round(train_rates["float32"], 1),
+        train_bf16_over_fp32=round(train_rate / train_rates["float32"], 2),
         pipeline_tokens_per_s=round(pipeline, 1),
         bf16_over_fp32=round(ratio, 2),
         load_before=round(load_before, 2),

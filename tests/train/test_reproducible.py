@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,10 +25,10 @@ train_transcoders(TrainConfig(**json.loads(sys.argv[1])), lm=lm)
 """
 
 
-def _settings(out: Path, seed: int) -> dict:
+def _settings(out: Path, seed: int, matmul_dtype: str = "float32") -> dict:
     return dict(model="tiny", kind="plt", features=48, activation="topk", k=4, corpus="default", tokens=1500,
                 out=str(out), batch_size=8, seq_len=24, lr=3e-3, skip=True, progress=False, seed=seed,
-                checkpoint_every=50, norm_batches=2)
+                checkpoint_every=50, norm_batches=2, matmul_dtype=matmul_dtype)
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -42,11 +43,12 @@ def _train_in_subprocess(settings: dict, threads: int, hash_seed: str) -> None:
     subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(settings), str(threads)], check=True, env=env, timeout=600)
 
 
-def test_same_seed_same_transcoders_other_seed_not(make_tiny_lm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])  # bfloat16: the demo recipe's matmuls
+def test_same_seed_same_transcoders_other_seed_not(make_tiny_lm, tmp_path: Path, matmul_dtype: str) -> None:
     lm = make_tiny_lm(n_layers=2, d_model=32, vocab_size=97, seed=0)
-    a = train_transcoders(TrainConfig(**_settings(tmp_path / "a", 0)), lm=lm)
-    _train_in_subprocess(_settings(tmp_path / "b", 0), threads=1, hash_seed="123")
-    c = train_transcoders(TrainConfig(**_settings(tmp_path / "c", 1)), lm=lm)
+    a = train_transcoders(TrainConfig(**_settings(tmp_path / "a", 0, matmul_dtype)), lm=lm)
+    _train_in_subprocess(_settings(tmp_path / "b", 0, matmul_dtype), threads=1, hash_seed="123")
+    c = train_transcoders(TrainConfig(**_settings(tmp_path / "c", 1, matmul_dtype)), lm=lm)
     wa, wb, wc = _weights(a), _weights(tmp_path / "b"), _weights(c)
     assert wa.keys() == wb.keys() == wc.keys() and any("W_skip" in k for k in wa)
     for k in wa:
