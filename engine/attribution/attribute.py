@@ -422,22 +422,38 @@ def compute_graph(
 
 
 def _targets_per_pass(lm: Any, n_pos: int, max_memory: int | str | None, batch_size: int) -> int | None:
-    """How many targets one backward pass may carry under ``max_memory``: a vmapped pass
-    through frozen attention expands every head's T x T pattern once per target (about
-    ``2 * heads * T^2 * 4`` bytes each, one layer at a time), which at thousands of tokens is
-    the largest term of a pass. At most a quarter of the budget goes to it; None (no split)
-    without a budget or when the whole batch fits."""
+    """How many targets one backward pass may carry under ``max_memory``: each target's
+    gradients with respect to the embeddings and every layer's MLP output are held until the
+    pass's rows are read ((layers + 1) x T x d_model floats), plus a few per-layer working
+    tensors of the same size; at thousands of tokens that is the largest term of a pass (the
+    frozen patterns are recomputed in blocks shared by the targets, ``engine/models/pattern_blocks``).
+    At most a quarter of the budget goes to it; None (no split) without a budget or when the
+    whole batch fits."""
     try:
         budget = pruning.parse_memory(max_memory)
     except ValueError as exc:
         raise AttributionError(str(exc)) from None
     if budget is None:
         return None
-    config = lm.model.config
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1)
-    per_target = 2 * heads * n_pos * n_pos * 4
+    per_target = (lm.n_layers + 1 + 4) * n_pos * lm.d_model * 4
     fits = max(1, (budget // 4) // per_target)
     return None if fits >= batch_size else int(fits)
+
+
+def _batched_grad(outs: list[Tensor], inputs: list[Tensor], grads: list[Tensor]) -> list[Tensor | None]:
+    """``autograd.grad`` for a batch of output gradients (dim 0) in one backward pass, under
+    ``torch.func.vmap``: unlike ``is_grads_batched`` (the legacy vmap), it uses the batching
+    rules of the frozen attention's own autograd functions (``engine/models``), which fold the
+    targets into one product per head instead of copying the pattern per target."""
+    unused: list[bool] = []
+
+    def one(*gs: Tensor) -> tuple[Tensor, ...]:
+        got = torch.autograd.grad(outs, inputs, gs, retain_graph=True, allow_unused=True)
+        unused[:] = [g is None for g in got]
+        return tuple(torch.zeros(0) if g is None else g for g in got)
+
+    got = torch.func.vmap(one)(*grads)
+    return [None if skip else g for skip, g in zip(unused, got)]
 
 
 def graph_from_run(
@@ -472,8 +488,8 @@ def graph_from_run(
     keep the visited features' columns. Every pass's rows are the same, so the graph is too.
 
     ``targets_per_pass``: split each batch's backward pass into passes of at most this many
-    targets (``compute_graph`` sets it from ``max_memory`` on long prompts: a vmapped pass
-    through frozen attention holds a copy of every head's T x T pattern per target). Rows stay
+    targets (``compute_graph`` sets it from ``max_memory`` on long prompts: a pass holds every
+    target's gradients at every layer until its rows are read). Rows stay
     in the same order; their values are those of smaller batches (equal up to float rounding)."""
     device = run.embeddings.device
     n_layers, n_pos = len(run.mlp_out), int(run.embeddings.shape[1])
@@ -537,7 +553,7 @@ def graph_from_run(
         logit_grads: Tensor | None,
         custom_vecs: Tensor | None = None,
     ) -> None:
-        # one vmapped backward pass (is_grads_batched) carries n targets through a forward pass
+        # one vmapped backward pass carries n targets through a forward pass
         # of batch 1: the forward is not repeated per target, and the saved tensors stay small.
         # Only batch copy 0 of the run is used.
         outs, grads = [], []
@@ -566,8 +582,7 @@ def graph_from_run(
             g[:, 0] = custom_vecs.to(g.dtype)
             outs.append(pre_logits)
             grads.append(g)
-        got = torch.autograd.grad(outs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
-        got = [None if g is None else g[:, 0] for g in got]
+        got = [None if g is None else g[:, 0] for g in _batched_grad(outs, inputs, grads)]
         store.append(reader.rows(got[0], got[1:], n).cpu())
 
     # logit rows first

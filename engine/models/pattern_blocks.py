@@ -47,23 +47,33 @@ class PatternRows:
     def n_rows(self) -> int:
         return self.query.shape[2]
 
+    def keys(self, a: int, b: int) -> tuple[int, int]:
+        """The keys rows ``a:b`` can see, ``k0:k1``: with an interval mask, the union of the rows'
+        intervals (half the keys on average for a causal mask, a window's width for a sliding
+        one); otherwise all of them. Outside it the pattern is exactly 0."""
+        if self.lo is None:
+            return 0, self.key.shape[2]
+        return int(self.lo[:, a:b].min()), int(self.hi[:, a:b].max()) + 1
+
     def pattern(self, a: int, b: int) -> Tensor:
-        """Rows ``a:b`` of the pattern, (B, H, b - a, S), as ``adapters._attention`` computes them."""
-        q = self.query[:, :, a:b]
+        """Rows ``a:b`` of the pattern over keys ``keys(a, b)``, (B, H, b - a, k1 - k0), as
+        ``adapters._attention`` computes them."""
+        k0, k1 = self.keys(a, b)
+        q, key = self.query[:, :, a:b], self.key[:, :, k0:k1]
         bsz, heads, n, d_head = q.shape
-        kv_heads, s = self.key.shape[1], self.key.shape[2]
+        kv_heads, s = key.shape[1], key.shape[2]
         rep = heads // kv_heads
         # query head h reads key head h // rep (repeat_interleave): group the rep heads' rows
-        scores = torch.matmul(q.reshape(bsz, kv_heads, rep * n, d_head), self.key.transpose(2, 3))
+        scores = torch.matmul(q.reshape(bsz, kv_heads, rep * n, d_head), key.transpose(2, 3))
         scores = scores.reshape(bsz, heads, n, s) * self.scaling
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
         if self.lo is not None:
-            cols = torch.arange(s, device=scores.device)
-            seen = (cols >= self.lo[:, a:b, None]) & (cols <= self.hi[:, a:b, None])  # (B, n, S)
+            cols = torch.arange(k0, k1, device=scores.device)
+            seen = (cols >= self.lo[:, a:b, None]) & (cols <= self.hi[:, a:b, None])  # (B, n, s)
             scores = scores.masked_fill(~seen[:, None], torch.finfo(scores.dtype).min)
         elif self.mask is not None:
-            scores = scores + self.mask[:, :, a:b, :s]
+            scores = scores + self.mask[:, :, a:b, k0:k1]
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
 
     def blocks(self):
@@ -73,14 +83,23 @@ class PatternRows:
     def apply(self, value: Tensor) -> Tensor:
         """``pattern @ value``, (B, H, T, d), one block of rows at a time (out of place, so
         forward-mode tangents batched by vmap pass through)."""
-        return torch.cat([torch.matmul(self.pattern(a, b), value) for a, b in self.blocks()], dim=2)
+        parts = []
+        for a, b in self.blocks():
+            k0, k1 = self.keys(a, b)
+            parts.append(torch.matmul(self.pattern(a, b), value[..., k0:k1, :]))
+        return torch.cat(parts, dim=-2)
 
     def transpose_apply(self, grad: Tensor) -> Tensor:
-        """``pattern^T @ grad``: (B, H, S, d) from (B, H, T, d), summed over the blocks."""
-        out = None
+        """``pattern^T @ grad``: (B, H, S, d) from (B, H, T, d), summed over the blocks (out of
+        place: ``autograd.grad(is_grads_batched=True)`` batches ``grad`` with the legacy vmap,
+        which has no rule for writing into slices)."""
+        s, out = self.key.shape[2], None
         for a, b in self.blocks():
+            k0, k1 = self.keys(a, b)
             part = torch.matmul(self.pattern(a, b).mT, grad[..., a:b, :])
-            out = part if out is None else out.add_(part)
+            if (k0, k1) != (0, s):
+                part = torch.nn.functional.pad(part, (0, 0, k0, s - k1))
+            out = part if out is None else out + part
         return out
 
 

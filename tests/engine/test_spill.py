@@ -121,8 +121,7 @@ def test_passes_split_under_a_budget_give_the_same_rows(tiny) -> None:
     lm, tc = tiny
     ids = lm.tokenize(PROMPT)
     ref = compute_graph(lm, tc, ids, batch_size=16, max_feature_nodes=30)
-    heads = lm.model.config.num_attention_heads
-    budget = 4 * 2 * heads * len(ids) ** 2 * 4 * 3  # room for three targets per pass
+    budget = 4 * (lm.n_layers + 5) * len(ids) * lm.d_model * 4 * 3  # room for three targets per pass
     assert _targets_per_pass(lm, len(ids), budget, 16) == 3
     assert _targets_per_pass(lm, len(ids), None, 16) is None and _targets_per_pass(lm, len(ids), "1G", 16) is None
     split = compute_graph(lm, tc, ids, batch_size=16, max_feature_nodes=30, max_memory=budget)
