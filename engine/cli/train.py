@@ -25,6 +25,7 @@ def _train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Window length in tokens, BOS included (BOS is not trained on)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Model dtype for activation collection: float32, bfloat16 or float16 (transcoders train in float32)."),
+    matmul_dtype: Optional[str] = typer.Option(None, "--matmul-dtype", help="dtype of the transcoders' encoder/decoder matmuls in training: float32, or bfloat16 (weights, Adam and loss stay float32; faster on CPUs and GPUs with bf16 units)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps ..."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, bit-for-bit."),
     lambda_: Optional[float] = typer.Option(None, "--lambda", help="Sparsity coefficient λ of λ·Σ tanh(c·‖W_dec‖·a) (jumprelu, relu); warmed up linearly."),
@@ -47,7 +48,7 @@ def _train(
     given = {
         "model": model, "kind": kind, "features": features, "activation": activation, "k": k, "corpus": corpus,
         "field": field, "model_text": model_text, "tokens": tokens, "out": str(out) if out else None, "batch_size": batch_size, "lr": lr,
-        "seq_len": seq_len, "dtype": dtype, "device": device, "lambda_": lambda_, "preact_lambda": preact_lambda,
+        "seq_len": seq_len, "dtype": dtype, "matmul_dtype": matmul_dtype, "device": device, "lambda_": lambda_, "preact_lambda": preact_lambda,
         "skip": skip, "checkpoint_every": checkpoint_every, "seed": seed, "steps_per_batch": steps_per_batch, "outlier_factor": outlier_factor, "scan": scan,
         "activation_cache": str(activation_cache) if activation_cache else None,
     }

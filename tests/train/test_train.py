@@ -206,6 +206,19 @@ def test_cli_reports_bad_corpus_in_one_line(tmp_path: Path) -> None:
     assert "corpus file not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_passes_matmul_dtype_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    """--matmul-dtype reaches the config: a bad value is the config's one-line refusal, exit 2."""
+    r = subprocess.run(
+        [sys.executable, "-c", "from circuit_atlas.cli import main; main()", "train", "--model", "demo", "--kind", "plt",
+         "--features", "8", "--activation", "relu", "--matmul-dtype", "float16", "--tokens", "100",
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "--matmul-dtype must be float32 or bfloat16, not 'float16'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
 def test_clt_sparsity_uses_the_norm_of_all_decoders_concatenated(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "n", kind="clt", features=8)
     tr = TranscoderTrainer(N_LAYERS, D_MODEL, cfg)
