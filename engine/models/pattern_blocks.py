@@ -113,7 +113,7 @@ def interval_mask(mask: Tensor | None, q_len: int, kv_len: int) -> tuple[Tensor 
         seen = m
     else:
         seen = m == 0
-        if not bool(((m == 0) | (m <= torch.finfo(m.dtype).min / 2)).all()):
+        if not bool((seen | (m <= torch.finfo(m.dtype).min / 2)).all()):
             return None, None, mask  # values other than 0 and "masked": keep them as they are
     if seen.shape[1] != 1:  # per-head masks: not an interval per row
         return None, None, mask
