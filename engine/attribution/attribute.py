@@ -674,43 +674,19 @@ def graph_from_run(
 
 def node_table(raw: RawGraph, influence: Tensor | None) -> pd.DataFrame:
     """nodes.parquet rows in node order (features, errors, embeddings, logits)."""
-    import pandas as pd
-
     from circuit_atlas.engine.formats import graph_files as gf
 
     L, T = raw.n_layers, raw.n_pos
-    n_sel = int(raw.feat_layer.shape[0])
-    err_layer = np.repeat(np.arange(L), T - 1)
+    err_layer = np.repeat(np.arange(L), T - 1)  # no error node at the BOS position
     err_pos = np.tile(np.arange(1, T), L)
-    tok = np.asarray(raw.token_ids, dtype=np.int64)
-    logit_ids = raw.logits.token_ids.numpy().astype(np.int64)
-    k = logit_ids.shape[0]
+    logit_ids = raw.logits.token_ids.numpy()
     fl, fp, ff = raw.feat_layer.numpy(), raw.feat_pos.numpy(), raw.feat_index.numpy()
-    ids = (
-        [gf.feature_node_id(int(a), int(b), int(c)) for a, b, c in zip(fl, ff, fp)]
-        + [gf.error_node_id(int(a), int(b)) for a, b in zip(err_layer, err_pos)]
-        + [gf.embedding_node_id(int(t), p) for p, t in enumerate(tok)]
-        + [gf.logit_node_id(L, int(t), T - 1) for t in logit_ids]
+    ids = gf.node_ids(L, fl, fp, ff, err_layer, err_pos, raw.token_ids, logit_ids)
+    labels = [None] * (len(ids) - raw.logits.n_custom) + list(raw.logits.labels or [])
+    return gf.node_frame(
+        ids, L, fl, fp, ff, raw.feat_act.numpy(), err_layer, err_pos, raw.token_ids, logit_ids,
+        None if influence is None else influence.numpy(), raw.logits.probs.float().numpy(), labels,
     )
-    n_err = err_layer.shape[0]
-    nan = np.float32("nan")
-    df = pd.DataFrame(
-        {
-            "node_id": ids,
-            "type": ["feature"] * n_sel + ["error"] * n_err + ["embedding"] * T + ["logit"] * k,
-            "layer": np.concatenate([fl, err_layer, np.full(T, -1), np.full(k, L)]).astype(np.int32),
-            "pos": np.concatenate([fp, err_pos, np.arange(T), np.full(k, T - 1)]).astype(np.int32),
-            "feature": np.concatenate([ff, np.full(n_err + T + k, -1)]).astype(np.int64),
-            "token_id": np.concatenate([np.full(n_sel + n_err, -1), tok, logit_ids]).astype(np.int64),
-            "activation": np.concatenate([raw.feat_act.numpy(), np.full(n_err + T + k, nan)]).astype(np.float32),
-            "influence": (influence.numpy() if influence is not None else np.full(len(ids), nan)).astype(np.float32),
-            "prob": np.concatenate([np.full(n_sel + n_err + T, nan), raw.logits.probs.float().numpy()]).astype(
-                np.float32
-            ),
-            "label": [None] * (len(ids) - raw.logits.n_custom) + list(raw.logits.labels or []),
-        }
-    )
-    return df
 
 
 def attribute(

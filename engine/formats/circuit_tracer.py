@@ -198,12 +198,7 @@ def read_circuit_tracer_pt(
     err_pos = np.tile(np.arange(n_pos), n_layers)
     tok = tokens.numpy()
     lid = np.asarray(logit_ids, dtype=np.int64)
-    ids = (
-        [gf.feature_node_id(int(a), int(c), int(b)) for a, b, c in zip(fl, fp, ff)]
-        + [gf.error_node_id(int(a), int(b)) for a, b in zip(err_layer, err_pos)]
-        + [gf.embedding_node_id(int(t), i) for i, t in enumerate(tok)]
-        + [gf.logit_node_id(n_layers, int(t), n_pos - 1) for t in lid]
-    )
+    ids = gf.node_ids(n_layers, fl, fp, ff, err_layer, err_pos, tok, lid)
     if len(set(ids)) != len(ids):
         raise CircuitTracerFormatError(f"{p}: node ids repeat (the same feature selected twice, or repeated logit targets)")
     kinds = torch.tensor(
@@ -219,24 +214,11 @@ def read_circuit_tracer_pt(
     else:
         infl = pruning.node_influence(A, row_nodes, weights)
         node_mask, edge_mask = torch.ones(N, dtype=torch.bool), A != 0
-    nan = np.float32("nan")
     labels: list[str | None] = [None] * (N - n_logit) + [
         None if s is None else f'Output "{s}" (p={float(pr):.3f})' for s, pr in zip(logit_strs, probs.tolist())
     ]
-    nodes = pd.DataFrame(
-        {
-            "node_id": ids,
-            "type": ["feature"] * n_feat + ["error"] * n_err + ["embedding"] * n_pos + ["logit"] * n_logit,
-            "layer": np.concatenate([fl, err_layer, np.full(n_pos, -1), np.full(n_logit, n_layers)]).astype(np.int32),
-            "pos": np.concatenate([fp, err_pos, np.arange(n_pos), np.full(n_logit, n_pos - 1)]).astype(np.int32),
-            "feature": np.concatenate([ff, np.full(n_err + n_pos + n_logit, -1)]).astype(np.int64),
-            "token_id": np.concatenate([np.full(n_feat + n_err, -1), tok, lid]).astype(np.int64),
-            "activation": np.concatenate([acts.numpy(), np.full(n_err + n_pos + n_logit, nan)]).astype(np.float32),
-            "influence": infl.numpy().astype(np.float32),
-            "prob": np.concatenate([np.full(n_feat + n_err + n_pos, nan), probs.numpy()]).astype(np.float32),
-            "label": pd.Series(labels, dtype=object),
-        }
-    )
+    nodes = gf.node_frame(ids, n_layers, fl, fp, ff, acts.numpy(), err_layer, err_pos, tok, lid, infl.numpy(),
+                          probs.numpy(), labels)
     t_idx, s_idx = torch.nonzero(edge_mask, as_tuple=True)
     id_arr = np.asarray(ids, dtype=object)
     edges = pd.DataFrame(

@@ -80,6 +80,45 @@ def logit_node_id(n_layers: int, token_id: int, pos: int) -> str:
     return f"{n_layers + 1}_{token_id}_{pos}"
 
 
+def node_ids(n_layers: int, feat_layer: Any, feat_pos: Any, feat_index: Any, err_layer: Any, err_pos: Any,
+             token_ids: Any, logit_ids: Any) -> list[str]:
+    """Node ids in node order (features, errors, embeddings, logits), the order ``node_frame``
+    writes them in; the logits sit at the last position."""
+    n_pos = len(token_ids)
+    return (
+        [feature_node_id(int(a), int(f), int(p)) for a, p, f in zip(feat_layer, feat_pos, feat_index)]
+        + [error_node_id(int(a), int(p)) for a, p in zip(err_layer, err_pos)]
+        + [embedding_node_id(int(t), p) for p, t in enumerate(token_ids)]
+        + [logit_node_id(n_layers, int(t), n_pos - 1) for t in logit_ids]
+    )
+
+
+def node_frame(ids: list[str], n_layers: int, feat_layer: Any, feat_pos: Any, feat_index: Any, activation: Any,
+               err_layer: Any, err_pos: Any, token_ids: Any, logit_ids: Any, influence: Any, probs: Any,
+               labels: list[str | None]) -> pd.DataFrame:
+    """nodes.parquet rows for ``ids`` (from ``node_ids`` with the same arrays): the one place the
+    engine's graphs and graphs read from circuit-tracer files fill the node columns. ``influence``
+    may be None (not computed: null)."""
+    n_feat, n_err, n_pos, k = len(feat_layer), len(err_layer), len(token_ids), len(logit_ids)
+    tok = np.asarray(token_ids, dtype=np.int64)
+    lid = np.asarray(logit_ids, dtype=np.int64)
+    nan = np.float32("nan")
+    return pd.DataFrame(
+        {
+            "node_id": ids,
+            "type": ["feature"] * n_feat + ["error"] * n_err + ["embedding"] * n_pos + ["logit"] * k,
+            "layer": np.concatenate([feat_layer, err_layer, np.full(n_pos, -1), np.full(k, n_layers)]).astype(np.int32),
+            "pos": np.concatenate([feat_pos, err_pos, np.arange(n_pos), np.full(k, n_pos - 1)]).astype(np.int32),
+            "feature": np.concatenate([feat_index, np.full(n_err + n_pos + k, -1)]).astype(np.int64),
+            "token_id": np.concatenate([np.full(n_feat + n_err, -1), tok, lid]).astype(np.int64),
+            "activation": np.concatenate([activation, np.full(n_err + n_pos + k, nan)]).astype(np.float32),
+            "influence": (np.full(len(ids), nan) if influence is None else np.asarray(influence)).astype(np.float32),
+            "prob": np.concatenate([np.full(n_feat + n_err + n_pos, nan), probs]).astype(np.float32),
+            "label": pd.Series(labels, dtype=object),
+        }
+    )
+
+
 def request_key(model: str, scan: str, token_ids: list[int], settings: dict[str, Any]) -> str:
     """Hash of what was asked for (model, transcoders, tokens, identity settings), known before any
     attribution: ingest skips a prompt whose request key is already stored. Two different graphs
