@@ -421,6 +421,14 @@ def compute_graph(
     )
 
 
+def _memory_budget(max_memory: int | str | None) -> int | None:
+    """``--max-memory`` in bytes (None: no budget); a malformed one is an AttributionError."""
+    try:
+        return pruning.parse_memory(max_memory)
+    except ValueError as exc:
+        raise AttributionError(str(exc)) from None
+
+
 def _targets_per_pass(lm: Any, n_pos: int, max_memory: int | str | None, batch_size: int) -> int | None:
     """How many targets one backward pass may carry under ``max_memory``: each target's
     gradients with respect to the embeddings and every layer's MLP output are held until the
@@ -429,10 +437,7 @@ def _targets_per_pass(lm: Any, n_pos: int, max_memory: int | str | None, batch_s
     frozen patterns are recomputed in blocks shared by the targets, ``engine/models/pattern_blocks``).
     At most a quarter of the budget goes to it; None (no split) without a budget or when the
     whole batch fits."""
-    try:
-        budget = pruning.parse_memory(max_memory)
-    except ValueError as exc:
-        raise AttributionError(str(exc)) from None
+    budget = _memory_budget(max_memory)
     if budget is None:
         return None
     per_target = (lm.n_layers + 1 + 4) * n_pos * lm.d_model * 4
@@ -518,10 +523,7 @@ def graph_from_run(
     # columns: all sources, then the logits (never sources: zero), so row indices and node
     # indices share one space; every pass's non-zero entries go into a few large blocks
     # (pruning.RowBlocks: nothing small is kept per pass), joined at the end
-    try:
-        max_bytes = pruning.parse_memory(max_memory)
-    except ValueError as exc:
-        raise AttributionError(str(exc)) from None
+    max_bytes = _memory_budget(max_memory)
     store = pruning.RowBlocks(n_logit + budget, n_src + n_logit, max_bytes=max_bytes, spill_dir=spill_dir)
     row_nodes = torch.zeros(n_logit + budget, dtype=torch.long)  # in the all-features node space
 
