@@ -615,6 +615,10 @@ def graph_from_run(
             infl = pruning.node_influence(store.parts(), row_nodes[:filled], weights)
             rank = torch.argsort(infl[:n_feat], descending=True, stable=True)
             pending = rank[~visited[rank]][: min(update_interval * batch_size, budget - n_done)]
+            # the same features, in (layer, position) order: a pass costs as many layers as its
+            # deepest target, so mixing layers (influence order) made every pass run through nearly
+            # all of them (the demo's passes: ~0.5x the layer-times-targets work this way)
+            pending = pending.sort().values  # feature indices are already in (layer, pos, feature) order
         for start in range(0, pending.shape[0], batch_size):
             chunk = pending[start : start + batch_size]
             cl, cp, cf = layers[chunk.to(device)], pos[chunk.to(device)], feats[chunk.to(device)]

@@ -169,6 +169,26 @@ def test_max_feature_nodes_rows_equal_full_graph_rows() -> None:
     assert len(top & set(chosen.tolist())) >= max(1, k // 2)
 
 
+def test_greedy_passes_run_in_layer_order() -> None:
+    """Each greedy update's features go through the backward in (layer, position) order, so a
+    pass reaches only as deep as its targets (influence order mixed all layers in every pass)."""
+    lm = tiny_model("llama", n_layers=4, d_model=32, vocab_size=97, seed=0)
+    tc = random_transcoders(lm.n_layers, lm.d_model, 48, kind="plt", activation="relu", seed=1)
+    ids = lm.tokenize(PROMPT)
+    batch, interval = 4, 2
+    part = compute_graph(lm, tc, ids, batch_size=batch, update_interval=interval, max_feature_nodes=40)
+    n_logit = int(part.logits.token_ids.shape[0])
+    rows = part.row_nodes[n_logit:]
+    assert rows.shape[0] == 40
+    blocks = [rows[i : i + batch * interval] for i in range(0, 40, batch * interval)]
+    spans = 0
+    for block in blocks:
+        key = part.feat_layer[block] * part.n_pos + part.feat_pos[block]
+        assert torch.equal(key, key.sort().values), key.tolist()
+        spans += int(part.feat_layer[block].unique().numel() > 1)
+    assert spans > 0  # some update mixes layers, so the order is really imposed
+
+
 def test_attribute_graph_file_round_trip(tmp_path) -> None:
     lm, tc = setup("llama", "plt", False)
     graph = attribute(lm, tc, PROMPT, batch_size=16, prompt_props={"group": "test", "tags": ["a"]})
