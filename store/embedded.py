@@ -33,6 +33,7 @@ from circuit_atlas.store.base import (LABEL_AUTO, LABEL_IMPORT, LABEL_USER, LINK
 
 PER_PROMPT = ("Active", "Embedding", "Error", "Logit")
 DB_FILE = "atlas.lbdb"
+DELTA_SHARE = 8  # see EmbeddedStore._begin_delta
 
 # (table, columns with types); the first column is the primary key. Column order = parquet order.
 NODE_TABLES: dict[str, list[tuple[str, str]]] = {
@@ -130,6 +131,9 @@ class EmbeddedStore(Store):
         # fewer, larger batches load faster; the cap bounds the memory a batch holds.
         self.batch_prompts = batch_prompts
         self.batch_edges = batch_edges
+        # Incremental derived-layer updates (see _begin_delta) for at most max(stored prompts //
+        # DELTA_SHARE, delta_min) graphs per write or deferral; past that one rebuild is cheaper.
+        self.delta_min = 1
         self._db = self._conn = None
         self._delta_budget: int | None = None  # see _begin_delta
         self._delta_written, self._delta_old = 0, True
@@ -548,10 +552,14 @@ class EmbeddedStore(Store):
     def _begin_delta(self) -> None:
         """At the start of a write (or of a deferral): batches may update the derived layer
         incrementally while it is fresh and the graphs so written stay within max(prompts stored
-        now, batch_prompts); beyond that, deltas that each read the touched features' old rows
-        cost more than one rebuild, and the layer is marked stale and rebuilt once after."""
+        now // DELTA_SHARE, delta_min); beyond that the layer is marked stale and rebuilt once after.
+        A delta reads the touched features' old rows and updates every LINKS pair the batch shares
+        with the store, which costs more per graph than a rebuild costs per stored graph: on the
+        demo corpus 8 graphs into a store of 8 took 24 s more than their COPY, against 21 s to
+        rebuild the layer of all 64 prompts (~3 s per graph written vs ~0.33 s per graph stored),
+        so deltas pay only for small additions to a large store."""
         n = int(self._df("MATCH (p:Prompt) RETURN count(p) AS c")["c"].iloc[0])
-        self._delta_budget = None if self.derived_stale() else max(n, self.batch_prompts)
+        self._delta_budget = None if self.derived_stale() else max(n // DELTA_SHARE, self.delta_min)
         self._delta_old = n > 0
         self._delta_written = 0
 

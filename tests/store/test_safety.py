@@ -276,13 +276,13 @@ def test_fresh_after_every_write(store_url, small):
 
 
 def test_deferred_writes_rebuild_once(store_url, small, monkeypatch):
-    """Past the incremental budget (embedded: max(stored prompts, batch_prompts) graphs; Bolt has
+    """Past the incremental budget (embedded: max(stored prompts // 8, delta_min) graphs; Bolt has
     none), writes inside a deferral mark the layer stale and it is rebuilt once on leaving."""
     with open_store(store_url) as s:
         calls = []
         real = s.rebuild_links
         monkeypatch.setattr(s, "rebuild_links", lambda progress=False: calls.append(1) or real())
-        s.batch_prompts = 1  # embedded: the first graph goes in incrementally, the others past the budget
+        # embedded: an empty store, delta_min 1: the first graph goes in incrementally, the others past the budget
         with s.deferred_derived():
             for d in small:
                 s.write_graphs([d])
@@ -292,6 +292,7 @@ def test_deferred_writes_rebuild_once(store_url, small, monkeypatch):
 
 def test_deferred_writes_within_the_budget_keep_the_layer_fresh_with_no_rebuild(tmp_path, small, monkeypatch):
     with open_store(f"embedded:{tmp_path / 'store'}") as s:
+        s.delta_min = len(small)  # the budget: these writes all go in incrementally
         calls = []
         real = s.rebuild_links
         monkeypatch.setattr(s, "rebuild_links", lambda progress=False: calls.append(1) or real())
@@ -303,6 +304,26 @@ def test_deferred_writes_within_the_budget_keep_the_layer_fresh_with_no_rebuild(
         incremental = _answers(s)
         real()
         assert _answers(s) == incremental and incremental["edges"]
+
+
+def test_the_incremental_budget_follows_the_stored_prompts(tmp_path, monkeypatch):
+    """A delta costs more per graph written than a rebuild per graph stored, so a write goes in
+    incrementally only while it adds at most 1/8 of the prompts stored (or delta_min graphs)."""
+    graphs = write_synthetic_corpus(tmp_path / "g", 21, n_nodes=40, n_edges=150, n_features_vocab=30)
+    with open_store(f"embedded:{tmp_path / 'store'}") as s:
+        calls = []
+        real = s.rebuild_links
+        monkeypatch.setattr(s, "rebuild_links", lambda progress=False: calls.append(1) or real())
+        s.write_graphs(graphs[:16])  # an empty store: past delta_min (1), one rebuild after the write
+        assert calls == [1] and not s.derived_stale()
+        s.write_graphs(graphs[16:18])  # 16 stored: 2 = 16 // 8, a delta, no rebuild
+        assert calls == [1] and not s.derived_stale()
+        with s.deferred_derived():  # 18 stored: 2 = 18 // 8 graphs may go in as deltas, not 3
+            s.write_graphs(graphs[18:20])
+            assert not s.derived_stale()
+            s.write_graphs(graphs[20:21])
+            assert s.derived_stale() and calls == [1]
+        assert calls == [1, 1] and not s.derived_stale()
 
 
 def test_a_stale_derived_layer_is_refused_then_rebuilt_by_the_next_writer(tmp_path, small):
