@@ -54,6 +54,7 @@ def ingest_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Attribution targets per backward pass (more is faster, uses more memory)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the edge rows held during attribution, e.g. 2G or 512M: older rows spill to a temporary folder and long prompts take fewer targets per pass (same graph; default: no budget)."),
     workers: int = typer.Option(1, "--workers", help="Attribution workers: 1 = in this process; N = N processes (local) or N Ray actors (ray; 0 = one per GPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per attribution worker (default: with --workers 1, the cores less one, left to the store loader thread; with N workers, cores / N). More than the default pays only where cores are spare: threads that share a core with the loader stall each other."),
     backend: str = typer.Option("local", "--backend", help="local (this machine) or ray (a Ray cluster; pip install 'circuit-atlas\\[scale]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join ('auto' for the one started with `ray start`); default: a local Ray."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Read at most this many rows of the corpus."),
@@ -78,6 +79,8 @@ def ingest_command(
 
     check_corpus(corpus, field_name=field)  # a missing or unreadable corpus is said before the model loads
     _check_memory(max_memory)
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
     distributed = backend == "ray" or workers > 1
     lm, tc = _load(model, transcoders, dtype, "cpu" if distributed else _auto(device))
     spec = ModelSpec(model=model, transcoders=transcoders, dtype=dtype, device=device) if distributed else None
@@ -88,7 +91,7 @@ def ingest_command(
             backend=backend,
             limit=limit, tags=_split(tags), fail_fast=fail_fast, progress=True, field_name=field,
             corpus_name=corpus_name, failures_path=failures, load_batch=load_batch, model_spec=spec,
-            ray_address=ray_address,
+            ray_address=ray_address, threads=threads,
         )
     Console().print(summary.table())
     if as_json:

@@ -228,16 +228,21 @@ def ingest_corpus(
     load_batch: int = 16,
     model_spec: ModelSpec | None = None,
     ray_address: str | None = None,
+    threads: int | None = None,
 ) -> IngestSummary:
     """Attribute every prompt of ``corpus`` and load the graphs into ``store``; see the module
     docstring for the stages. ``lm`` tokenizes in the driver (and attributes when ``workers``
-    is 1); workers get ``model_spec`` (sources to load) or, without it, pickled ``lm``/``tc``."""
+    is 1); workers get ``model_spec`` (sources to load) or, without it, pickled ``lm``/``tc``.
+    ``threads``: torch threads per attribution worker (default: in this process its cores less one,
+    left to the store loader; N local workers share the cores)."""
     t0 = time.perf_counter()
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= float(v) <= 1.0:
             raise IngestError(f"{name} must be between 0 and 1, got {v}")
     if load_batch < 1:
         raise IngestError(f"load_batch must be >= 1, got {load_batch}")
+    if threads is not None and threads < 1:
+        raise IngestError(f"threads must be >= 1, got {threads}")
     corpus_path = Path(os.fspath(corpus))
     corpus_name = corpus_name or corpus_path.stem
     gdir = Path(graphs_dir) if graphs_dir is not None else default_graphs_dir()
@@ -251,7 +256,7 @@ def ingest_corpus(
     try:
         return _run(corpus_path, corpus_name, lm, tc, store, gdir, settings, summary, log, t0, workers=workers,
                     backend=backend, limit=limit, tags=tags, progress=progress, field_name=field_name,
-                    load_batch=load_batch, model_spec=model_spec, ray_address=ray_address)
+                    load_batch=load_batch, model_spec=model_spec, ray_address=ray_address, threads=threads)
     finally:
         log.close()
 
@@ -259,7 +264,7 @@ def ingest_corpus(
 def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir: Path, settings: AttributionSettings,
          summary: IngestSummary, log: FailureLog, t0: float, *, workers: int, backend: str, limit: int | None,
          tags: Sequence[str], progress: bool, field_name: str, load_batch: int, model_spec: ModelSpec | None,
-         ray_address: str | None) -> IngestSummary:
+         ray_address: str | None, threads: int | None) -> IngestSummary:
     # 1-2: read, validate, tokenize, identify; decide skip / reuse / compute
     present = stored_request_keys(store)
     seen: dict[str, int] = {}
@@ -327,7 +332,7 @@ def _run(corpus_path: Path, corpus_name: str, lm: Any, tc: Any, store: Any, gdir
             pending: list[Path] = []
             if jobs:
                 attributor = make_attributor(backend, workers, settings, lm=lm, tc=tc, spec=model_spec,
-                                             ray_address=ray_address)
+                                             ray_address=ray_address, threads=threads)
                 for result in attributor.map(jobs):
                     bar.update(1)
                     path = _accept(result, gdir, log, scores)

@@ -89,17 +89,18 @@ def in_process_threads() -> int:
 
 
 class InProcess:
-    """Attribute in this process with the caller's model (torch on `in_process_threads()`
-    threads while it runs; the caller's setting is restored after)."""
+    """Attribute in this process with the caller's model (torch on ``threads`` threads, default
+    `in_process_threads()`, while it runs; the caller's setting is restored after)."""
 
-    def __init__(self, lm: Any, tc: Any, settings: AttributionSettings) -> None:
+    def __init__(self, lm: Any, tc: Any, settings: AttributionSettings, threads: int | None = None) -> None:
         self.lm, self.tc, self.settings = lm, tc, settings
+        self.threads = threads or in_process_threads()
 
     def map(self, jobs: Iterable[AttributionJob]) -> Iterator[JobResult]:
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(in_process_threads())
+        torch.set_num_threads(self.threads)
         try:
             for job in jobs:
                 yield run_job(self.lm, self.tc, job, self.settings)
@@ -133,11 +134,11 @@ def _pool_run(job: AttributionJob) -> JobResult:
 class LocalPool:
     """N worker processes on this machine, each with a model replica."""
 
-    def __init__(self, spec: ModelSpec, settings: AttributionSettings, workers: int) -> None:
+    def __init__(self, spec: ModelSpec, settings: AttributionSettings, workers: int, threads: int | None = None) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        threads = max(1, usable_cpus() // workers)
+        threads = threads or max(1, usable_cpus() // workers)
         self.workers = workers
         self.pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_pool_init,
@@ -175,7 +176,8 @@ class RayPool:
     """N Ray actors, one model replica each; one GPU each when the cluster has GPUs."""
 
     def __init__(
-        self, spec: ModelSpec, settings: AttributionSettings, workers: int | None, address: str | None = None
+        self, spec: ModelSpec, settings: AttributionSettings, workers: int | None, address: str | None = None,
+        threads: int | None = None,
     ) -> None:
         ray = _import_ray()
         from ray.util import ActorPool
@@ -210,7 +212,7 @@ class RayPool:
         ref = ray.put(spec)
         self.ray = ray
         self.actors = [
-            _Worker.options(num_gpus=per_gpu, num_cpus=per_cpu).remote(ref, settings, per_cpu) for _ in range(n)
+            _Worker.options(num_gpus=per_gpu, num_cpus=per_cpu).remote(ref, settings, threads or per_cpu) for _ in range(n)
         ]
         self.pool = ActorPool(self.actors)
         self.workers = n
@@ -240,18 +242,22 @@ def make_attributor(
     tc: Any = None,
     spec: ModelSpec | None = None,
     ray_address: str | None = None,
+    threads: int | None = None,
 ) -> Attributor:
-    """The backend for ``--backend``/``--workers``: in this process for one local worker."""
+    """The backend for ``--backend``/``--workers``: in this process for one local worker.
+    ``threads``: torch threads per worker (default: see each backend)."""
     if backend not in BACKENDS:
         raise ScaleOutError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if threads is not None and threads < 1:
+        raise ScaleOutError(f"--threads must be >= 1, got {threads}")
     if workers < 1 and backend == "local":
         raise ScaleOutError(f"--workers must be >= 1, got {workers}")
     if spec is None:
         spec = ModelSpec(objects=(lm, tc))
     if backend == "ray":
-        return RayPool(spec, settings, workers, ray_address)
+        return RayPool(spec, settings, workers, ray_address, threads=threads)
     if workers == 1:
         if lm is None or tc is None:
             lm, tc = spec.load()
-        return InProcess(lm, tc, settings)
-    return LocalPool(spec, settings, workers)
+        return InProcess(lm, tc, settings, threads)
+    return LocalPool(spec, settings, workers, threads)

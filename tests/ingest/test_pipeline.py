@@ -71,6 +71,7 @@ def test_corpus_of_20_prompts_into_the_store(tmp_path, tiny):
     url = f"embedded:{tmp_path / 'store'}"
     gdir = tmp_path / "graphs"
     with open_store(url) as s:
+        s.delta_min = 100  # every batch updates the derived layer incrementally (checked below)
         summary = ingest_corpus(corpus, lm, tc, s, graphs_dir=gdir, tags=["run1"], progress=False, load_batch=6,
                                 **SETTINGS)
     assert (summary.rows, summary.succeeded, summary.skipped, summary.failed) == (20, 20, 0, 0)
@@ -274,3 +275,34 @@ def test_in_process_attribution_leaves_a_core_to_the_loader_and_restores_threads
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_sets_the_in_process_attribution_threads(tiny):
+    """``threads`` (the CLI's --threads) overrides the default in-process count (for machines
+    with cores to spare); a bad count is refused before anything runs."""
+    import torch
+
+    from circuit_atlas.ingest.jobs import AttributionJob
+    from circuit_atlas.ingest.scaleout import InProcess, ScaleOutError, in_process_threads, make_attributor
+
+    lm, tc, _, _ = tiny
+    settings = AttributionSettings(SETTINGS["node_threshold"], SETTINGS["edge_threshold"], None, SETTINGS["batch_size"])
+    ids = lm.tokenize("The cat sat on the")
+    job = AttributionJob(0, 1, None, "The cat sat on the", ids, request_key(lm.model_id, tc.scan, ids, settings))
+    wanted = in_process_threads() + 1
+    attributor = make_attributor("local", 1, settings, lm=lm, tc=tc, threads=wanted)
+    assert isinstance(attributor, InProcess)
+    seen = [torch.get_num_threads() for result in attributor.map([job]) if result.graph is not None]
+    assert seen == [wanted]
+    with pytest.raises(ScaleOutError, match="--threads must be >= 1"):
+        make_attributor("local", 1, settings, lm=lm, tc=tc, threads=0)
+
+
+def test_cli_refuses_a_bad_thread_count_before_loading(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat sat on the\n")
+    done = subprocess.run(_cli_ingest(corpus, tmp_path / "no-model", tmp_path / "no-tc", f"embedded:{tmp_path / 's'}",
+                                      tmp_path / "g", "--threads", "0"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--threads: must be >= 1, got 0" in done.stderr and "no-model" not in done.stderr
+    assert not (tmp_path / "s").exists()
