@@ -90,7 +90,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from circuit_atlas.engine.attribution import attribute as attribution, pruning
+    import importlib
+
+    from circuit_atlas.engine.attribution import pruning
+
+    # the module (the package's `attribute` name is the function, which shadows it)
+    attribution = importlib.import_module("circuit_atlas.engine.attribution.attribute")
     from circuit_atlas.engine.models.loading import load_model
     from circuit_atlas.engine.transcoders.transcoder_set import load_transcoders
 

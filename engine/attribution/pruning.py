@@ -122,6 +122,15 @@ class SparseRows:
         torch.cumsum(torch.bincount(self.row_index()[keep], minlength=self.shape[0]), 0, out=ptr[1:])
         return SparseRows(ptr, new_col[keep].to(torch.int32), self.val[keep], n_cols)
 
+    def take_rows(self, order: Tensor) -> SparseRows:
+        """Rows ``order[0]``, ``order[1]``, ... (a permutation or a selection), entries copied once."""
+        counts = self.ptr.diff()[order]
+        ptr = torch.zeros(order.shape[0] + 1, dtype=self.ptr.dtype, device=self.ptr.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        shift = self.ptr[:-1][order] - ptr[:-1]  # where each new row's entries start in the old arrays
+        entries = torch.arange(int(ptr[-1]), device=self.ptr.device) + torch.repeat_interleave(shift, counts)
+        return SparseRows(ptr, self.col[entries], self.val[entries], self.n_cols)
+
     def to_dense(self) -> Tensor:
         out = torch.zeros(self.shape, dtype=self.val.dtype, device=self.val.device)
         out[self.row_index().long(), self.col.long()] = self.val

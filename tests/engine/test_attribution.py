@@ -276,3 +276,52 @@ def test_bad_inputs() -> None:
         attribute(lm, wrong, PROMPT)
     with pytest.raises(AttributionError):
         attribute(lm, tc, PROMPT, node_threshold=1.5)
+
+
+@pytest.mark.parametrize("arch,kind", [("llama", "plt"), ("gemma2", "clt"), ("gpt2", "plt")])
+def test_passes_through_a_prefix_run_give_the_same_edges(arch, kind, monkeypatch) -> None:
+    """Targets early in the prompt go through a forward pass of its first tokens only (the model
+    is causal): the edges equal those of passes through the whole prompt."""
+    import importlib
+
+    attr = importlib.import_module("circuit_atlas.engine.attribution.attribute")
+    lm = tiny_model(arch, n_layers=3, d_model=32, vocab_size=97, seed=0)
+    tc = random_transcoders(lm.n_layers, lm.d_model, 48, kind=kind, activation="relu", skip=True, seed=1)
+    ids = lm.tokenize("The cat sat on the mat because it was very tired and")
+    monkeypatch.setattr(attr, "PREFIX_FORWARD_TARGETS", 0)  # a free prefix forward: always split
+    used: list[int] = []
+    plan = attr._plan_passes
+    monkeypatch.setattr(attr, "_plan_passes", lambda *a, **k: [used.append(p) or (g, p) for g, p in plan(*a, **k)])
+    split = compute_graph(lm, tc, ids, batch_size=8)
+    assert any(p < len(ids) for p in used) and len(ids) in used
+    monkeypatch.setattr(attr, "_plan_passes", plan)
+    used.clear()
+    whole = compute_graph(lm, tc, ids, batch_size=8, max_memory="64G")  # a budget turns prefix runs off
+    assert not used or all(p == len(ids) for p in used)
+
+    def by_node(g):
+        order = torch.argsort(g.row_nodes)
+        return g.row_nodes[order], g.rows[order]
+
+    (n1, r1), (n0, r0) = by_node(split), by_node(whole)
+    assert torch.equal(n1, n0)
+    assert torch.allclose(r1, r0, rtol=1e-5, atol=1e-6)
+
+
+def test_the_pass_plan_splits_only_when_it_saves_work() -> None:
+    import importlib
+
+    attr = importlib.import_module("circuit_atlas.engine.attribution.attribute")
+    n_pos, n_layers = 100, 4
+    layers = [3] * 512
+    early = sorted(list(range(1, 65)) * 4) + [99] * 256  # half the targets in the first 65 positions
+    plan = attr._plan_passes(layers, early, n_pos, n_layers, 64, set(), True)
+    assert sorted(i for g, _ in plan for i in g) == list(range(512))  # every target once
+    assert all(len(g) <= 64 for g, _ in plan)
+    lengths = {p for _, p in plan}
+    assert len(lengths) == 2 and 100 in lengths and all(max(early[i] for i in g) < p for g, p in plan)
+    few = [50] * 4 + [99] * 60  # too few early targets to pay for a forward pass
+    assert {p for _, p in attr._plan_passes(layers[:64], few, n_pos, n_layers, 64, set(), True)} == {100}
+    late = [99] * 512  # nothing to save: one length
+    assert {p for _, p in attr._plan_passes(layers, late, n_pos, n_layers, 64, set(), True)} == {100}
+    assert {p for _, p in attr._plan_passes(layers, early, n_pos, n_layers, 64, set(), False)} == {100}

@@ -200,3 +200,12 @@ def test_chunked_influence_scores_and_pruning_are_exact(monkeypatch: pytest.Monk
     chunked = run()
     for x, y in zip(whole, chunked):
         assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
+
+def test_take_rows_reorders_and_selects_whole_rows() -> None:
+    dense = torch.tensor([[0, 1.0, 0, 2], [0, 0, 0, 0], [3, 0, 4, 5], [0, 6, 0, 0]])
+    rows = pruning.SparseRows.from_dense(dense)
+    for order in ([2, 0, 3, 1], [1, 1, 3], [3, 2, 1, 0], []):
+        idx = torch.tensor(order, dtype=torch.long)
+        got = rows.take_rows(idx)
+        assert got.shape == (len(order), 4) and torch.equal(got.to_dense(), dense[idx])
