@@ -229,7 +229,8 @@ def demo_prompt_sample(n: int) -> list[dict[str, Any]]:
 # out of every score, so more visited features explain more of each graph: on 8 demo prompts
 # (one per group) 1,024 / 1,536 / 2,048 gave replacement 0.466 / 0.520 / 0.552 and completeness
 # 0.843 / 0.865 / 0.878 (docs/demo.md); circuit-tracer's and Neuronpedia's graphs visit up to 8,192.
-# 2,048 did not fit the demo's 15 minutes on 2 cores (one core attributes, the other loads).
+# A full demo at 2,048 was stopped past 15 minutes while the store's loader still ran per-batch
+# derived-layer deltas (fixed since: store/embedded.py _begin_delta); 2,048 was not re-measured after.
 DEMO_MAX_FEATURE_NODES = 1536
 
 
